@@ -1,0 +1,287 @@
+//! The configuration file: its types (the public interface operators write), defaults, and
+//! validation that reports errors as `FILE:LINE:COLUMN: key: what is wrong`.
+//!
+//! Loading is pure (text in, `Config` or `ConfigError` out) so every error path is unit-tested;
+//! only `load_file` touches the filesystem.
+
+mod units;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use units::{ByteSize, Span};
+
+/// The config `sluice serve` runs when given no `--config`: loopback listener, local maildir.
+pub const EMBEDDED_DEFAULT: &str = include_str!("embedded_default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub relay: Option<RelayConfig>,
+    #[serde(default)]
+    pub maildir: MaildirConfig,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Name in the greeting and EHLO reply; the machine's host name when absent.
+    pub hostname: Option<String>,
+    pub max_message_size: ByteSize,
+    pub max_recipients: usize,
+    pub max_sessions: usize,
+    pub max_sessions_per_ip: usize,
+    pub command_timeout: Span,
+    pub data_timeout: Span,
+    /// How long SIGTERM waits for sessions in a transaction before closing them with 421.
+    pub shutdown_timeout: Span,
+    /// What to do with a bare CR or LF in a message body (SMTP smuggling defence).
+    pub bare_line_endings: BareLineEndings,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            hostname: None,
+            max_message_size: ByteSize(50 << 20),
+            max_recipients: 100,
+            max_sessions: 1000,
+            max_sessions_per_ip: 100,
+            command_timeout: Span(Duration::from_secs(300)),
+            data_timeout: Span(Duration::from_secs(600)),
+            shutdown_timeout: Span(Duration::from_secs(30)),
+            bare_line_endings: BareLineEndings::Normalize,
+        }
+    }
+}
+
+/// Policy for a bare CR or LF inside message content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareLineEndings {
+    /// Rewrite it to CRLF, so no next hop can read it as a line end of its own.
+    Normalize,
+    /// Refuse the message with 550 after reading it.
+    Reject,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// The next hop, `host:port`.
+    pub address: String,
+    /// Name we send in EHLO to the next hop; defaults to `server.hostname`.
+    pub helo_name: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Span,
+    /// Bound on each next-hop reply (Postfix's smtp_*_timeout); the final reply after DATA too.
+    #[serde(default = "default_relay_command_timeout")]
+    pub command_timeout: Span,
+}
+
+fn default_connect_timeout() -> Span {
+    Span(Duration::from_secs(30))
+}
+
+fn default_relay_command_timeout() -> Span {
+    Span(Duration::from_secs(300))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaildirConfig {
+    pub path: PathBuf,
+}
+
+impl Default for MaildirConfig {
+    fn default() -> Self {
+        MaildirConfig { path: PathBuf::from("./mail") }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Bytes of one message held in memory before it spills to a temporary file.
+    pub memory_limit: ByteSize,
+    /// Where spilled messages go; the system temporary directory when absent.
+    pub directory: Option<PathBuf>,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig { memory_limit: ByteSize(1 << 20), directory: None }
+    }
+}
+
+/// A config error located in its source text.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read config: {source}")]
+    Read { file: String, source: std::io::Error },
+    #[error("{file}:{line}:{column}: {key}: {message}")]
+    Invalid { file: String, line: usize, column: usize, key: String, message: String },
+}
+
+/// Reads and validates a config file.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+    parse(&file, &text)
+}
+
+/// Parses and validates config text; `file` names it in errors.
+pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+    let deserializer = toml::Deserializer::new(text);
+    let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let key = err.path().to_string();
+        let inner = err.into_inner();
+        let offset = inner.span().map(|span| span.start).unwrap_or(0);
+        invalid(file, text, offset, if key == "." { "(top level)".into() } else { key }, inner.message().to_string())
+    })?;
+    validate(&config).map_err(|(key, message)| {
+        let offset = key_offset(text, &key).unwrap_or(0);
+        invalid(file, text, offset, key, message)
+    })?;
+    Ok(config)
+}
+
+fn invalid(file: &str, text: &str, offset: usize, key: String, message: String) -> ConfigError {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    ConfigError::Invalid { file: file.to_string(), line, column, key, message }
+}
+
+/// Byte offset of a dotted key (`server.max_recipients`) in the text, for semantic errors.
+fn key_offset(text: &str, dotted: &str) -> Option<usize> {
+    let doc: toml_edit::ImDocument<&str> = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item = doc.as_item();
+    let mut span = None;
+    for part in dotted.split('.') {
+        let table = item.as_table_like()?;
+        let (key, value) = table.get_key_value(part)?;
+        span = key.span().or_else(|| value.span());
+        item = value;
+    }
+    span.map(|s| s.start)
+}
+
+/// Semantic checks the types cannot express; the error names the offending key.
+fn validate(config: &Config) -> Result<(), (String, String)> {
+    let server = &config.server;
+    let fail = |key: &str, message: &str| Err((key.to_string(), message.to_string()));
+    if server.listen.is_empty() {
+        return fail("server.listen", "at least one listen address is needed, e.g. [\"127.0.0.1:2525\"]");
+    }
+    if server.max_message_size.0 == 0 {
+        return fail("server.max_message_size", "must be greater than zero");
+    }
+    if server.max_recipients == 0 {
+        return fail("server.max_recipients", "must be at least 1");
+    }
+    if server.max_sessions == 0 {
+        return fail("server.max_sessions", "must be at least 1");
+    }
+    if server.max_sessions_per_ip == 0 {
+        return fail("server.max_sessions_per_ip", "must be at least 1");
+    }
+    if server.command_timeout.0.is_zero() {
+        return fail("server.command_timeout", "must be greater than zero");
+    }
+    if server.data_timeout.0.is_zero() {
+        return fail("server.data_timeout", "must be greater than zero");
+    }
+    if let Some(hostname) = &server.hostname {
+        if hostname.is_empty() || hostname.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            return fail("server.hostname", "must be a host name without spaces, e.g. \"gw.example.org\"");
+        }
+    }
+    if let Some(relay) = &config.relay {
+        if relay.address.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
+            return fail("relay.address", "must be host:port, e.g. \"127.0.0.1:10026\"");
+        }
+        if relay.command_timeout.0.is_zero() || relay.connect_timeout.0.is_zero() {
+            return fail("relay.command_timeout", "relay timeouts must be greater than zero");
+        }
+    }
+    if config.maildir.path.as_os_str().is_empty() {
+        return fail("maildir.path", "must name a directory, e.g. \"./mail\"");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> String {
+        parse("test.toml", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let config = parse("embedded", EMBEDDED_DEFAULT).unwrap();
+        assert!(config.relay.is_none());
+        assert_eq!(config.maildir.path, PathBuf::from("./mail"));
+        assert_eq!(config.server.listen, vec![SocketAddr::from(([127, 0, 0, 1], 2525))]);
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../../examples/sluice.toml");
+        let config = parse("examples/sluice.toml", text).unwrap();
+        assert_eq!(config.server.max_message_size, ByteSize(50 << 20));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = error("[server]\nhostname = \"a\"\nmax_mesage_size = \"1MiB\"\n");
+        assert!(err.starts_with("test.toml:3:1: server.max_mesage_size: unknown field `max_mesage_size`"), "{err}");
+    }
+
+    #[test]
+    fn bad_size_names_key_and_line() {
+        let err = error("[server]\n\nmax_message_size = \"50XB\"\n");
+        assert!(err.starts_with("test.toml:3:"), "{err}");
+        assert!(err.contains("server.max_message_size"), "{err}");
+        assert!(err.contains("KiB"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_and_type() {
+        let err = error("[server]\ncommand_timeout = \"5 minutes\"\n");
+        assert!(err.starts_with("test.toml:2:") && err.contains("server.command_timeout"), "{err}");
+        let err = error("[server]\nmax_recipients = \"many\"\n");
+        assert!(err.starts_with("test.toml:2:") && err.contains("server.max_recipients"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_key() {
+        let err = error("[server]\nlisten = [\"127.0.0.1:1\"]\n\nmax_recipients = 0\n");
+        assert!(err.starts_with("test.toml:4:1: server.max_recipients: must be at least 1"), "{err}");
+        let err = error("[relay]\naddress = \"nohost\"\n");
+        assert!(err.starts_with("test.toml:2:1: relay.address:"), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let err = error("[server\nlisten = 1\n");
+        assert!(err.starts_with("test.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn bad_listen_address() {
+        let err = error("[server]\nlisten = [\"localhost\"]\n");
+        assert!(err.starts_with("test.toml:2:") && err.contains("server.listen"), "{err}");
+    }
+}

@@ -1,0 +1,463 @@
+//! The SMTP protocol state machine, with no I/O: the socket driver feeds it the input buffer and
+//! gets `Step`s back — replies to write, message bytes to spool, requests the transaction backend
+//! must answer (MAIL, RCPT, end of message), or "need input" / "close".
+//!
+//! Every reply the client sees is decided here, which is what makes pipelining (several commands in
+//! one read, commands in the same read as the end of DATA) correct by construction: the driver just
+//! loops over `step` until it needs input.
+
+use std::collections::VecDeque;
+use std::mem;
+
+use bytes::BytesMut;
+
+use super::command::{self, Command, MailParams};
+use super::parser::{BodyDecoder, CommandFrame, CommandFramer, Framing};
+use super::reply::Reply;
+use crate::config::BareLineEndings;
+
+/// Message bytes are handed on in pieces of at most this size.
+pub const BODY_CHUNK: usize = 64 * 1024;
+
+/// Bad commands tolerated before the session is closed (Postfix's smtpd_hard_error_limit).
+const MAX_ERRORS: u32 = 20;
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub hostname: String,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub bare_line_endings: BareLineEndings,
+}
+
+/// The envelope of one transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Envelope {
+    pub helo: String,
+    pub mail_from: String,
+    pub params: MailParams,
+    pub rcpt_to: Vec<String>,
+}
+
+/// What the driver must do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    Reply(Reply),
+    /// Message bytes (dot-unstuffed, CRLF-only) for the spool.
+    Body(Vec<u8>),
+    /// Ask the backend; pass its reply to `Session::answer` before stepping again.
+    Request(Request),
+    /// The transaction is over without delivery: drop the spool, reset the next hop.
+    Abandon,
+    /// Flush replies and read more input.
+    NeedInput,
+    /// Flush replies and close the connection.
+    Close,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Mail { from: String, params: MailParams },
+    Rcpt { to: String },
+    /// The content is complete and spooled: deliver it to the next hop.
+    Deliver(Envelope),
+}
+
+/// Which inactivity timeout applies while waiting for input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Command,
+    Content,
+}
+
+/// Why content is being read but will not be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ContentFault {
+    TooBig,
+    BareLineEnding,
+}
+
+#[derive(Debug)]
+struct Content {
+    decoder: BodyDecoder,
+    size: u64,
+    fault: Option<ContentFault>,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Before HELO/EHLO.
+    Fresh,
+    /// Greeted, no transaction.
+    Ready,
+    /// After MAIL, collecting recipients.
+    Envelope(Envelope),
+    /// Reading DATA content.
+    Data(Envelope, Content),
+    /// Between BDAT chunks of one message.
+    Chunking(Envelope, Content),
+    /// Inside a BDAT chunk.
+    Chunk { envelope: Envelope, content: Content, remaining: u64, last: bool },
+    /// Consuming the octets of a refused BDAT so framing survives, then replying.
+    SkipChunk { remaining: u64, reply: Reply, resume: Box<State> },
+    Closed,
+}
+
+/// A request the backend has not answered yet.
+#[derive(Debug)]
+enum Pending {
+    Mail(Envelope),
+    Rcpt(Envelope, String),
+    Deliver,
+}
+
+pub struct Session {
+    config: SessionConfig,
+    state: State,
+    pending: Option<(Pending, Request)>,
+    framer: CommandFramer,
+    queued: VecDeque<Step>,
+    helo: String,
+    errors: u32,
+}
+
+impl Session {
+    pub fn new(config: SessionConfig) -> Session {
+        Session {
+            config,
+            state: State::Fresh,
+            pending: None,
+            framer: CommandFramer::default(),
+            queued: VecDeque::new(),
+            helo: String::new(),
+            errors: 0,
+        }
+    }
+
+    pub fn greeting(&self) -> Reply {
+        Reply::plain(220, format!("{} ESMTP Sluice", self.config.hostname))
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.state {
+            State::Data(..) | State::Chunk { .. } | State::SkipChunk { .. } => Phase::Content,
+            _ => Phase::Command,
+        }
+    }
+
+    /// True between transactions: nothing would be lost by closing now.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_none() && matches!(self.state, State::Fresh | State::Ready)
+    }
+
+    /// The next thing to do, consuming input as needed.
+    pub fn step(&mut self, input: &mut BytesMut) -> Step {
+        loop {
+            if let Some((_, request)) = &self.pending {
+                return Step::Request(request.clone());
+            }
+            if let Some(step) = self.queued.pop_front() {
+                if let Step::Request(request) = &step {
+                    // End of content queues its delivery request behind the last body bytes.
+                    self.pending = Some((Pending::Deliver, request.clone()));
+                }
+                return step;
+            }
+            if let Some(step) = self.advance(input) {
+                return step;
+            }
+        }
+    }
+
+    /// Consumes input in the current state; None means "call again" (progress was made).
+    fn advance(&mut self, input: &mut BytesMut) -> Option<Step> {
+        match mem::replace(&mut self.state, State::Closed) {
+            State::Closed => Some(Step::Close),
+            State::Data(envelope, content) => self.read_data(envelope, content, input),
+            State::Chunk { envelope, content, remaining, last } => {
+                self.read_chunk(envelope, content, remaining, last, input)
+            }
+            State::SkipChunk { remaining, reply, resume } => {
+                let skip = remaining.min(input.len() as u64);
+                let _ = input.split_to(skip as usize);
+                if skip == remaining {
+                    self.state = *resume;
+                    Some(self.error(reply))
+                } else {
+                    self.state = State::SkipChunk { remaining: remaining - skip, reply, resume };
+                    Some(Step::NeedInput)
+                }
+            }
+            state => {
+                self.state = state;
+                match self.framer.next(input) {
+                    None => Some(Step::NeedInput),
+                    Some(CommandFrame::TooLong) => Some(self.error(Reply::new(500, "5.5.0", "Error: line too long"))),
+                    Some(CommandFrame::Line(line)) => match command::parse(&line) {
+                        Ok(command) => {
+                            let state = mem::replace(&mut self.state, State::Closed);
+                            let (next, step) = self.transition(state, command);
+                            self.state = next;
+                            step
+                        }
+                        Err(err) => Some(self.error(err.reply())),
+                    },
+                }
+            }
+        }
+    }
+
+    /// The backend's answer to the pending request; returns the reply for the client.
+    pub fn answer(&mut self, reply: Reply) -> Reply {
+        let Some((pending, _)) = self.pending.take() else {
+            return Reply::new(451, "4.3.0", "Error: internal sequencing error");
+        };
+        let accepted = reply.is_positive();
+        self.state = match pending {
+            Pending::Mail(envelope) if accepted => State::Envelope(envelope),
+            Pending::Mail(_) | Pending::Deliver => State::Ready,
+            Pending::Rcpt(mut envelope, to) => {
+                if accepted {
+                    envelope.rcpt_to.push(to);
+                }
+                State::Envelope(envelope)
+            }
+        };
+        reply
+    }
+
+    fn ask(&mut self, pending: Pending, request: Request) -> Option<Step> {
+        self.pending = Some((pending, request));
+        None
+    }
+
+    /// A refused command; too many of them end the session.
+    fn error(&mut self, reply: Reply) -> Step {
+        self.errors += 1;
+        if self.errors >= MAX_ERRORS {
+            let text = format!("{} Error: too many errors", self.config.hostname);
+            self.queued.push_back(Step::Reply(Reply::new(421, "4.7.0", text)));
+            self.queued.push_back(Step::Close);
+            self.state = State::Closed;
+        }
+        Step::Reply(reply)
+    }
+
+    /// Queues `Abandon` when `state` holds a transaction, then `step`.
+    fn leave(&mut self, state: &State, step: Step) -> Option<Step> {
+        if !matches!(state, State::Fresh | State::Ready) {
+            self.queued.push_back(Step::Abandon);
+        }
+        self.queued.push_back(step);
+        None
+    }
+
+    /// The command-phase transition function: (state, command) → (next state, step or "go on").
+    fn transition(&mut self, state: State, command: Command) -> (State, Option<Step>) {
+        use Command::*;
+        let bad_sequence = |text: &str| Reply::new(503, "5.5.1", format!("Error: {text}"));
+        let ok = |text: &str| Step::Reply(Reply::new(250, "2.0.0", text));
+        match (state, command) {
+            (state, Ehlo(name)) => {
+                let reply = self.ehlo_reply(&name);
+                self.helo = name;
+                (State::Ready, self.leave(&state, Step::Reply(reply)))
+            }
+            (state, Helo(name)) => {
+                self.helo = name;
+                let reply = Reply::plain(250, self.config.hostname.clone());
+                (State::Ready, self.leave(&state, Step::Reply(reply)))
+            }
+            (state, Quit) => {
+                let step = self.leave(&state, Step::Reply(Reply::new(221, "2.0.0", "Bye")));
+                self.queued.push_back(Step::Close);
+                (State::Closed, step)
+            }
+            (State::Fresh, Rset) => (State::Fresh, Some(ok("Ok"))),
+            (state, Rset) => (State::Ready, self.leave(&state, ok("Ok"))),
+            (state, Noop) => (state, Some(ok("Ok"))),
+            (state, Vrfy) => {
+                let text = "Cannot VRFY user, but will accept message and attempt delivery";
+                (state, Some(Step::Reply(Reply::new(252, "2.5.2", text))))
+            }
+            (state, Help) => {
+                let text = "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT";
+                (state, Some(Step::Reply(Reply::new(214, "2.0.0", text))))
+            }
+            (state, NotImplemented(verb)) => {
+                let reply = Reply::new(502, "5.5.1", format!("Error: {verb} not implemented"));
+                (state, Some(self.error(reply)))
+            }
+            (State::Fresh, Mail { .. } | Rcpt { .. } | Data) => {
+                (State::Fresh, Some(self.error(bad_sequence("send HELO/EHLO first"))))
+            }
+            (State::Ready, Mail { from, params }) => {
+                if params.size.is_some_and(|size| size > self.config.max_message_size) {
+                    let reply = Reply::new(552, "5.3.4", "Message size exceeds fixed limit");
+                    return (State::Ready, Some(Step::Reply(reply)));
+                }
+                let envelope = Envelope {
+                    helo: self.helo.clone(),
+                    mail_from: from.clone(),
+                    params: params.clone(),
+                    rcpt_to: Vec::new(),
+                };
+                (State::Ready, self.ask(Pending::Mail(envelope), Request::Mail { from, params }))
+            }
+            (state @ (State::Envelope(_) | State::Chunking(..)), Mail { .. }) => {
+                (state, Some(self.error(bad_sequence("nested MAIL command"))))
+            }
+            (State::Ready, Rcpt { .. } | Data) => (State::Ready, Some(self.error(bad_sequence("need MAIL command")))),
+            (State::Envelope(envelope), Rcpt { to }) => {
+                if envelope.rcpt_to.len() >= self.config.max_recipients {
+                    let reply = Reply::new(452, "4.5.3", "Error: too many recipients");
+                    return (State::Envelope(envelope), Some(Step::Reply(reply)));
+                }
+                if !to.is_ascii() && !envelope.params.smtputf8 {
+                    let step = self.error(command::SyntaxError::NeedsSmtpUtf8.reply());
+                    return (State::Envelope(envelope), Some(step));
+                }
+                (State::Ready, self.ask(Pending::Rcpt(envelope, to.clone()), Request::Rcpt { to }))
+            }
+            (State::Envelope(envelope), Data) if envelope.rcpt_to.is_empty() => {
+                let reply = Reply::new(554, "5.5.1", "Error: no valid recipients");
+                (State::Envelope(envelope), Some(Step::Reply(reply)))
+            }
+            (State::Envelope(envelope), Data) => {
+                let reply = Reply::plain(354, "End data with <CR><LF>.<CR><LF>");
+                (State::Data(envelope, Content::new(Framing::DotTerminated)), Some(Step::Reply(reply)))
+            }
+            (state @ State::Chunking(..), Rcpt { .. } | Data) => {
+                (state, Some(self.error(bad_sequence("BDAT in progress; only BDAT or RSET may follow"))))
+            }
+            (State::Envelope(envelope), Bdat { size, last }) if !envelope.rcpt_to.is_empty() => {
+                let content = Content::new(Framing::Counted);
+                (State::Chunk { envelope, content, remaining: size, last }, None)
+            }
+            (State::Chunking(envelope, content), Bdat { size, last }) => {
+                (State::Chunk { envelope, content, remaining: size, last }, None)
+            }
+            (state, Bdat { size, .. }) => {
+                let reply = match state {
+                    State::Fresh => bad_sequence("send HELO/EHLO first"),
+                    State::Envelope(_) => Reply::new(554, "5.5.1", "Error: no valid recipients"),
+                    _ => bad_sequence("need MAIL command"),
+                };
+                (State::SkipChunk { remaining: size, reply, resume: Box::new(state) }, None)
+            }
+            (state, Mail { .. } | Rcpt { .. } | Data) => {
+                (state, Some(self.error(bad_sequence("command out of sequence"))))
+            }
+        }
+    }
+
+    fn ehlo_reply(&self, name: &str) -> Reply {
+        let lines = vec![
+            format!("{} Hello {}", self.config.hostname, name),
+            "PIPELINING".into(),
+            format!("SIZE {}", self.config.max_message_size),
+            "8BITMIME".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "SMTPUTF8".into(),
+            "CHUNKING".into(),
+        ];
+        Reply { code: 250, enhanced: None, lines }
+    }
+
+    fn read_data(&mut self, envelope: Envelope, mut content: Content, input: &mut BytesMut) -> Option<Step> {
+        if input.is_empty() {
+            self.state = State::Data(envelope, content);
+            return Some(Step::NeedInput);
+        }
+        let window = input.len().min(BODY_CHUNK);
+        let mut out = Vec::with_capacity(window + 64);
+        let (used, ended) = content.decoder.decode(&input[..window], &mut out);
+        let _ = input.split_to(used);
+        if let Some(body) = content.accept(out, &self.config) {
+            self.queued.push_back(Step::Body(body));
+        }
+        if ended {
+            self.end_content(envelope, content);
+        } else {
+            self.state = State::Data(envelope, content);
+        }
+        None
+    }
+
+    fn read_chunk(
+        &mut self,
+        envelope: Envelope,
+        mut content: Content,
+        remaining: u64,
+        last: bool,
+        input: &mut BytesMut,
+    ) -> Option<Step> {
+        let take = remaining.min(input.len() as u64).min(BODY_CHUNK as u64) as usize;
+        if take == 0 && remaining > 0 {
+            self.state = State::Chunk { envelope, content, remaining, last };
+            return Some(Step::NeedInput);
+        }
+        let mut out = Vec::with_capacity(take + 64);
+        let (used, _) = content.decoder.decode(&input[..take], &mut out);
+        let _ = input.split_to(used);
+        let remaining = remaining - used as u64;
+        if remaining == 0 && last {
+            content.decoder.finish(&mut out);
+        }
+        if let Some(body) = content.accept(out, &self.config) {
+            self.queued.push_back(Step::Body(body));
+        }
+        if remaining > 0 {
+            self.state = State::Chunk { envelope, content, remaining, last };
+        } else if last {
+            self.end_content(envelope, content);
+        } else {
+            let reply = Reply::new(250, "2.0.0", format!("{} octets received", content.size));
+            self.queued.push_back(Step::Reply(reply));
+            self.state = State::Chunking(envelope, content);
+        }
+        None
+    }
+
+    /// End of content: refuse a faulty message or ask for delivery (after queued body steps).
+    fn end_content(&mut self, envelope: Envelope, content: Content) {
+        self.state = State::Ready;
+        let refusal = match content.fault {
+            Some(ContentFault::TooBig) => Reply::new(552, "5.3.4", "Message size exceeds fixed limit"),
+            Some(ContentFault::BareLineEnding) => {
+                Reply::new(550, "5.6.0", "Message contains bare CR or LF; send CRLF line endings")
+            }
+            None => {
+                self.queued.push_back(Step::Request(Request::Deliver(envelope.clone())));
+                return;
+            }
+        };
+        self.queued.push_back(Step::Abandon);
+        self.queued.push_back(Step::Reply(refusal));
+    }
+}
+
+impl Content {
+    fn new(framing: Framing) -> Content {
+        Content { decoder: BodyDecoder::new(framing), size: 0, fault: None }
+    }
+
+    /// Counts decoded bytes and decides whether they go on to the spool.
+    fn accept(&mut self, out: Vec<u8>, config: &SessionConfig) -> Option<Vec<u8>> {
+        self.size += out.len() as u64;
+        if self.fault.is_none() && self.size > config.max_message_size {
+            self.fault = Some(ContentFault::TooBig);
+        }
+        if self.fault.is_none()
+            && config.bare_line_endings == BareLineEndings::Reject
+            && self.decoder.bare_line_endings() > 0
+        {
+            self.fault = Some(ContentFault::BareLineEnding);
+        }
+        (self.fault.is_none() && !out.is_empty()).then_some(out)
+    }
+}
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

@@ -1,0 +1,213 @@
+//! Table tests of the session state machine, driven by a scripted backend.
+
+use super::*;
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        hostname: "gw.test".into(),
+        max_message_size: 1000,
+        max_recipients: 2,
+        bare_line_endings: BareLineEndings::Normalize,
+    }
+}
+
+/// What a run of the session produced.
+#[derive(Default, Debug)]
+struct Run {
+    replies: Vec<u16>,
+    delivered: Vec<(Envelope, Vec<u8>)>,
+    abandoned: usize,
+    closed: bool,
+    spool: Vec<u8>,
+}
+
+/// Feeds `input` (in pieces of `piece` bytes) to a session whose backend accepts everything
+/// except recipients starting with "bad".
+fn run_with(config: SessionConfig, input: &[u8], piece: usize) -> Run {
+    let mut session = Session::new(config);
+    let mut run = Run::default();
+    let mut buf = BytesMut::new();
+    let mut fed = 0;
+    loop {
+        match session.step(&mut buf) {
+            Step::Reply(reply) => run.replies.push(reply.code),
+            Step::Body(bytes) => run.spool.extend_from_slice(&bytes),
+            Step::Abandon => {
+                run.abandoned += 1;
+                run.spool.clear();
+            }
+            Step::Request(request) => {
+                let reply = match request {
+                    Request::Rcpt { to } if to.starts_with("bad") => Reply::new(550, "5.1.1", "no"),
+                    Request::Deliver(envelope) => {
+                        run.delivered.push((envelope, mem::take(&mut run.spool)));
+                        Reply::new(250, "2.0.0", "queued")
+                    }
+                    _ => Reply::new(250, "2.1.0", "Ok"),
+                };
+                run.replies.push(session.answer(reply).code);
+            }
+            Step::NeedInput if fed < input.len() => {
+                let end = (fed + piece).min(input.len());
+                buf.extend_from_slice(&input[fed..end]);
+                fed = end;
+            }
+            Step::NeedInput => return run,
+            Step::Close => {
+                run.closed = true;
+                return run;
+            }
+        }
+    }
+}
+
+fn run(input: &[u8]) -> Run {
+    let whole = run_with(config(), input, input.len().max(1));
+    let bytewise = run_with(config(), input, 1);
+    assert_eq!(whole.replies, bytewise.replies, "replies must not depend on how input is split");
+    assert_eq!(whole.delivered, bytewise.delivered);
+    whole
+}
+
+#[test]
+fn simple_transaction() {
+    let r = run(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nHi\r\n..dot\r\n.\r\nQUIT\r\n");
+    assert_eq!(r.replies, vec![250, 250, 250, 354, 250, 221]);
+    assert!(r.closed);
+    let (envelope, body) = &r.delivered[0];
+    assert_eq!(envelope.mail_from, "a@b.c");
+    assert_eq!(envelope.rcpt_to, vec!["d@e.f"]);
+    assert_eq!(envelope.helo, "c");
+    assert_eq!(body, b"Hi\r\n.dot\r\n");
+}
+
+#[test]
+fn pipelined_commands_after_end_of_data() {
+    // RFC 2920: the next transaction may share the write that ends DATA.
+    let r = run(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<d@e>\r\nDATA\r\n1\r\n.\r\nMAIL FROM:<a@b>\r\nRCPT TO:<d@e>\r\nDATA\r\n2\r\n.\r\nQUIT\r\n");
+    assert_eq!(r.replies, vec![250, 250, 250, 354, 250, 250, 250, 354, 250, 221]);
+    assert_eq!(r.delivered.len(), 2);
+    assert_eq!(r.delivered[1].1, b"2\r\n");
+}
+
+#[test]
+fn sequence_errors() {
+    let r = run(b"MAIL FROM:<a@b>\r\nEHLO c\r\nRCPT TO:<d@e>\r\nDATA\r\nMAIL FROM:<a@b>\r\nMAIL FROM:<a@b>\r\nDATA\r\nQUIT\r\n");
+    assert_eq!(r.replies, vec![503, 250, 503, 503, 250, 503, 554, 221]);
+    assert_eq!(r.abandoned, 1, "QUIT inside a transaction abandons it");
+}
+
+#[test]
+fn recipient_rejects_and_limits() {
+    let r = run(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<bad@e>\r\nDATA\r\nRCPT TO:<1@e>\r\nRCPT TO:<2@e>\r\nRCPT TO:<3@e>\r\nDATA\r\nx\r\n.\r\n");
+    assert_eq!(r.replies, vec![250, 250, 550, 554, 250, 250, 452, 354, 250]);
+    assert_eq!(r.delivered[0].0.rcpt_to, vec!["1@e", "2@e"]);
+}
+
+#[test]
+fn oversized_message_is_drained_then_refused() {
+    let mut input = b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<d@e>\r\nDATA\r\n".to_vec();
+    for _ in 0..100 {
+        input.extend_from_slice(b"0123456789012345678901234567890123456789\r\n");
+    }
+    input.extend_from_slice(b".\r\nNOOP\r\n");
+    let r = run(&input);
+    assert_eq!(r.replies, vec![250, 250, 250, 354, 552, 250]);
+    assert!(r.delivered.is_empty());
+    assert_eq!(r.abandoned, 1);
+    let r = run(b"EHLO c\r\nMAIL FROM:<a@b> SIZE=5000\r\nMAIL FROM:<a@b> SIZE=500\r\n");
+    assert_eq!(r.replies, vec![250, 552, 250]);
+}
+
+#[test]
+fn bare_line_endings_normalized_or_rejected() {
+    let input = b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<d@e>\r\nDATA\r\na\n.\nb\r\n.\r\nQUIT\r\n";
+    let r = run(input);
+    assert_eq!(r.replies, vec![250, 250, 250, 354, 250, 221]);
+    assert_eq!(r.delivered[0].1, b"a\r\n.\r\nb\r\n");
+    let strict = SessionConfig { bare_line_endings: BareLineEndings::Reject, ..config() };
+    let r = run_with(strict, input, 5);
+    assert_eq!(r.replies, vec![250, 250, 250, 354, 550, 221]);
+    assert!(r.delivered.is_empty());
+}
+
+#[test]
+fn bdat_chunks() {
+    let r = run(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<d@e>\r\nBDAT 5\r\nab\r\ncBDAT 3 LAST\r\n.\r\nNOOP\r\n");
+    assert_eq!(r.replies, vec![250, 250, 250, 250, 250, 250]);
+    assert_eq!(r.delivered[0].1, b"ab\r\nc.\r\n");
+    let r = run(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<d@e>\r\nBDAT 0 LAST\r\n");
+    assert_eq!(r.replies, vec![250, 250, 250, 250]);
+    assert_eq!(r.delivered[0].1, b"");
+}
+
+#[test]
+fn refused_bdat_keeps_framing() {
+    // The 10 octets after a refused BDAT are data, not commands.
+    let r = run(b"EHLO c\r\nBDAT 10\r\nQUIT\r\nQUITNOOP\r\nMAIL FROM:<a@b>\r\nBDAT 6 LAST\r\nRSET\r\nRSET\r\n");
+    assert_eq!(r.replies, vec![250, 503, 250, 250, 554, 250]);
+    assert!(!r.closed);
+    let r = run(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<d@e>\r\nBDAT 2\r\nabDATA\r\nRSET\r\n");
+    assert_eq!(r.replies, vec![250, 250, 250, 250, 503, 250]);
+    assert_eq!(r.abandoned, 1);
+}
+
+#[test]
+fn overlong_command_line() {
+    let mut input = b"EHLO c\r\n".to_vec();
+    input.extend(std::iter::repeat_n(b'A', 1000));
+    input.extend_from_slice(b"\r\nNOOP\r\n");
+    let r = run(&input);
+    assert_eq!(r.replies, vec![250, 500, 250]);
+}
+
+#[test]
+fn long_body_lines_pass() {
+    let mut input = b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<d@e>\r\nDATA\r\n".to_vec();
+    input.extend(std::iter::repeat_n(b'L', 900));
+    input.extend_from_slice(b"\r\n.\r\n");
+    let r = run(&input);
+    assert_eq!(r.replies.last(), Some(&250));
+    assert_eq!(r.delivered[0].1.len(), 902);
+}
+
+#[test]
+fn too_many_errors_close_the_session() {
+    let input = b"BOGUS\r\n".repeat(25);
+    let r = run(&input);
+    assert!(r.closed);
+    assert_eq!(r.replies.len(), MAX_ERRORS as usize + 1);
+    assert_eq!(r.replies.last(), Some(&421));
+}
+
+#[test]
+fn rset_and_ehlo_abandon_transactions() {
+    let r = run(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<d@e>\r\nRSET\r\nMAIL FROM:<a@b>\r\nEHLO again\r\nRCPT TO:<d@e>\r\n");
+    assert_eq!(r.replies, vec![250, 250, 250, 250, 250, 250, 503]);
+    assert_eq!(r.abandoned, 2);
+}
+
+#[test]
+fn smtputf8_recipients_need_the_parameter() {
+    let r = run("EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<ü@e>\r\nRSET\r\nMAIL FROM:<a@b> SMTPUTF8\r\nRCPT TO:<ü@e>\r\n".as_bytes());
+    assert_eq!(r.replies, vec![250, 250, 553, 250, 250, 250]);
+}
+
+#[test]
+fn phases_and_idleness() {
+    let mut session = Session::new(config());
+    assert!(session.is_idle());
+    let mut buf = BytesMut::from(&b"EHLO c\r\nMAIL FROM:<a@b>\r\n"[..]);
+    assert!(matches!(session.step(&mut buf), Step::Reply(_)));
+    assert!(matches!(session.step(&mut buf), Step::Request(Request::Mail { .. })));
+    assert!(!session.is_idle());
+    // Stepping again without an answer repeats the request instead of losing it.
+    assert!(matches!(session.step(&mut buf), Step::Request(Request::Mail { .. })));
+    session.answer(Reply::new(250, "2.1.0", "Ok"));
+    buf.extend_from_slice(b"RCPT TO:<d@e>\r\n");
+    assert!(matches!(session.step(&mut buf), Step::Request(Request::Rcpt { .. })));
+    session.answer(Reply::new(250, "2.1.5", "Ok"));
+    buf.extend_from_slice(b"DATA\r\n");
+    assert!(matches!(session.step(&mut buf), Step::Reply(_)));
+    assert_eq!(session.phase(), Phase::Content);
+}
