@@ -1,5 +1,12 @@
-//! Sluice: a streaming SMTP gateway. The modules follow the data path: `smtp` receives,
-//! `spool` holds, `relay`/`maildir` deliver; `config` describes it all.
+//! Sluice: a streaming SMTP gateway. The modules follow the data path: `server` accepts, `smtp`
+//! speaks the protocol, `spool` holds the content, `next_hop` hands it to `relay` or `maildir`;
+//! `config` describes it all and `cli` is the command line.
 
+pub mod cli;
 pub mod config;
+pub mod maildir;
+pub mod next_hop;
+pub mod relay;
+pub mod server;
 pub mod smtp;
+pub mod spool;

@@ -5,3 +5,4 @@ pub mod command;
 pub mod parser;
 pub mod reply;
 pub mod session;
+pub mod conn;

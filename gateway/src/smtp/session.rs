@@ -49,6 +49,9 @@ pub enum Step {
     Request(Request),
     /// The transaction is over without delivery: drop the spool, reset the next hop.
     Abandon,
+    /// The content was read but is refused (too big, bare line endings): like `Abandon`, and
+    /// this reply is the message's answer.
+    Refuse(Reply),
     /// Flush replies and read more input.
     NeedInput,
     /// Flush replies and close the connection.
@@ -432,8 +435,7 @@ impl Session {
                 return;
             }
         };
-        self.queued.push_back(Step::Abandon);
-        self.queued.push_back(Step::Reply(refusal));
+        self.queued.push_back(Step::Refuse(refusal));
     }
 }
 

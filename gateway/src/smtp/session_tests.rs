@@ -32,6 +32,11 @@ fn run_with(config: SessionConfig, input: &[u8], piece: usize) -> Run {
         match session.step(&mut buf) {
             Step::Reply(reply) => run.replies.push(reply.code),
             Step::Body(bytes) => run.spool.extend_from_slice(&bytes),
+            Step::Refuse(reply) => {
+                run.replies.push(reply.code);
+                run.abandoned += 1;
+                run.spool.clear();
+            }
             Step::Abandon => {
                 run.abandoned += 1;
                 run.spool.clear();

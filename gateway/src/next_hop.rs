@@ -1,0 +1,57 @@
+//! Where accepted transactions go: the relay to the configured next hop, or the local Maildir
+//! when there is none. The session driver talks to this one type either way.
+
+use std::sync::Arc;
+
+use crate::maildir::Maildir;
+use crate::relay::RelayClient;
+use crate::smtp::command::MailParams;
+use crate::smtp::reply::Reply;
+use crate::spool::Spool;
+
+pub enum NextHop {
+    Relay(RelayClient),
+    Maildir(Arc<Maildir>),
+}
+
+impl NextHop {
+    pub async fn mail(&mut self, from: &str, params: &MailParams) -> Reply {
+        match self {
+            NextHop::Relay(relay) => relay.mail(from, params).await,
+            NextHop::Maildir(_) => Reply::new(250, "2.1.0", "Ok"),
+        }
+    }
+
+    pub async fn rcpt(&mut self, to: &str) -> Reply {
+        match self {
+            NextHop::Relay(relay) => relay.rcpt(to).await,
+            NextHop::Maildir(_) => Reply::new(250, "2.1.5", "Ok"),
+        }
+    }
+
+    /// Delivers the spooled content; the reply is final for the message.
+    pub async fn deliver(&mut self, mail_from: &str, spool: &mut Spool) -> Reply {
+        match self {
+            NextHop::Relay(relay) => relay.data(spool).await,
+            NextHop::Maildir(maildir) => match maildir.deliver(mail_from, spool).await {
+                Ok(name) => Reply::new(250, "2.0.0", format!("Ok: delivered as {name}")),
+                Err(err) => {
+                    tracing::error!(target: "sluice::relay", error = %err, "maildir delivery failed; check the [maildir] path and free space");
+                    Reply::new(451, "4.3.0", "Local delivery failed; try again later")
+                }
+            },
+        }
+    }
+
+    pub async fn reset(&mut self) {
+        if let NextHop::Relay(relay) = self {
+            relay.reset().await;
+        }
+    }
+
+    pub async fn quit(&mut self) {
+        if let NextHop::Relay(relay) = self {
+            relay.quit().await;
+        }
+    }
+}
