@@ -1,0 +1,389 @@
+//! Shared harness for the end-to-end tests: starts the real `sluice` binary on a loopback port
+//! (found from its own "listening" log line, so there is no port race), a raw SMTP client for
+//! byte-level tests, and runners for the real clients (swaks, Python smtplib, smtp-source).
+//! `sink` and `postfix` start real next hops.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+pub mod postfix;
+pub mod sink;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Upper bound for any single wait in a test; generous for a loaded 2-core machine.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub fn sluice_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sluice")
+}
+
+/// The gateway's stderr, collected by a thread, with a condition variable to wait on lines.
+#[derive(Default)]
+struct Log {
+    text: Mutex<String>,
+    changed: Condvar,
+}
+
+pub struct Gateway {
+    pub address: String,
+    pub dir: tempfile::TempDir,
+    child: Child,
+    log: Arc<Log>,
+}
+
+/// Builds a config: lines for `[server]` and further sections.
+#[derive(Default)]
+pub struct GatewayBuilder {
+    server: Vec<String>,
+    sections: Vec<String>,
+}
+
+impl GatewayBuilder {
+    pub fn server(mut self, line: &str) -> Self {
+        self.server.push(line.to_string());
+        self
+    }
+
+    pub fn section(mut self, text: &str) -> Self {
+        self.sections.push(text.to_string());
+        self
+    }
+
+    pub fn relay_to(self, port: u16) -> Self {
+        self.section(&format!("[relay]\naddress = \"127.0.0.1:{port}\"\ncommand_timeout = \"20s\"\nconnect_timeout = \"5s\""))
+    }
+
+    pub fn start(self) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = String::from("[server]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"gw.test\"\n");
+        for line in &self.server {
+            config.push_str(line);
+            config.push('\n');
+        }
+        config.push_str(&format!("\n[maildir]\npath = \"{}\"\n", dir.path().join("mail").display()));
+        for section in &self.sections {
+            config.push('\n');
+            config.push_str(section);
+            config.push('\n');
+        }
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, config).expect("write config");
+        Gateway::spawn(dir, &["serve", "--config", path.to_str().unwrap()])
+    }
+}
+
+impl Gateway {
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder::default()
+    }
+
+    /// A gateway with default settings delivering to its maildir.
+    pub fn start() -> Gateway {
+        Gateway::builder().start()
+    }
+
+    /// Runs `sluice ARGS` in `dir` and waits for its "listening" line.
+    pub fn spawn(dir: tempfile::TempDir, args: &[&str]) -> Gateway {
+        let mut child = Command::new(sluice_bin())
+            .args(args)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "info,sluice=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sluice");
+        let log = Arc::new(Log::default());
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut text = sink.text.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+                sink.changed.notify_all();
+            }
+        });
+        let mut gateway = Gateway { address: String::new(), dir, child, log };
+        let line = gateway.wait_for_log("listening address=");
+        gateway.address = line.rsplit("address=").next().unwrap().trim().to_string();
+        gateway
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |d| d.count())
+    }
+
+    /// Waits until the gateway holds more than `count` file descriptors.
+    pub fn wait_for_fds_above(&self, count: usize) {
+        poll_until(|| self.open_fds() > count, &format!("more than {count} open fds"));
+    }
+
+    /// Waits until the gateway holds at most `count` file descriptors (everything freed).
+    pub fn wait_for_fds_at_most(&self, count: usize) {
+        poll_until(|| self.open_fds() <= count, &format!("at most {count} open fds"));
+    }
+
+    pub fn maildir(&self) -> PathBuf {
+        self.dir.path().join("mail")
+    }
+
+    /// Messages in the maildir's new/, oldest first, without the Return-Path line we add.
+    pub fn delivered(&self) -> Vec<Vec<u8>> {
+        maildir_messages(&self.maildir())
+    }
+
+    pub fn log(&self) -> String {
+        self.log.text.lock().unwrap().clone()
+    }
+
+    /// Waits until a log line contains `needle`; returns that line.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        self.wait_for_log_count(needle, 1)
+    }
+
+    /// Waits until `count` log lines contain `needle`; returns the last of them.
+    pub fn wait_for_log_count(&self, needle: &str, count: usize) -> String {
+        let deadline = Instant::now() + WAIT;
+        let mut text = self.log.text.lock().unwrap();
+        loop {
+            let matching: Vec<&str> = text.lines().filter(|l| l.contains(needle)).collect();
+            if matching.len() >= count {
+                return matching[count - 1].to_string();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no {count} log lines with {needle:?}; log:\n{text}");
+            text = self.log.changed.wait_timeout(text, left).unwrap().0;
+        }
+    }
+
+    pub fn connect(&self) -> SmtpClient {
+        SmtpClient::connect(&self.address)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        wait_child(&mut self.child)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds; panics after `WAIT`.
+pub fn poll_until(mut condition: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits for a child process within `WAIT`.
+pub fn wait_child(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "process {} did not exit", child.id());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads new/ of a maildir, oldest first, stripping the Return-Path line.
+pub fn maildir_messages(root: &Path) -> Vec<Vec<u8>> {
+    let mut names: Vec<PathBuf> = match std::fs::read_dir(root.join("new")) {
+        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+        Err(_) => return Vec::new(),
+    };
+    names.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).unwrap());
+    names
+        .iter()
+        .map(|p| {
+            let content = std::fs::read(p).unwrap();
+            let start = content.windows(2).position(|w| w == b"\r\n").map_or(0, |i| i + 2);
+            assert!(content.starts_with(b"Return-Path: <"), "maildir file lacks Return-Path");
+            content[start..].to_vec()
+        })
+        .collect()
+}
+
+/// A byte-level SMTP client for protocol tests.
+pub struct SmtpClient {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+/// One reply: code and the text of all lines.
+#[derive(Debug)]
+pub struct ClientReply {
+    pub code: u16,
+    pub lines: Vec<String>,
+}
+
+impl ClientReply {
+    pub fn text(&self) -> String {
+        self.lines.join("\n")
+    }
+}
+
+impl SmtpClient {
+    pub fn connect(address: &str) -> SmtpClient {
+        SmtpClient::from_stream(TcpStream::connect(address).expect("connect to gateway"))
+    }
+
+    /// Connects from another loopback source address (another "client IP").
+    pub fn connect_from(address: &str, source: &str) -> SmtpClient {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let source: std::net::SocketAddr = format!("{source}:0").parse().unwrap();
+        socket.bind(&source.into()).expect("bind source address");
+        let target: std::net::SocketAddr = address.parse().unwrap();
+        socket.connect(&target.into()).expect("connect to gateway");
+        SmtpClient::from_stream(socket.into())
+    }
+
+    fn from_stream(stream: TcpStream) -> SmtpClient {
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        SmtpClient { stream, reader }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write to gateway");
+    }
+
+    /// Reads one reply; panics on timeout or a closed connection.
+    pub fn reply(&mut self) -> ClientReply {
+        self.try_reply().expect("connection closed while waiting for a reply")
+    }
+
+    /// Reads one reply; None if the connection closed first.
+    pub fn try_reply(&mut self) -> Option<ClientReply> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).expect("read reply (timed out?)") == 0 {
+                return None;
+            }
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line.trim_end().to_string());
+            if last {
+                let code = lines[0][..3].parse().expect("reply code");
+                return Some(ClientReply { code, lines });
+            }
+        }
+    }
+
+    /// Sends a command and asserts the reply code; returns the reply.
+    pub fn cmd(&mut self, line: &str, code: u16) -> ClientReply {
+        self.send(format!("{line}\r\n").as_bytes());
+        let reply = self.reply();
+        assert_eq!(reply.code, code, "{line} -> {}", reply.text());
+        reply
+    }
+
+    /// Asserts the peer closes the connection (after any pending bytes).
+    pub fn expect_closed(&mut self) {
+        let mut rest = Vec::new();
+        let _ = self.reader.read_to_end(&mut rest);
+    }
+
+    /// Greeting + EHLO.
+    pub fn hello(&mut self) {
+        assert_eq!(self.reply().code, 220);
+        self.cmd("EHLO client.test", 250);
+    }
+
+    /// A full DATA transaction; returns the final reply.
+    pub fn send_message(&mut self, from: &str, to: &[&str], content: &[u8]) -> ClientReply {
+        self.cmd(&format!("MAIL FROM:<{from}>"), 250);
+        for rcpt in to {
+            self.cmd(&format!("RCPT TO:<{rcpt}>"), 250);
+        }
+        self.cmd("DATA", 354);
+        self.send(&dot_stuff(content));
+        self.send(b".\r\n");
+        self.reply()
+    }
+}
+
+/// Dot-stuffs CRLF content for DATA (content must end with CRLF).
+pub fn dot_stuff(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 64);
+    let mut line_start = true;
+    for &b in content {
+        if line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        line_start = b == b'\n';
+    }
+    out
+}
+
+/// A message with headers and `lines` body lines of base64-like text, CRLF-terminated.
+pub fn message(subject: &str, body_bytes: usize) -> Vec<u8> {
+    let mut out = format!("From: <a@client.test>\r\nTo: <b@dest.test>\r\nSubject: {subject}\r\nMessage-ID: <{subject}@client.test>\r\n\r\n").into_bytes();
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut i = 0usize;
+    while out.len() < body_bytes {
+        for _ in 0..76 {
+            out.push(alphabet[(i * 7 + i / 64) % 64]);
+            i += 1;
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Runs a command to completion within `WAIT`, returning (status, stdout+stderr).
+pub fn run_tool(program: &str, args: &[&str], stdin: Option<&[u8]>) -> (ExitStatus, String) {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (the test command installs it)"));
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let mut err = String::new();
+    let _ = stderr.read_to_string(&mut err);
+    let status = wait_child(&mut child);
+    (status, out_thread.join().unwrap() + &err)
+}
+
+/// Runs a Python 3 script with arguments.
+pub fn python(script: &str, args: &[&str]) -> (ExitStatus, String) {
+    let mut all = vec!["-c", script];
+    all.extend_from_slice(args);
+    run_tool("python3", &all, None)
+}
