@@ -387,3 +387,12 @@ pub fn python(script: &str, args: &[&str]) -> (ExitStatus, String) {
     all.extend_from_slice(args);
     run_tool("python3", &all, None)
 }
+
+/// Path of a Postfix tool (smtp-source, smtp-sink), which Debian installs in /usr/sbin.
+pub fn postfix_tool(name: &str) -> PathBuf {
+    ["/usr/sbin", "/usr/local/sbin", "/usr/bin", "/sbin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
