@@ -161,17 +161,18 @@ impl Server {
 
     /// Serves until `stop` resolves, then drains: idle sessions close at once, the rest get
     /// `shutdown_timeout` to finish before they are closed with 421.
-    pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
+        // Each accept task owns its listener, so the port closes as soon as draining begins.
+        let listeners = std::mem::take(&mut self.listeners);
         let server = Arc::new(self);
         let session_ids = Arc::new(AtomicU64::new(1));
         let accepting = CancellationToken::new();
         let mut accept_tasks = Vec::new();
-        for index in 0..server.listeners.len() {
+        for listener in listeners {
             let server = server.clone();
             let ids = session_ids.clone();
             let accepting = accepting.clone();
             accept_tasks.push(tokio::spawn(async move {
-                let listener = &server.listeners[index];
                 loop {
                     tokio::select! {
                         accepted = listener.accept() => match accepted {

@@ -177,6 +177,11 @@ impl Gateway {
     pub fn terminate(&mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        self.wait_exit()
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self) -> ExitStatus {
         wait_child(&mut self.child)
     }
 }
