@@ -126,3 +126,25 @@ fn smtp_source_load_all_delivered() {
     assert!(messages.iter().all(|m| m.mail_from == "load@client.test" && m.rcpt_to == ["sink@dest.test"]));
     gateway.wait_for_log_count("result=\"accepted\"", 40);
 }
+
+#[test]
+fn real_postfix_as_next_hop_receives_the_message() {
+    let postfix = support::postfix::PostfixNextHop::start();
+    let gateway = Gateway::builder().relay_to(postfix.port).start();
+    let mut client = gateway.connect();
+    client.hello();
+    let mut content = b"From: <a@client.test>\r\nTo: <b@dest.test>\r\nSubject: via postfix\r\n\r\n.dot line\r\n".to_vec();
+    content.extend_from_slice(&message("postfix", 300_000)[..]);
+    let first = client.send_message("a@client.test", &["b@dest.test", "c@dest.test"], &content);
+    assert_eq!(first.code, 250, "{}", first.text());
+    // Postfix's own queue id comes back to the client: the 250 is the next hop's.
+    assert!(first.text().contains("queued as"), "{}", first.text());
+    let second = client.send_message("a@client.test", &["d@dest.test"], b"Subject: second\r\n\r\nsecond\r\n");
+    assert_eq!(second.code, 250, "{}", second.text());
+    client.cmd("QUIT", 221);
+    let delivered = postfix.wait_for_messages(2);
+    let mut contents: Vec<Vec<u8>> = delivered.iter().map(|m| support::postfix::content_as_sent(m)).collect();
+    contents.sort_by_key(|c| c.len());
+    assert_eq!(contents[0], b"Subject: second\r\n\r\nsecond\r\n");
+    assert!(contents[1] == content, "content through Postfix differs from what was sent");
+}
