@@ -49,9 +49,10 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let hostname = config.server.hostname.clone().unwrap_or_else(machine_hostname);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(async {
+        let stop = stop_signal()?;
         let context = Context::from_config(&config, hostname)?;
         let server = Server::bind(&config, context).await?;
-        server.run(stop_signal()).await;
+        server.run(stop).await;
         Ok(())
     })
 }
@@ -64,15 +65,16 @@ fn machine_hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn stop_signal() {
+/// Registers for SIGTERM and SIGINT now (before any session can start, so an early signal is
+/// never the default "terminate at once"); the future resolves when one arrives.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
 }

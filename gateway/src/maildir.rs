@@ -33,7 +33,7 @@ impl Maildir {
     pub async fn deliver(&self, mail_from: &str, spool: &mut Spool) -> io::Result<String> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let name = format!(
-            "{}.M{}P{}Q{}.{}",
+            "{}.M{:06}P{}Q{}.{}",
             now.as_secs(),
             now.subsec_micros(),
             std::process::id(),

@@ -214,13 +214,14 @@ pub fn wait_child(child: &mut Child) -> ExitStatus {
     }
 }
 
-/// Reads new/ of a maildir, oldest first, stripping the Return-Path line.
+/// Reads new/ of a maildir, oldest first (names start with seconds and zero-padded
+/// microseconds), stripping the Return-Path line.
 pub fn maildir_messages(root: &Path) -> Vec<Vec<u8>> {
     let mut names: Vec<PathBuf> = match std::fs::read_dir(root.join("new")) {
         Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
         Err(_) => return Vec::new(),
     };
-    names.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).unwrap());
+    names.sort();
     names
         .iter()
         .map(|p| {

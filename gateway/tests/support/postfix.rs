@@ -1,51 +1,44 @@
-//! `PostfixNextHop`: a real, private Postfix instance as a next hop for end-to-end tests.
+//! `PostfixNextHop`: a real, private Postfix instance as a next hop for end-to-end tests. It
+//! owns one `master` process and a temp dir that holds config, queue, data dir, log and
+//! delivered mail. Nothing system-wide changes, so parallel tests can run one each. It needs
+//! root, because master(8) does.
 //!
-//! It owns one Postfix `master` process and a temp dir that holds everything the instance
-//! uses: config, queue, data dir, log and delivered mail. Nothing system-wide changes, so
-//! parallel tests can each run one. It must run as root, because master(8) requires it.
-//!
-//! Mail flow: smtpd on `127.0.0.1:port` accepts mail for any recipient from 127.0.0.0/8.
-//! `transport_maps = static:sinkpipe:all` sends every recipient to one pipe(8) transport, and
-//! the shared next hop `all` puts all recipients of a message into one delivery. So there is
-//! **one file per message**, however many recipients it has. The pipe runs a small script as
-//! `nobody`, which writes to `mail/tmp/` and renames into `mail/new/`, so a file in `new/` is
-//! always complete.
+//! smtpd on `127.0.0.1:port` relays any recipient for 127.0.0.0/8. Every recipient gets the
+//! same pipe(8) transport and next hop (`transport_maps = static:sinkpipe:all`), so all
+//! recipients share one delivery and **each message is one file**. The pipe's script runs as
+//! `nobody` and renames `mail/tmp/X` to `mail/new/X`, so every file in `new/` is complete.
 //!
 //! # What Postfix does to the bytes (observed with Postfix 3.7.11 on Debian 12)
-//! - It prepends one header, smtpd's `Received: from … by nexthop.postfix.test (Postfix) …`
-//!   (three lines). It adds no Return-Path, Delivered-To or X-Original-To (the pipe has no
-//!   `flags=`). It adds no Date/Message-ID/From and rewrites no addresses either, because
-//!   `local_header_rewrite_clients` is empty.
-//! - Line endings: CRLF **and bare LF** both end a line, and every line is stored with a bare LF.
-//!   CRs right before a line end are removed; any other CR becomes a space.
-//! - Kept byte for byte: 8-bit bytes, NUL, trailing spaces, lines far longer than 998 (5000
-//!   tested), lines starting with `.` (dot-unstuffed) and `From `, empty lines.
-//! - Header-level changes that [`stored_form`] does *not* model: a blank line is inserted when
-//!   the content does not open with a header (including a leading continuation line) or when
-//!   the header block is not closed by an empty line; a first line `From …` becomes
-//!   `X-Mailbox-Line: From …`; whitespace before a header colon is removed (`Subject  :` →
-//!   `Subject:`); headers longer than `header_size_limit` (100 KiB) are truncated.
+//! - It prepends smtpd's three-line `Received: … by nexthop.postfix.test (Postfix) …`. It adds
+//!   no Return-Path, Delivered-To or X-Original-To (the pipe has no `flags=`). It adds no
+//!   Date/Message-ID/From and rewrites no addresses (`local_header_rewrite_clients` is empty).
+//! - CRLF and bare LF both end a line, and lines are stored with LF. CRs right before a line
+//!   end are removed; any other CR becomes a space.
+//! - Kept as is: 8-bit bytes, NUL, trailing spaces, lines far longer than 998 bytes (5000
+//!   were tested), lines starting with `.` (once unstuffed) or `From `, and empty lines.
+//! - Not modelled by [`stored_form`]: if the content does not start with a header (or starts
+//!   with a continuation line), or the header block does not end with an empty line, Postfix
+//!   inserts one. A first line `From …` becomes `X-Mailbox-Line: From …`. `Subject  :` becomes
+//!   `Subject:`. Headers over `header_size_limit` (100 KiB) are cut off.
 //!
-//! So for a well-formed message with CRLF endings and no stray CR,
-//! `content_as_sent(&delivered) == sent`.
+//! Hence, for a well-formed CRLF message with no stray CR, `content_as_sent(&delivered) == sent`.
 #![allow(dead_code)]
 
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 const HOSTNAME: &str = "nexthop.postfix.test";
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(10);
 
-/// A running Postfix instance. Dropping it stops every process of the instance and deletes its dir.
+/// A running Postfix instance. Drop stops all its processes and deletes its dir.
 pub struct PostfixNextHop {
     pub port: u16,
     dir: tempfile::TempDir,
@@ -53,41 +46,34 @@ pub struct PostfixNextHop {
 }
 
 impl PostfixNextHop {
-    /// Configures and starts the instance. Returns once smtpd on `port` has answered with its
-    /// own banner, which takes about 0.3 s.
+    /// Configures and starts the instance. Returns once smtpd on `port` has sent this
+    /// instance's banner, usually 0.3–0.5 s after the call on an idle machine.
     pub fn start() -> PostfixNextHop {
-        assert!(
-            fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false),
-            "PostfixNextHop needs root: Postfix's master(8) refuses to run otherwise"
-        );
-        let dir = tempfile::Builder::new().prefix("sluice-postfix-").tempdir().expect("create temp dir");
-        let root = dir.path();
-        // Postfix's daemons and the pipe script (running as postfix and nobody) must be able to
-        // traverse the dir, and Postfix refuses group- or world-writable queue parents.
-        fs::set_permissions(root, fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
-        for sub in ["etc", "spool", "mail/tmp", "mail/new"] {
-            fs::create_dir_all(root.join(sub)).expect("create instance dirs");
-        }
-        for sub in ["mail", "mail/tmp", "mail/new"] {
-            fs::set_permissions(root.join(sub), fs::Permissions::from_mode(0o777)).expect("chmod mail dir");
-        }
-        let [daemon_dir, meta_dir] = postconf_defaults(["daemon_directory", "meta_directory"]);
+        let is_root = fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+        assert!(is_root, "Postfix's master(8) must run as root");
+        let dir = tempfile::Builder::new().prefix("pf-").tempdir().unwrap();
+        let (root, etc) = (dir.path(), dir.path().join("etc"));
+        // The daemons (as postfix) and the pipe script (as nobody) must traverse the dir, and
+        // Postfix rejects a queue dir whose parent is group- or world-writable.
+        mkdirs(root, &["", "etc", "spool"], 0o755);
+        mkdirs(root, &["mail", "mail/tmp", "mail/new"], 0o777);
         let token = root.file_name().unwrap().to_string_lossy().into_owned();
-        write_file(&root.join("etc/main.cf"), &main_cf(root, &meta_dir, &token), 0o644);
+        write_file(&etc.join("main.cf"), &main_cf(root, &token), 0o644);
         write_file(&root.join("deliver"), &deliver_script(root), 0o755);
-
+        let daemon_dir = run(postfix_command("postconf").args(["-dh", "daemon_directory"]));
         let mut failures = Vec::new();
         // The port from bind(:0) can be taken again before master binds it, so retry.
         for attempt in 0..3 {
-            let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-            write_file(&root.join("etc/master.cf"), &master_cf(root, port), 0o644);
+            let port = free_port();
+            write_file(&etc.join("master.cf"), &master_cf(root, port), 0o644);
             if attempt == 0 {
                 // Creates the queue and data directories with Postfix's owners and modes.
-                run(Command::new(find_command("postfix")).arg("-c").arg(root.join("etc")).arg("check"));
+                run(postfix_command("postfix").arg("-c").arg(&etc).arg("check"));
             }
-            let mut master = Command::new(Path::new(&daemon_dir).join("master"))
+            // master stays in the foreground (only -w forks it), in a session of its own.
+            let mut master = postfix_command(Path::new(daemon_dir.trim()).join("master"))
                 .arg("-c")
-                .arg(root.join("etc"))
+                .arg(&etc)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -95,38 +81,31 @@ impl PostfixNextHop {
                 .expect("spawn postfix master");
             match wait_ready(&mut master, port, &token) {
                 Ok(()) => return PostfixNextHop { port, dir, master },
-                Err(why) => {
-                    stop_master(&mut master);
-                    failures.push(format!("port {port}: {why}"));
-                }
+                Err(why) => failures.push(format!("port {port}: {why}")),
             }
+            stop_master(&mut master);
         }
-        panic!(
-            "Postfix next hop did not start:\n{}\nmaillog:\n{}",
-            failures.join("\n"),
-            fs::read_to_string(root.join("maillog")).unwrap_or_default()
-        );
+        let log = fs::read_to_string(root.join("maillog")).unwrap_or_default();
+        panic!("Postfix did not start: {failures:?}\nmaillog:\n{log}");
     }
 
-    /// Messages delivered so far, exactly as delivered (LF line endings, with the prepended
-    /// `Received:`), oldest first by delivery time. Messages delivered concurrently are in no
-    /// particular order, so identify them by content.
+    /// Every message delivered so far, exactly as delivered: LF line endings, with the
+    /// prepended `Received:`. Oldest delivery first; concurrent deliveries are in no defined
+    /// order, so tell messages apart by their content.
     pub fn messages(&self) -> Vec<Vec<u8>> {
-        let new_dir = self.dir.path().join("mail/new");
-        let mut files: Vec<_> = fs::read_dir(&new_dir)
-            .expect("list mail/new")
-            .map(|e| {
-                let path = e.expect("read mail/new").path();
-                let mtime = fs::metadata(&path).and_then(|m| m.modified()).expect("stat delivered mail");
-                (mtime, path)
+        let listed = fs::read_dir(self.dir.path().join("mail/new")).unwrap();
+        let mut files: Vec<_> = listed
+            .map(|entry| {
+                let path = entry.unwrap().path();
+                (fs::metadata(&path).unwrap().modified().unwrap(), path)
             })
             .collect();
         files.sort();
-        files.into_iter().map(|(_, p)| fs::read(&p).expect("read delivered mail")).collect()
+        files.iter().map(|(_, p)| fs::read(p).unwrap()).collect()
     }
 
-    /// Polls until at least `n` messages have been delivered and returns all of them (see
-    /// [`Self::messages`]). Panics after 30 s with the instance's mail log.
+    /// Polls until at least `n` messages have been delivered and returns all of them, in the
+    /// order of [`Self::messages`]. Panics after 30 s with the instance's mail log.
     pub fn wait_for_messages(&self, n: usize) -> Vec<Vec<u8>> {
         let deadline = Instant::now() + WAIT_TIMEOUT;
         loop {
@@ -135,12 +114,8 @@ impl PostfixNextHop {
                 return msgs;
             }
             if Instant::now() > deadline {
-                panic!(
-                    "Postfix next hop on port {}: wanted {n} messages, got {} after {WAIT_TIMEOUT:?}; maillog:\n{}",
-                    self.port,
-                    msgs.len(),
-                    self.log()
-                );
+                let (port, got, log) = (self.port, msgs.len(), self.log());
+                panic!("Postfix on port {port}: wanted {n} messages, got {got}; maillog:\n{log}");
             }
             sleep(POLL);
         }
@@ -158,13 +133,10 @@ impl Drop for PostfixNextHop {
     }
 }
 
-/// Removes the `Received:` header that this instance's smtpd prepended. Returns the input
-/// unchanged if it does not start with that header.
+/// Removes the `Received:` header that this instance's smtpd prepended. Returns other input
+/// unchanged.
 pub fn strip_prepended_headers(delivered: &[u8]) -> &[u8] {
-    if !delivered.starts_with(b"Received: ") {
-        return delivered;
-    }
-    // The header runs until a line that does not start with folding whitespace.
+    // The header ends at the first line that does not start with folding whitespace.
     let mut end = 0;
     while let Some(nl) = delivered[end..].iter().position(|&b| b == b'\n') {
         end += nl + 1;
@@ -173,17 +145,15 @@ pub fn strip_prepended_headers(delivered: &[u8]) -> &[u8] {
         }
     }
     let header = String::from_utf8_lossy(&delivered[..end]);
-    if header.contains(&format!("by {HOSTNAME} (Postfix)")) {
-        &delivered[end..]
-    } else {
-        delivered
-    }
+    let by_us = format!("by {HOSTNAME} (Postfix)");
+    let ours = header.starts_with("Received: ") && header.contains(&by_us);
+    &delivered[if ours { end } else { 0 }..]
 }
 
-/// The line-level form Postfix stores for the DATA content `sent` (dot-unstuffed, as the
-/// client meant it): CRLF or bare LF becomes LF, CRs before a line end are removed, other CRs
+/// The line-level form in which Postfix stores the DATA content `sent` (dot-unstuffed, as the
+/// client meant it): CRLF and bare LF become LF, CRs before a line end are removed, other CRs
 /// become spaces. A missing final line ending is added, as every SMTP client adds one before
-/// the final `.`. Header-level rewrites are not modelled (see module docs).
+/// the final `.`. Header-level rewrites are not modelled (see the module docs).
 pub fn stored_form(sent: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(sent.len());
     for line in sent.split_inclusive(|&b| b == b'\n') {
@@ -197,7 +167,7 @@ pub fn stored_form(sent: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Turns every LF into CRLF (the inverse of Postfix's line-ending conversion for CRLF-only input).
+/// Turns every LF into CRLF, which undoes Postfix's line-ending conversion for CRLF-only input.
 pub fn lf_to_crlf(lf: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(lf.len() + lf.len() / 32);
     for &b in lf {
@@ -209,88 +179,79 @@ pub fn lf_to_crlf(lf: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The delivered message with the prepended header removed and CRLF line endings restored.
-/// For well-formed CRLF input this equals the content the client sent.
+/// The delivered message without the prepended header, with CRLF line endings. For a
+/// well-formed CRLF message, this equals the content the client sent.
 pub fn content_as_sent(delivered: &[u8]) -> Vec<u8> {
     lf_to_crlf(strip_prepended_headers(delivered))
 }
 
-fn main_cf(root: &Path, meta_dir: &str, token: &str) -> String {
+fn main_cf(root: &Path, token: &str) -> String {
     let r = root.display();
+    // smtpd_banner's token tells start() this smtpd from another server on the port. Without
+    // the empty local_header_rewrite_clients, clients on 127.0.0.1 would count as local, and
+    // their headers would be rewritten and completed.
     format!(
-        "# Private test instance written by tests/support/postfix.rs.\n\
-         compatibility_level = 3.6\n\
-         queue_directory = {r}/spool\n\
-         data_directory = {r}/data\n\
-         meta_directory = {meta_dir}\n\
-         mail_owner = postfix\n\
-         setgid_group = postdrop\n\
-         myhostname = {HOSTNAME}\n\
-         mydomain = postfix.test\n\
-         myorigin = $myhostname\n\
-         # No local domains: every recipient is relayed through transport_maps.\n\
-         mydestination =\n\
-         local_recipient_maps =\n\
-         alias_maps =\n\
-         alias_database =\n\
-         inet_interfaces = loopback-only\n\
-         inet_protocols = ipv4\n\
-         mynetworks = 127.0.0.0/8\n\
-         smtpd_relay_restrictions = permit_mynetworks, reject\n\
-         smtp_dns_support_level = disabled\n\
-         smtpd_peername_lookup = no\n\
-         # The token lets start() tell this instance's smtpd from whatever else may hold the port.\n\
-         smtpd_banner = $myhostname ESMTP {token}\n\
-         # Tests connect from 127.0.0.1; don't add Date/Message-ID or rewrite their headers.\n\
-         local_header_rewrite_clients =\n\
-         transport_maps = static:sinkpipe:all\n\
-         sinkpipe_destination_recipient_limit = 1000\n\
-         message_size_limit = 104857600\n\
-         mailbox_size_limit = 0\n\
-         biff = no\n\
-         maillog_file = {r}/maillog\n\
-         maillog_file_prefixes = {r}\n"
+        "compatibility_level = 3.6
+queue_directory = {r}/spool
+data_directory = {r}/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = {HOSTNAME}
+myorigin = $myhostname
+mydestination =
+local_recipient_maps =
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtp_dns_support_level = disabled
+smtpd_peername_lookup = no
+smtpd_banner = $myhostname ESMTP {token}
+local_header_rewrite_clients =
+transport_maps = static:sinkpipe:all
+sinkpipe_destination_recipient_limit = 1000
+message_size_limit = 104857600
+mailbox_size_limit = 0
+maillog_file = {r}/maillog
+maillog_file_prefixes = {r}
+"
     )
 }
 
 fn master_cf(root: &Path, port: u16) -> String {
-    // No chroot anywhere: the instance lives in a temp dir without the files a chroot needs.
+    // No chroot: the temp dir lacks the files that a chroot jail needs.
     format!(
-        "127.0.0.1:{port} inet n - n - - smtpd\n\
-         cleanup   unix  n - n -   0 cleanup\n\
-         qmgr      unix  n - n 300 1 qmgr\n\
-         rewrite   unix  - - n -   - trivial-rewrite\n\
-         bounce    unix  - - n -   0 bounce\n\
-         defer     unix  - - n -   0 bounce\n\
-         trace     unix  - - n -   0 bounce\n\
-         verify    unix  - - n -   1 verify\n\
-         flush     unix  n - n 1000? 0 flush\n\
-         proxymap  unix  - - n -   - proxymap\n\
-         showq     unix  n - n -   - showq\n\
-         error     unix  - - n -   - error\n\
-         retry     unix  - - n -   - error\n\
-         discard   unix  - - n -   - discard\n\
-         anvil     unix  - - n -   1 anvil\n\
-         scache    unix  - - n -   1 scache\n\
-         postlog   unix-dgram n - n - 1 postlogd\n\
-         sinkpipe  unix  - n n -   - pipe\n  user=nobody argv={}/deliver ${{queue_id}}\n",
+        "127.0.0.1:{port} inet n - n - - smtpd
+cleanup   unix  n - n -   0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+rewrite   unix  - - n -   - trivial-rewrite
+bounce    unix  - - n -   0 bounce
+defer     unix  - - n -   0 bounce
+trace     unix  - - n -   0 bounce
+flush     unix  n - n 1000? 0 flush
+error     unix  - - n -   - error
+retry     unix  - - n -   - error
+anvil     unix  - - n -   1 anvil
+postlog   unix-dgram n - n - 1 postlogd
+sinkpipe  unix  - n n -   - pipe
+  user=nobody argv={}/deliver ${{queue_id}}
+",
         root.display()
     )
 }
 
+/// pipe(8) runs this as nobody, with the message on stdin and the queue id as `$1`. Exit 75
+/// (EX_TEMPFAIL) makes Postfix defer the message and log why, instead of bouncing it.
 fn deliver_script(root: &Path) -> String {
-    let r = root.display();
-    // Exit 75 (EX_TEMPFAIL) makes Postfix defer and log the failure instead of bouncing.
+    let (tmp, new) = (root.join("mail/tmp"), root.join("mail/new"));
+    let (tmp, new) = (tmp.display(), new.display());
     format!(
-        "#!/bin/sh\n\
-         # pipe(8) runs this as nobody with the message on stdin; $1 is the queue id.\n\
-         f=\"$1.$$\"\n\
-         cat > \"{r}/mail/tmp/$f\" && mv \"{r}/mail/tmp/$f\" \"{r}/mail/new/$f\" || exit 75\n"
+        "#!/bin/sh\nf=\"$1.$$\"\ncat > \"{tmp}/$f\" && mv \"{tmp}/$f\" \"{new}/$f\" || exit 75\n"
     )
 }
 
-/// Waits until `port` answers with this instance's banner. A banner without the token means
-/// that another server took the port.
+/// Waits until `port` sends this instance's banner. A banner without the token means that
+/// another server holds the port.
 fn wait_ready(master: &mut Child, port: u16, token: &str) -> Result<(), String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + START_TIMEOUT;
@@ -300,82 +261,79 @@ fn wait_ready(master: &mut Child, port: u16, token: &str) -> Result<(), String> 
         }
         if let Ok(mut conn) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
             let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut banner = [0u8; 512];
-            let len = conn.read(&mut banner).unwrap_or(0);
-            let banner = String::from_utf8_lossy(&banner[..len]);
+            let mut buf = [0u8; 512];
+            let len = conn.read(&mut buf).unwrap_or(0);
+            let banner = String::from_utf8_lossy(&buf[..len]);
             if banner.starts_with("220 ") && banner.contains(token) {
                 let _ = conn.write_all(b"QUIT\r\n");
                 return Ok(());
-            }
-            if banner.starts_with("220") {
+            } else if banner.starts_with("220") {
                 return Err(format!("port taken by another server: {banner:?}"));
             }
         }
         sleep(POLL);
     }
-    Err(format!("no banner on port {port} after {START_TIMEOUT:?}"))
+    Err(format!("no banner after {START_TIMEOUT:?}"))
 }
 
-/// SIGTERM makes master TERM its whole process group (it is a session leader) and exit
-/// within 5 s. Then wait for the group to drain, so nothing writes into the dir while it is
-/// removed. SIGKILL whatever is left after that.
+/// master leads its own session and process group, which all Postfix daemons of the instance
+/// share: SIGKILL the group (a throwaway instance needs no graceful stop), then reap master.
+/// Once killed, no process of the group can write into the dir that is deleted next.
 fn stop_master(master: &mut Child) {
-    let pid = master.id();
-    signal(&["-TERM", &pid.to_string()]);
+    let group = format!("-{}", master.id());
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &group])
+        .stderr(Stdio::null())
+        .status();
+    let _ = master.kill(); // in case it had not yet called setsid()
     let _ = master.wait();
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    while group_alive(pid) {
-        if Instant::now() > deadline {
-            signal(&["-KILL", "--", &format!("-{pid}")]);
-            break;
-        }
-        sleep(POLL);
-    }
 }
 
-fn signal(args: &[&str]) {
-    let _ = Command::new("kill").args(args).stderr(Stdio::null()).status();
-}
-
-/// Whether a live (non-zombie) process is in process group `pgid`, read from `/proc/*/stat`.
-fn group_alive(pgid: u32) -> bool {
-    let Ok(procs) = fs::read_dir("/proc") else { return false };
-    procs.filter_map(|e| fs::read_to_string(e.ok()?.path().join("stat")).ok()).any(|stat| {
-        // Fields after the parenthesised command name: state ppid pgrp ...
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let f: Vec<&str> = after.split_whitespace().take(3).collect();
-        f.len() == 3 && f[0] != "Z" && f[2].parse::<u32>().ok() == Some(pgid)
-    })
-}
-
-fn postconf_defaults<const N: usize>(names: [&str; N]) -> [String; N] {
-    let out = run(Command::new(find_command("postconf")).arg("-dh").args(names));
-    let values: Vec<String> = out.lines().map(str::to_string).collect();
-    values.try_into().unwrap_or_else(|v| panic!("postconf -dh {names:?} printed {v:?}"))
+/// A Postfix program. The commands live in /usr/sbin, which a test's PATH may lack. cargo's
+/// LD_LIBRARY_PATH (target and toolchain dirs) is removed: postfix-script runs postconf
+/// dozens of times, and each run would search those dirs for Postfix's shared libraries.
+fn postfix_command(program: impl AsRef<Path>) -> Command {
+    let in_sbin = Path::new("/usr/sbin").join(program);
+    let program = in_sbin.file_name().unwrap();
+    let mut cmd = Command::new(if in_sbin.exists() {
+        in_sbin.as_os_str()
+    } else {
+        program
+    });
+    cmd.env_remove("LD_LIBRARY_PATH");
+    cmd
 }
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "{cmd:?} failed with {}:\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        "{cmd:?}: {}\n{stdout}{stderr}",
+        out.status
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stdout
 }
 
+/// Writes a file and backdates it. Postfix re-reads a config file that changed within the
+/// last second, for up to 1.5 s ("pausing to let … cool down").
 fn write_file(path: &Path, contents: &str, mode: u32) {
     fs::write(path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    let past = SystemTime::now() - Duration::from_secs(10);
+    let file = fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(past).unwrap();
 }
 
-/// Postfix's commands live in /usr/sbin, which a test's PATH may lack.
-fn find_command(name: &str) -> PathBuf {
-    ["/usr/sbin", "/usr/local/sbin", "/sbin", "/usr/bin"]
-        .iter()
-        .map(|dir| Path::new(dir).join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(name))
+fn mkdirs(root: &Path, subdirs: &[&str], mode: u32) {
+    for sub in subdirs {
+        fs::create_dir_all(root.join(sub)).unwrap();
+        fs::set_permissions(root.join(sub), fs::Permissions::from_mode(mode)).unwrap();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().unwrap().port()
 }
