@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod flow;
 pub mod maildir;
 pub mod next_hop;
 pub mod relay;

@@ -28,7 +28,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime};
@@ -93,12 +93,9 @@ impl PostfixNextHop {
     /// prepended `Received:`. Oldest delivery first; concurrent deliveries are in no defined
     /// order, so tell messages apart by their content.
     pub fn messages(&self) -> Vec<Vec<u8>> {
-        let listed = fs::read_dir(self.dir.path().join("mail/new")).unwrap();
-        let mut files: Vec<_> = listed
-            .map(|entry| {
-                let path = entry.unwrap().path();
-                (fs::metadata(&path).unwrap().modified().unwrap(), path)
-            })
+        let mut files: Vec<_> = self
+            .delivered()
+            .map(|path| (fs::metadata(&path).unwrap().modified().unwrap(), path))
             .collect();
         files.sort();
         files.iter().map(|(_, p)| fs::read(p).unwrap()).collect()
@@ -108,17 +105,20 @@ impl PostfixNextHop {
     /// order of [`Self::messages`]. Panics after 30 s with the instance's mail log.
     pub fn wait_for_messages(&self, n: usize) -> Vec<Vec<u8>> {
         let deadline = Instant::now() + WAIT_TIMEOUT;
-        loop {
-            let msgs = self.messages();
-            if msgs.len() >= n {
-                return msgs;
-            }
+        while self.delivered().count() < n {
             if Instant::now() > deadline {
-                let (port, got, log) = (self.port, msgs.len(), self.log());
+                let (port, got, log) = (self.port, self.delivered().count(), self.log());
                 panic!("Postfix on port {port}: wanted {n} messages, got {got}; maillog:\n{log}");
             }
             sleep(POLL);
         }
+        self.messages()
+    }
+
+    /// Paths of the delivered messages. The pipe script renames them into `mail/new` complete.
+    fn delivered(&self) -> impl Iterator<Item = PathBuf> {
+        let listed = fs::read_dir(self.dir.path().join("mail/new")).unwrap();
+        listed.map(|entry| entry.unwrap().path())
     }
 
     /// The instance's mail log (`maillog_file`), for diagnostics.

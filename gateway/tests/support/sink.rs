@@ -34,10 +34,9 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::ErrorKind;
 use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -45,6 +44,8 @@ use std::time::{Duration, Instant};
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(10);
+/// From Debian's `postfix` package; /usr/sbin may be missing from a test's PATH.
+const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
 const DUMP_PREFIX: &str = "msg.";
 const LOG: &str = "smtp-sink.log";
 
@@ -94,16 +95,12 @@ impl SmtpSink {
         let dump_dir = tempfile::Builder::new().prefix("sink-").tempdir().unwrap();
         // As root, smtp-sink must drop privileges (-u nobody), and it writes the dumps as nobody.
         fs::set_permissions(dump_dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
-        let installed = Path::new("/usr/sbin/smtp-sink");
-        let program = Some(installed)
-            .filter(|p| p.exists())
-            .unwrap_or("smtp-sink".as_ref());
         let mut failures = Vec::new();
         // The port from bind(:0) can be taken again before smtp-sink binds it, so retry.
         for _ in 0..3 {
             let port = free_port();
             let log = fs::File::create(dump_dir.path().join(LOG)).expect("create smtp-sink log");
-            let mut cmd = Command::new(program);
+            let mut cmd = Command::new(SMTP_SINK);
             if fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
                 cmd.args(["-u", "nobody"]);
             }
@@ -123,13 +120,12 @@ impl SmtpSink {
                         child,
                     }
                 }
-                Err(why) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let log = fs::read_to_string(dump_dir.path().join(LOG)).unwrap_or_default();
-                    failures.push(format!("port {port}: {why}; log:\n{log}"));
-                }
+                Err(why) => failures.push(format!("port {port}: {why}")),
             }
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = fs::read_to_string(dump_dir.path().join(LOG)).unwrap_or_default();
+            failures.push(log);
         }
         panic!("smtp-sink did not start:\n{}", failures.join("\n"));
     }
@@ -137,7 +133,9 @@ impl SmtpSink {
     /// Every finished transaction, oldest first by file mtime. Concurrent transactions are
     /// in no defined order.
     pub fn messages(&self) -> Vec<SinkMessage> {
-        let parse = |(path, bytes): (PathBuf, Vec<u8>)| {
+        let parse = |path: PathBuf| {
+            // smtp-sink deletes only unfinished dumps, so a finished one stays readable.
+            let bytes = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             parse_dump(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         };
         self.finished_dumps().into_iter().map(parse).collect()
@@ -147,12 +145,10 @@ impl SmtpSink {
     /// order of [`Self::messages`]. Panics after 30 s, showing what is there.
     pub fn wait_for_messages(&self, n: usize) -> Vec<SinkMessage> {
         let deadline = Instant::now() + WAIT_TIMEOUT;
-        loop {
-            let msgs = self.messages();
-            if msgs.len() >= n {
-                return msgs;
-            }
+        // Count while polling and parse once: big dumps are not re-read every 10 ms.
+        while self.finished_dumps().len() < n {
             if Instant::now() > deadline {
+                let msgs = self.messages();
                 let got: Vec<_> = msgs.iter().map(|m| (&m.mail_from, &m.rcpt_to)).collect();
                 let log = fs::read_to_string(self.dump_dir.path().join(LOG)).unwrap_or_default();
                 panic!(
@@ -163,40 +159,30 @@ impl SmtpSink {
             }
             sleep(POLL);
         }
+        self.messages()
     }
 
     /// Finished dumps, oldest first. A dump that smtp-sink still has open is in progress.
     /// The directory is listed before the open files are read. So a listed file that is no
-    /// longer open is finished, or deleted, in which case it is skipped as NotFound.
-    fn finished_dumps(&self) -> Vec<(PathBuf, Vec<u8>)> {
-        let listed: Vec<_> = fs::read_dir(self.dump_dir.path())
-            .unwrap()
-            .flatten()
+    /// longer open is finished, or was deleted (an aborted transaction) and fails to stat.
+    fn finished_dumps(&self) -> Vec<PathBuf> {
+        let listed = fs::read_dir(self.dump_dir.path()).unwrap().flatten();
+        let dumps: Vec<_> = listed
+            .filter(|e| e.file_name().to_string_lossy().starts_with(DUMP_PREFIX))
             .collect();
         let pid = self.child.id();
         let open = open_files(pid)
             .unwrap_or_else(|e| panic!("read /proc/{pid}/fd to skip dumps in progress: {e}"));
-        let mut done = Vec::new();
-        for entry in listed {
-            let path = entry.path();
-            if !entry.file_name().to_string_lossy().starts_with(DUMP_PREFIX) {
-                continue;
-            }
-            let result = fs::metadata(&path).and_then(|m| {
-                let finished = !open.contains(&(m.dev(), m.ino()));
-                Ok(finished.then_some((m.modified()?, fs::read(&path)?)))
-            });
-            match result {
-                Ok(Some((mtime, bytes))) => done.push((mtime, path, bytes)),
-                Ok(None) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => panic!("read {}: {e}", path.display()),
-            }
-        }
-        done.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        done.into_iter()
-            .map(|(_, path, bytes)| (path, bytes))
-            .collect()
+        let mut done: Vec<_> = dumps
+            .into_iter()
+            .filter_map(|entry| {
+                let meta = fs::metadata(entry.path()).ok()?;
+                let finished = !open.contains(&(meta.dev(), meta.ino()));
+                finished.then_some((meta.modified().ok()?, entry.path()))
+            })
+            .collect();
+        done.sort();
+        done.into_iter().map(|(_, path)| path).collect()
     }
 }
 

@@ -1,0 +1,205 @@
+//! The shared side of flow control: `FlowHandle` wraps one session's `FlowController` for the
+//! stage tasks that report into it and the reader that waits on it. The read gate is written only
+//! here, from the controller's actions; everything else can only wait for it to open.
+//! `FlowRegistry` keeps the gateway-wide counters and every live session's flow state for the
+//! admin API and logs.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use super::{FlowAction, FlowController, FlowEvent, Reader, Watermarks};
+
+/// Whether the client socket may be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    Open,
+    Closed,
+}
+
+/// Gateway-wide counters (`flow.pauses`, `flow.resumes`, `flow.paused_now`).
+#[derive(Debug, Default)]
+pub struct FlowStats {
+    pauses: AtomicU64,
+    resumes: AtomicU64,
+}
+
+/// One session's flow state, as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionFlow {
+    pub session: u64,
+    pub paused: bool,
+    /// The stage whose inbox held the most bytes when the reader was paused.
+    pub paused_by: Option<String>,
+    /// Bytes queued per stage inbox of the current message.
+    pub queued: Vec<(String, u64)>,
+    pub pauses: u64,
+    pub resumes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowReport {
+    pub pauses: u64,
+    pub resumes: u64,
+    pub paused_now: u64,
+    pub sessions: Vec<SessionFlow>,
+}
+
+struct Inner {
+    controller: FlowController,
+    inbox_names: Vec<String>,
+}
+
+pub struct FlowHandle {
+    session: u64,
+    inner: Mutex<Inner>,
+    gate: watch::Sender<Gate>,
+    stats: Arc<FlowStats>,
+}
+
+impl FlowHandle {
+    /// Starts a message's content through inboxes with these names (the last is the spool).
+    pub fn start_message(&self, inbox_names: Vec<String>) {
+        let inboxes = inbox_names.len();
+        self.lock().inbox_names = inbox_names;
+        self.report(FlowEvent::MessageStart { inboxes });
+    }
+
+    /// Feeds an event to the controller and carries out its action.
+    pub fn report(&self, event: FlowEvent) {
+        let mut inner = self.lock();
+        let action = match inner.controller.handle(event) {
+            Ok(action) => action,
+            Err(err) => {
+                // A bookkeeping bug must not strand the session: log it loudly and go on.
+                error!(target: "sluice::flow", session = self.session, error = %err, "flow event rejected");
+                return;
+            }
+        };
+        match action {
+            Some(FlowAction::Pause { by }) => {
+                self.stats.pauses.fetch_add(1, Ordering::Relaxed);
+                let stage = inner.inbox_names.get(by).cloned().unwrap_or_default();
+                info!(target: "sluice::flow", session = self.session, stage, queued = inner.controller.live_queued(), "pause");
+                self.gate.send_replace(Gate::Closed);
+            }
+            Some(FlowAction::Resume) => {
+                self.stats.resumes.fetch_add(1, Ordering::Relaxed);
+                info!(target: "sluice::flow", session = self.session, queued = inner.controller.live_queued(), ?event, "resume");
+                self.gate.send_replace(Gate::Open);
+            }
+            None => {}
+        }
+    }
+
+    /// Waits until the controller allows reading the client.
+    pub async fn wait_readable(&self) {
+        let mut gate = self.gate.subscribe();
+        // The sender lives as long as `self`, so this cannot fail while we are borrowed.
+        let _ = gate.wait_for(|gate| *gate == Gate::Open).await;
+    }
+
+    pub fn snapshot(&self) -> SessionFlow {
+        let inner = self.lock();
+        let controller = &inner.controller;
+        let paused_by = match controller.reader() {
+            Reader::Paused { by } => inner.inbox_names.get(by).cloned(),
+            Reader::Reading => None,
+        };
+        SessionFlow {
+            session: self.session,
+            paused: paused_by.is_some(),
+            paused_by,
+            queued: inner.inbox_names.iter().cloned().zip(controller.queued()).collect(),
+            pauses: controller.pauses(),
+            resumes: controller.resumes(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for FlowHandle {
+    fn drop(&mut self) {
+        // The session is over however it ended: release the reader so the counters balance.
+        self.report(FlowEvent::SessionEnd);
+    }
+}
+
+/// All sessions' flow state plus the gateway-wide counters.
+#[derive(Default)]
+pub struct FlowRegistry {
+    stats: Arc<FlowStats>,
+    sessions: Mutex<BTreeMap<u64, Weak<FlowHandle>>>,
+}
+
+impl FlowRegistry {
+    /// A flow handle for a new session, registered until it is dropped.
+    pub fn open(&self, session: u64, marks: Watermarks) -> Arc<FlowHandle> {
+        let handle = Arc::new(FlowHandle {
+            session,
+            inner: Mutex::new(Inner { controller: FlowController::new(marks), inbox_names: Vec::new() }),
+            gate: watch::Sender::new(Gate::Open),
+            stats: self.stats.clone(),
+        });
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.retain(|_, weak| weak.strong_count() > 0);
+        sessions.insert(session, Arc::downgrade(&handle));
+        handle
+    }
+
+    /// The counters and every live session's state: what the admin API serves.
+    pub fn report(&self) -> FlowReport {
+        let sessions: Vec<SessionFlow> = {
+            let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            sessions.values().filter_map(Weak::upgrade).map(|handle| handle.snapshot()).collect()
+        };
+        let pauses = self.stats.pauses.load(Ordering::Relaxed);
+        let resumes = self.stats.resumes.load(Ordering::Relaxed);
+        FlowReport { pauses, resumes, paused_now: pauses.saturating_sub(resumes), sessions }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn gate_follows_the_controller_and_the_registry_reports() {
+        let registry = FlowRegistry::default();
+        let flow = registry.open(7, Watermarks { high: 100, low: 10 });
+        flow.start_message(vec!["slow".into(), "spool".into()]);
+        flow.report(FlowEvent::Queued { inbox: 0, bytes: 150 });
+        let report = registry.report();
+        assert_eq!((report.pauses, report.resumes, report.paused_now), (1, 0, 1));
+        assert_eq!(report.sessions[0].paused_by.as_deref(), Some("slow"));
+        assert_eq!(report.sessions[0].queued, vec![("slow".to_string(), 150), ("spool".to_string(), 0)]);
+        let waiter = {
+            let flow = flow.clone();
+            tokio::spawn(async move { flow.wait_readable().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        flow.report(FlowEvent::Drained { inbox: 0, bytes: 145 });
+        waiter.await.unwrap();
+        assert_eq!(registry.report().paused_now, 0);
+    }
+
+    #[test]
+    fn dropping_a_paused_session_balances_the_counters() {
+        let registry = FlowRegistry::default();
+        let flow = registry.open(1, Watermarks { high: 10, low: 1 });
+        flow.start_message(vec!["spool".into()]);
+        flow.report(FlowEvent::Queued { inbox: 0, bytes: 50 });
+        assert_eq!(registry.report().paused_now, 1);
+        drop(flow);
+        let report = registry.report();
+        assert_eq!((report.pauses, report.resumes, report.paused_now), (1, 1, 0));
+        assert!(report.sessions.is_empty());
+    }
+}
