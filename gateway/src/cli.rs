@@ -1,6 +1,7 @@
 //! Command-line interface: `serve` and `check-config`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -50,7 +51,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(async {
         let stop = stop_signal()?;
-        let context = Context::from_config(&config, hostname)?;
+        let context = Context::from_config(&config, hostname, Arc::default())?;
         let server = Server::bind(&config, context).await?;
         server.run(stop).await;
         Ok(())

@@ -3,6 +3,7 @@
 //! `config` describes it all and `cli` is the command line.
 
 pub mod cli;
+pub mod chain;
 pub mod config;
 pub mod flow;
 pub mod maildir;

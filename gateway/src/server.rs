@@ -16,7 +16,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::chain::test_stage::TestStageFactory;
+use crate::chain::{Chain, StageSpec};
+use crate::config::stages::{StageConfig, StageKind};
 use crate::config::Config;
+use crate::flow::gate::FlowRegistry;
+use crate::flow::Watermarks;
 use crate::maildir::Maildir;
 use crate::next_hop::NextHop;
 use crate::relay::{RelayClient, RelaySettings};
@@ -27,6 +32,9 @@ use crate::spool::Spool;
 /// Everything a session needs from the configuration, resolved once.
 pub struct Context {
     pub session: SessionConfig,
+    pub chain: Arc<Chain>,
+    pub watermarks: Watermarks,
+    pub flows: Arc<FlowRegistry>,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
     relay: Option<RelaySettings>,
@@ -36,7 +44,7 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn from_config(config: &Config, hostname: String) -> anyhow::Result<Context> {
+    pub fn from_config(config: &Config, hostname: String, flows: Arc<FlowRegistry>) -> anyhow::Result<Context> {
         let server = &config.server;
         let relay = config.relay.as_ref().map(|relay| RelaySettings {
             address: relay.address.clone(),
@@ -54,6 +62,9 @@ impl Context {
             }
         };
         Ok(Context {
+            chain: Arc::new(chain_from_config(&config.stage)),
+            watermarks: Watermarks { high: config.flow.high_watermark.0, low: config.flow.low_watermark.0 },
+            flows,
             session: SessionConfig {
                 hostname,
                 max_message_size: server.max_message_size.0,
@@ -80,6 +91,22 @@ impl Context {
     pub fn spool(&self) -> Spool {
         Spool::new(self.spool_memory, self.spool_directory.clone())
     }
+}
+
+/// Builds the chain's stages from `[[stage]]` tables (already validated).
+fn chain_from_config(stages: &[StageConfig]) -> Chain {
+    let specs = stages
+        .iter()
+        .map(|stage| StageSpec {
+            name: stage.name.clone(),
+            on_error: stage.on_error,
+            timeout: stage.timeout.0,
+            factory: match stage.kind {
+                StageKind::Test => Box::new(TestStageFactory::new(stage.test.clone().unwrap_or_default())),
+            },
+        })
+        .collect();
+    Chain::new(specs)
 }
 
 /// The two stages of a graceful stop, as sessions see them.
@@ -200,7 +227,8 @@ impl Server {
             server.shutdown.deadline.cancel();
             server.tasks.wait().await;
         }
-        info!(target: "sluice::smtp", "stopped");
+        let flow = server.context.flows.report();
+        info!(target: "sluice::smtp", flow_pauses = flow.pauses, flow_resumes = flow.resumes, "stopped");
     }
 
     /// Applies the session limits and starts the session task.
@@ -216,7 +244,7 @@ impl Server {
             self.tasks.spawn(refuse(stream, text).instrument(span));
             return;
         };
-        let connection = Connection::new(stream, self.context.clone(), self.shutdown.clone());
+        let connection = Connection::new(stream, peer, id, self.context.clone(), self.shutdown.clone());
         self.tasks.spawn(
             async move {
                 connection.run().await;

@@ -1,5 +1,6 @@
-//! Holds one message's content between receipt and delivery: in memory up to a bound, then in an
-//! anonymous temporary file, so a session's memory never grows with the message size.
+//! Holds one message's content between receipt and delivery: the header section in memory (it is
+//! bounded and changed by stages after the body passed), the body in memory up to a bound and in
+//! an anonymous temporary file beyond it, so a session's memory never grows with the message size.
 
 use std::io;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 const READ_CHUNK: usize = 64 * 1024;
 
 pub struct Spool {
+    head: Vec<u8>,
     memory: Vec<u8>,
     file: Option<File>,
     memory_limit: usize,
@@ -20,21 +22,28 @@ pub struct Spool {
 
 impl Spool {
     pub fn new(memory_limit: usize, directory: Option<PathBuf>) -> Spool {
-        Spool { memory: Vec::new(), file: None, memory_limit, directory, len: 0 }
+        Spool { head: Vec::new(), memory: Vec::new(), file: None, memory_limit, directory, len: 0 }
     }
 
+    /// Total size: header section and body.
     pub fn len(&self) -> u64 {
-        self.len
+        self.head.len() as u64 + self.len
+    }
+
+    /// Sets the header section, which is sent before the body.
+    pub fn set_head(&mut self, head: Vec<u8>) {
+        self.head = head;
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     pub fn is_spilled(&self) -> bool {
         self.file.is_some()
     }
 
+    /// Appends body bytes.
     pub async fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
         if self.file.is_none() && self.memory.len() + chunk.len() > self.memory_limit {
             let std_file = match &self.directory {
@@ -56,25 +65,32 @@ impl Spool {
 
     /// Forgets the content (the file, if any, is deleted by dropping it).
     pub fn clear(&mut self) {
+        self.head = Vec::new();
         self.memory = Vec::new();
         self.file = None;
         self.len = 0;
     }
 
-    /// Starts reading the content from the beginning.
+    /// Starts reading the content (header section, then body) from the beginning.
     pub async fn reader(&mut self) -> io::Result<SpoolReader<'_>> {
-        match &mut self.file {
+        let body = match &mut self.file {
             Some(file) => {
                 file.flush().await?;
                 file.rewind().await?;
-                Ok(SpoolReader::File { file, buf: vec![0; READ_CHUNK] })
+                Body::File { file, buf: vec![0; READ_CHUNK] }
             }
-            None => Ok(SpoolReader::Memory(Some(&self.memory))),
-        }
+            None => Body::Memory(Some(&self.memory)),
+        };
+        Ok(SpoolReader { head: Some(&self.head), body })
     }
 }
 
-pub enum SpoolReader<'a> {
+pub struct SpoolReader<'a> {
+    head: Option<&'a [u8]>,
+    body: Body<'a>,
+}
+
+enum Body<'a> {
     Memory(Option<&'a [u8]>),
     File { file: &'a mut File, buf: Vec<u8> },
 }
@@ -82,9 +98,12 @@ pub enum SpoolReader<'a> {
 impl SpoolReader<'_> {
     /// The next piece of content; None at the end.
     pub async fn next_chunk(&mut self) -> io::Result<Option<&[u8]>> {
-        match self {
-            SpoolReader::Memory(content) => Ok(content.take().filter(|c| !c.is_empty())),
-            SpoolReader::File { file, buf } => {
+        if let Some(head) = self.head.take().filter(|h| !h.is_empty()) {
+            return Ok(Some(head));
+        }
+        match &mut self.body {
+            Body::Memory(content) => Ok(content.take().filter(|c| !c.is_empty())),
+            Body::File { file, buf } => {
                 let n = file.read(buf).await?;
                 Ok((n > 0).then(|| &buf[..n]))
             }
@@ -112,6 +131,9 @@ mod tests {
         spool.write(b"world").await.unwrap();
         assert!(!spool.is_spilled());
         assert_eq!(read_all(&mut spool).await, b"hello world");
+        spool.set_head(b"Subject: x\r\n\r\n".to_vec());
+        assert_eq!(read_all(&mut spool).await, b"Subject: x\r\n\r\nhello world");
+        assert_eq!(spool.len(), 25);
     }
 
     #[tokio::test]

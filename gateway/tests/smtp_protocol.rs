@@ -224,7 +224,7 @@ fn session_limits_answer_421_at_greeting() {
     first.cmd("QUIT", 221);
     first.expect_closed();
     // The slot comes back when the session ends.
-    gateway.wait_for_log_count("disconnected", 1);
+    gateway.wait_for_log_count("session closed", 1);
     let mut again = gateway.connect();
     again.hello();
 }

@@ -27,7 +27,10 @@ use sluice::smtp::session::{Phase, Request, Session, SessionConfig, Step};
 use sluice_fuzz::{crlf_clean, ends_with_line_end, pieces, STRICT};
 
 /// Bound on the rendered input, so that `Repeat` stays cheap; still above `BODY_CHUNK` (64 KiB).
-const MAX_WIRE: usize = 160 * 1024;
+const MAX_WIRE: usize = 96 * 1024;
+
+/// Bound on the number of pieces the chunked run feeds.
+const MAX_PIECES: usize = 2048;
 
 #[derive(Arbitrary, Debug)]
 struct Case {
@@ -36,7 +39,8 @@ struct Case {
     reject_bare_line_endings: bool,
     /// The backend's answers, one byte per request in order (cycled); see `backend`.
     script: Vec<u8>,
-    /// Piece sizes for the chunked run (cycled; none means one byte at a time).
+    /// Piece sizes for the chunked run (cycled; none means one byte at a time). Big inputs are
+    /// cut into at most `MAX_PIECES` pieces.
     splits: Vec<u16>,
     wire: Vec<Piece>,
 }
@@ -248,7 +252,7 @@ impl Driver<'_> {
         self.events.push(Event::Request(request.clone()));
         let accepted = reply.is_positive();
         match request {
-            Request::Mail { from, params } => {
+            Request::Mail { from, params, .. } => {
                 assert!(self.transaction.is_none(), "MAIL sent to the backend inside a transaction");
                 assert!(params.size.is_none_or(|size| size <= self.config.max_message_size));
                 if accepted {
@@ -325,11 +329,15 @@ fn drive(case: &Case, wire: &[u8], splits: Option<&[u16]>) -> Vec<Event> {
         transaction: None,
         requests: 0,
     };
-    let whole = [wire.len()];
-    let mut feed: Box<dyn Iterator<Item = std::ops::Range<usize>>> = match splits {
-        Some(splits) => Box::new(pieces(wire.len(), splits)),
-        None => Box::new(pieces(wire.len(), &whole)),
+    // Big inputs go in at most about MAX_PIECES pieces, to keep executions fast; small inputs
+    // (where odd boundaries matter most) are cut exactly as the fuzzer says.
+    let floor = wire.len().div_ceil(MAX_PIECES).max(1);
+    let sizes: Vec<usize> = match splits {
+        Some([]) => vec![floor],
+        Some(splits) => splits.iter().map(|&s| usize::from(s).max(floor)).collect(),
+        None => vec![wire.len()],
     };
+    let mut feed = pieces(wire.len(), &sizes);
     let mut fed_pieces = 0;
     let mut steps = 0;
     loop {

@@ -4,6 +4,7 @@
 //! Loading is pure (text in, `Config` or `ConfigError` out) so every error path is unit-tested;
 //! only `load_file` touches the filesystem.
 
+pub mod stages;
 mod units;
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use units::{ByteSize, Span};
+use stages::{FlowConfig, StageConfig};
 
 /// The config `sluice serve` runs when given no `--config`: loopback listener, local maildir.
 pub const EMBEDDED_DEFAULT: &str = include_str!("embedded_default.toml");
@@ -27,6 +29,11 @@ pub struct Config {
     pub maildir: MaildirConfig,
     #[serde(default)]
     pub spool: SpoolConfig,
+    #[serde(default)]
+    pub flow: FlowConfig,
+    /// The chain, in order (`[[stage]]` tables).
+    #[serde(default)]
+    pub stage: Vec<StageConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -168,10 +175,19 @@ fn key_offset(text: &str, dotted: &str) -> Option<usize> {
     let mut item = doc.as_item();
     let mut span = None;
     for part in dotted.split('.') {
-        let table = item.as_table_like()?;
-        let (key, value) = table.get_key_value(part)?;
+        // "stage[2]" is the third table of the array `stage`.
+        let (name, index) = match part.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let (key, value) = item.as_table_like()?.get_key_value(name)?;
         span = key.span().or_else(|| value.span());
         item = value;
+        if let Some(index) = index {
+            let table = item.as_array_of_tables()?.get(index)?;
+            span = table.span().or(span);
+            item = item.get(index)?;
+        }
     }
     span.map(|s| s.start)
 }
@@ -217,7 +233,7 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
     if config.maildir.path.as_os_str().is_empty() {
         return fail("maildir.path", "must name a directory, e.g. \"./mail\"");
     }
-    Ok(())
+    stages::validate(&config.flow, &config.stage)
 }
 
 #[cfg(test)]
@@ -277,6 +293,19 @@ mod tests {
     fn syntax_error_has_a_line() {
         let err = error("[server\nlisten = 1\n");
         assert!(err.starts_with("test.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn stage_errors_point_into_the_array() {
+        let text = "[[stage]]\nname = \"a\"\nkind = \"test\"\n\n[[stage]]\nname = \"a\"\nkind = \"test\"\n";
+        let err = error(text);
+        assert!(err.starts_with("test.toml:6:1: stage[1].name: another stage has this name"), "{err}");
+        let err = error("[[stage]]\nname = \"a\"\nkind = \"wasm2\"\n");
+        assert!(err.starts_with("test.toml:3:") && err.contains("stage[0].kind"), "{err}");
+        let err = error("[[stage]]\nname = \"a\"\nkind = \"test\"\n[stage.test]\ndelay = \"fast\"\n");
+        assert!(err.starts_with("test.toml:5:") && err.contains("stage[0].test.delay"), "{err}");
+        let err = error("[flow]\nhigh_watermark = \"64KiB\"\nlow_watermark = \"64KiB\"\n");
+        assert!(err.starts_with("test.toml:3:1: flow.low_watermark: must be below"), "{err}");
     }
 
     #[test]

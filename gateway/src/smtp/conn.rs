@@ -1,7 +1,9 @@
-//! The one async loop per connection: reads the socket into the session state machine, writes its
-//! replies (batched, flushed whenever it needs input: RFC 2920 pipelining), spools message bytes
-//! and runs the next-hop requests. It decides nothing about the protocol itself.
+//! The one async loop per connection: reads the socket into the session state machine (only
+//! while the flow controller allows), writes its replies (batched, flushed whenever it needs
+//! input: RFC 2920 pipelining), runs envelope commands through the chain and the next hop, and
+//! feeds message bytes into the chain. It decides nothing about the protocol or about flow.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,9 +15,12 @@ use tracing::{debug, info, warn};
 
 use super::reply::Reply;
 use super::session::{Envelope, Phase, Request, Session, Step};
+use crate::chain::runner::{ContentOutcome, ContentRun};
+use crate::chain::stage::Verdict;
+use crate::chain::{EnvelopeOutcome, Transaction};
+use crate::flow::gate::FlowHandle;
 use crate::next_hop::NextHop;
 use crate::server::{Context, Shutdown};
-use crate::spool::Spool;
 
 /// Socket reads ask for at least this much room.
 const READ_BUFFER: usize = 64 * 1024;
@@ -27,13 +32,24 @@ enum Interruption {
     Deadline,
 }
 
+/// Where the current transaction stands in the chain.
+enum Chained {
+    None,
+    /// MAIL accepted: stage instances exist, content not started.
+    Envelope(Transaction),
+    /// Content is flowing through the stages.
+    Content(ContentRun),
+}
+
 pub struct Connection {
     stream: TcpStream,
+    peer: SocketAddr,
     context: Arc<Context>,
     shutdown: Shutdown,
     session: Session,
+    flow: Arc<FlowHandle>,
     next_hop: NextHop,
-    spool: Spool,
+    chained: Chained,
     input: BytesMut,
     output: Vec<u8>,
     /// When the current transaction's MAIL arrived, for the per-message log line.
@@ -41,20 +57,19 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, context: Arc<Context>, shutdown: Shutdown) -> Connection {
-        let session = Session::new(context.session.clone());
-        let next_hop = context.next_hop();
-        let spool = context.spool();
+    pub fn new(stream: TcpStream, peer: SocketAddr, id: u64, context: Arc<Context>, shutdown: Shutdown) -> Connection {
         Connection {
             stream,
-            context,
-            shutdown,
-            session,
-            next_hop,
-            spool,
+            peer,
+            session: Session::new(context.session.clone()),
+            flow: context.flows.open(id, context.watermarks),
+            next_hop: context.next_hop(),
+            chained: Chained::None,
             input: BytesMut::with_capacity(READ_BUFFER),
             output: Vec::with_capacity(1024),
             transaction_start: Instant::now(),
+            context,
+            shutdown,
         }
     }
 
@@ -65,13 +80,10 @@ impl Connection {
         loop {
             match self.session.step(&mut self.input) {
                 Step::Reply(reply) => self.output.extend_from_slice(&reply.to_wire()),
-                Step::Body(bytes) => {
-                    if let Err(err) = self.spool.write(&bytes).await {
-                        warn!(target: "sluice::smtp", error = %err, "cannot spool message; the client will get 451");
-                        self.close_with(Reply::new(451, "4.3.0", "Local spool error; try again later")).await;
-                        break;
-                    }
-                }
+                Step::Body(bytes) => match self.content() {
+                    Some(run) => run.push(bytes),
+                    None => warn!(target: "sluice::smtp", "message bytes outside a transaction dropped"),
+                },
                 Step::Request(request) => {
                     let deadline = self.shutdown.deadline.clone();
                     let answered = tokio::select! {
@@ -86,7 +98,7 @@ impl Connection {
                     self.output.extend_from_slice(&reply.to_wire());
                 }
                 Step::Refuse(reply) => {
-                    self.log_message(None, "refused", &reply);
+                    self.log_message(None, 0, "refused", &reply);
                     self.abandon().await;
                     self.output.extend_from_slice(&reply.to_wire());
                 }
@@ -120,47 +132,105 @@ impl Connection {
                 }
             }
         }
-        if !self.session.is_idle() || !self.spool.is_empty() {
+        if !self.session.is_idle() || !matches!(self.chained, Chained::None) {
             self.abandon().await;
         }
         self.next_hop.quit().await;
-        debug!(target: "sluice::smtp", "disconnected");
+        let flow = self.flow.snapshot();
+        info!(target: "sluice::smtp", pauses = flow.pauses, resumes = flow.resumes, "session closed");
+    }
+
+    /// The running content phase, started on the first message bytes.
+    fn content(&mut self) -> Option<&mut ContentRun> {
+        self.chained = match std::mem::replace(&mut self.chained, Chained::None) {
+            Chained::Envelope(transaction) => {
+                Chained::Content(transaction.start_content(self.context.spool(), self.flow.clone()))
+            }
+            other => other,
+        };
+        match &mut self.chained {
+            Chained::Content(run) => Some(run),
+            _ => None,
+        }
     }
 
     async fn handle(&mut self, request: Request) -> Reply {
         match request {
-            Request::Mail { from, params } => {
+            Request::Mail { helo, from, params } => {
                 self.transaction_start = Instant::now();
-                self.next_hop.mail(&from, &params).await
+                let (transaction, outcome) = self.context.chain.begin(self.peer, &helo, &from).await;
+                if let EnvelopeOutcome::Refuse(reply) = outcome {
+                    return reply;
+                }
+                let reply = self.next_hop.mail(&from, &params).await;
+                if reply.is_positive() {
+                    self.chained = Chained::Envelope(transaction);
+                }
+                reply
             }
-            Request::Rcpt { to } => self.next_hop.rcpt(&to).await,
-            Request::Deliver(envelope) => {
-                let reply = self.next_hop.deliver(&envelope.mail_from, &mut self.spool).await;
+            Request::Rcpt { to } => {
+                if let Chained::Envelope(transaction) = &mut self.chained {
+                    if let EnvelopeOutcome::Refuse(reply) = transaction.rcpt(&to).await {
+                        return reply;
+                    }
+                }
+                self.next_hop.rcpt(&to).await
+            }
+            Request::Deliver(envelope) => self.deliver(envelope).await,
+        }
+    }
+
+    /// End of data: waits for the chain, then delivers or answers with the chain's verdict.
+    async fn deliver(&mut self, envelope: Envelope) -> Reply {
+        self.content();
+        let Chained::Content(run) = std::mem::replace(&mut self.chained, Chained::None) else {
+            warn!(target: "sluice::smtp", "end of data outside a transaction");
+            return Reply::new(451, "4.3.0", "Local error; try again later");
+        };
+        let (result, reply, size) = match run.finish().await {
+            ContentOutcome::Deliver(mut spool) => {
+                let size = spool.len();
+                let reply = self.next_hop.deliver(&envelope.mail_from, &mut spool).await;
                 let result = match reply.code {
                     200..=299 => "accepted",
                     400..=499 => "tempfailed",
                     _ => "rejected",
                 };
-                self.log_message(Some(&envelope), result, &reply);
-                self.spool.clear();
-                reply
+                (result, reply, size)
             }
-        }
+            ContentOutcome::Decided(stage, verdict) => {
+                self.next_hop.reset().await;
+                info!(target: "sluice::filters", stage, verdict = verdict.kind(), "message decided by the chain");
+                match verdict {
+                    Verdict::Reject(reply) => ("rejected", reply, 0),
+                    Verdict::Tempfail(reply) => ("tempfailed", reply, 0),
+                    _ => ("discarded", Reply::new(250, "2.0.0", "Ok"), 0),
+                }
+            }
+            ContentOutcome::Failed(why) => {
+                self.next_hop.reset().await;
+                warn!(target: "sluice::filters", error = %why, "chain failed; the client will retry");
+                ("tempfailed", Reply::new(451, "4.3.0", "Local error in the filter chain; try again later"), 0)
+            }
+        };
+        self.log_message(Some(&envelope), size, result, &reply);
+        reply
     }
 
+    /// Drops the transaction (stage tasks are stopped, the spool freed) and resets the next hop.
     async fn abandon(&mut self) {
-        self.spool.clear();
+        self.chained = Chained::None;
         self.next_hop.reset().await;
     }
 
     /// The per-message log line: envelope, size, result, reply, duration.
-    fn log_message(&self, envelope: Option<&Envelope>, result: &str, reply: &Reply) {
+    fn log_message(&self, envelope: Option<&Envelope>, size: u64, result: &str, reply: &Reply) {
         let (from, rcpts) = envelope.map_or((String::new(), String::new()), |e| (e.mail_from.clone(), e.rcpt_to.join(",")));
         info!(
             target: "sluice::smtp",
             from = %from,
             rcpts = %rcpts,
-            size = self.spool.len(),
+            size,
             result,
             reply = %reply,
             duration_ms = self.transaction_start.elapsed().as_millis() as u64,
@@ -168,8 +238,13 @@ impl Connection {
         );
     }
 
-    /// Reads more input; Ok(false) at end of stream.
+    /// Reads more input once flow control allows; Ok(false) at end of stream.
     async fn read(&mut self) -> Result<bool, Interruption> {
+        let deadline = self.shutdown.deadline.clone();
+        tokio::select! {
+            _ = self.flow.wait_readable() => {}
+            _ = deadline.cancelled() => return Err(Interruption::Deadline),
+        }
         let limit = match self.session.phase() {
             Phase::Command => self.context.command_timeout,
             Phase::Content => self.context.data_timeout,

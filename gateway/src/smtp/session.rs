@@ -60,7 +60,8 @@ pub enum Step {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Mail { from: String, params: MailParams },
+    /// MAIL, with the HELO/EHLO name the transaction's stages are told about.
+    Mail { helo: String, from: String, params: MailParams },
     Rcpt { to: String },
     /// The content is complete and spooled: deliver it to the next hop.
     Deliver(Envelope),
@@ -305,7 +306,8 @@ impl Session {
                     params: params.clone(),
                     rcpt_to: Vec::new(),
                 };
-                (State::Ready, self.ask(Pending::Mail(envelope), Request::Mail { from, params }))
+                let request = Request::Mail { helo: self.helo.clone(), from, params };
+                (State::Ready, self.ask(Pending::Mail(envelope), request))
             }
             (state @ (State::Envelope(_) | State::Chunking(..)), Mail { .. }) => {
                 (state, Some(self.error(bad_sequence("nested MAIL command"))))

@@ -18,8 +18,9 @@
 //!   were tested), lines starting with `.` (once unstuffed) or `From `, and empty lines.
 //! - Not modelled by [`stored_form`]: if the content does not start with a header (or starts
 //!   with a continuation line), or the header block does not end with an empty line, Postfix
-//!   inserts one. A first line `From …` becomes `X-Mailbox-Line: From …`. `Subject  :` becomes
-//!   `Subject:`. Headers over `header_size_limit` (100 KiB) are cut off.
+//!   inserts one. A first line `From …` becomes `X-Mailbox-Line: From …`. Whitespace between
+//!   a header name and its colon is removed (`X-Foo  : a` → `X-Foo: a`). Headers over
+//!   `header_size_limit` (100 KiB) are cut off.
 //!
 //! Hence, for a well-formed CRLF message with no stray CR, `content_as_sent(&delivered) == sent`.
 #![allow(dead_code)]
@@ -169,14 +170,8 @@ pub fn stored_form(sent: &[u8]) -> Vec<u8> {
 
 /// Turns every LF into CRLF, which undoes Postfix's line-ending conversion for CRLF-only input.
 pub fn lf_to_crlf(lf: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(lf.len() + lf.len() / 32);
-    for &b in lf {
-        if b == b'\n' {
-            out.push(b'\r');
-        }
-        out.push(b);
-    }
-    out
+    let lines: Vec<&[u8]> = lf.split(|&b| b == b'\n').collect();
+    lines.join(&b"\r\n"[..])
 }
 
 /// The delivered message without the prepended header, with CRLF line endings. For a

@@ -86,8 +86,8 @@ impl SmtpSink {
     ///   reply 550 and disconnect SECS after DATA without reading the content.
     /// - `-8` no 8BITMIME, `-p` no PIPELINING, `-e` no ESMTP, `-E` no ENHANCEDSTATUSCODES,
     ///   `-N` no DSN, `-a` no AUTH, `-C`/`-F` no XCLIENT/XFORWARD.
-    /// - `-L` LMTP; `-M N`/`-n N` exit after N messages/sessions; `-t SECS` command timeout
-    ///   (100 by default); `-h NAME` greeting hostname.
+    /// - `-L` LMTP; `-n N` exit after N sessions; `-M N` exit after N messages, without
+    ///   replying to the last `.`; `-t SECS` command timeout (100 s); `-h NAME` greeting name.
     ///
     /// Don't pass `-d`, `-D`, `-S`, `-u`, `-R` or an address. This wrapper sets them, and
     /// the parser expects its own dump layout.
@@ -222,12 +222,8 @@ fn parse_dump(mut rest: &[u8]) -> Result<SinkMessage, String> {
         return Err("no X-Mail-Args line".into());
     }
     let content = rest.strip_suffix(b"\n").ok_or("no closing empty line")?;
-    for &b in content {
-        if b == b'\n' {
-            msg.data.push(b'\r');
-        }
-        msg.data.push(b);
-    }
+    let lines: Vec<&[u8]> = content.split(|&b| b == b'\n').collect();
+    msg.data = lines.join(&b"\r\n"[..]);
     Ok(msg)
 }
 

@@ -1,0 +1,183 @@
+//! The filter chain: an ordered list of stages from the config. The envelope phase runs stage by
+//! stage in the session task (each command waits for its verdicts); the content phase runs every
+//! stage concurrently on its own inbox (`runner`). Verdict folding: the first reject, tempfail or
+//! discard decides the message; a stage's failure becomes its `on_error` verdict.
+
+pub mod headers;
+pub mod runner;
+pub mod stage;
+pub mod test_stage;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use serde::Deserialize;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::flow::gate::FlowHandle;
+use crate::flow::FlowEvent;
+use crate::smtp::reply::Reply;
+use crate::spool::Spool;
+use runner::{ContentRun, Decision, EndOfData, RunningStage, Standing};
+use stage::{EnvelopeEvent, MessageContext, StageError, StageFactory, Verdict};
+
+/// What a stage's failure (error, timeout, trap, bad answer) does to the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// 451: the client retries later (the default: nothing is lost, nothing unchecked passes).
+    #[default]
+    Tempfail,
+    /// Skip the stage for this message and log it (fail open).
+    Accept,
+    /// 554: refuse the message.
+    Reject,
+}
+
+pub struct StageSpec {
+    pub name: String,
+    pub on_error: OnError,
+    /// Bound on every single call into the stage.
+    pub timeout: Duration,
+    pub factory: Box<dyn StageFactory>,
+}
+
+/// Calls into a stage with its time bound; a panic inside the stage is a failure, not a crash.
+pub(crate) async fn call<T>(spec: &StageSpec, call: impl Future<Output = Result<T, StageError>>) -> Result<T, StageError> {
+    match tokio::time::timeout(spec.timeout, AssertUnwindSafe(call).catch_unwind()).await {
+        Err(_) => Err(StageError::Timeout(spec.timeout)),
+        Ok(Err(_panic)) => Err(StageError::Failed("stage panicked".into())),
+        Ok(Ok(result)) => result,
+    }
+}
+
+/// Answer to an envelope command after the chain has seen it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvelopeOutcome {
+    Continue,
+    Refuse(Reply),
+}
+
+#[derive(Default)]
+pub struct Chain {
+    stages: Vec<Arc<StageSpec>>,
+}
+
+impl Chain {
+    pub fn new(stages: Vec<StageSpec>) -> Chain {
+        Chain { stages: stages.into_iter().map(Arc::new).collect() }
+    }
+
+    pub fn stage_names(&self) -> Vec<String> {
+        self.stages.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// Starts a transaction: fresh stage instances, then connect, helo and mail events.
+    pub async fn begin(&self, peer: SocketAddr, helo: &str, mail_from: &str) -> (Transaction, EnvelopeOutcome) {
+        let (end_sender, end_of_data) = EndOfData::channel();
+        let context = MessageContext { end_of_data };
+        let mut transaction = Transaction { stages: Vec::new(), decision: Arc::default(), end_of_data: end_sender };
+        let mut refusal = None;
+        for spec in &self.stages {
+            match spec.factory.instantiate(&context) {
+                Ok(instance) => transaction.stages.push(RunningStage { spec: spec.clone(), instance, standing: Standing::Active }),
+                Err(err) => {
+                    warn!(target: "sluice::filters", stage = %spec.name, error = %err, "cannot instantiate stage");
+                    match spec.on_error.verdict(&spec.name) {
+                        None => {}
+                        Some(Verdict::Reject(reply) | Verdict::Tempfail(reply)) => refusal = refusal.or(Some(reply)),
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+        if let Some(reply) = refusal {
+            return (transaction, EnvelopeOutcome::Refuse(reply));
+        }
+        let events = [
+            EnvelopeEvent::Connect { peer },
+            EnvelopeEvent::Helo { name: helo.to_string() },
+            EnvelopeEvent::MailFrom { address: mail_from.to_string() },
+        ];
+        for event in events {
+            let outcome = transaction.envelope(&event).await;
+            if outcome != EnvelopeOutcome::Continue {
+                return (transaction, outcome);
+            }
+        }
+        (transaction, EnvelopeOutcome::Continue)
+    }
+}
+
+/// One transaction's stage instances, from MAIL to the end of the message.
+pub struct Transaction {
+    stages: Vec<RunningStage>,
+    decision: Arc<Decision>,
+    end_of_data: watch::Sender<bool>,
+}
+
+impl Transaction {
+    pub async fn rcpt(&mut self, to: &str) -> EnvelopeOutcome {
+        self.envelope(&EnvelopeEvent::RcptTo { address: to.to_string() }).await
+    }
+
+    /// Runs one envelope event through the active stages in order.
+    async fn envelope(&mut self, event: &EnvelopeEvent) -> EnvelopeOutcome {
+        for stage in &mut self.stages {
+            if stage.standing != Standing::Active || self.decision.is_decided() {
+                continue;
+            }
+            let spec = stage.spec.clone();
+            let result = call(&spec, stage.instance.envelope(event)).await.and_then(checked);
+            match result {
+                Ok(Verdict::Continue) => {}
+                Ok(Verdict::Accept) => stage.standing = Standing::Accepted,
+                Ok(Verdict::Reject(reply) | Verdict::Tempfail(reply)) => {
+                    info!(target: "sluice::filters", stage = %spec.name, event = event.name(), reply = %reply, "envelope refused");
+                    return EnvelopeOutcome::Refuse(reply);
+                }
+                Ok(Verdict::Discard) => {
+                    info!(target: "sluice::filters", stage = %spec.name, event = event.name(), "message will be discarded");
+                    self.decision.decide(&spec.name, Verdict::Discard);
+                }
+                Err(err) => {
+                    warn!(target: "sluice::filters", stage = %spec.name, event = event.name(), error = %err, policy = ?spec.on_error, "stage failed");
+                    match spec.on_error.verdict(&spec.name) {
+                        None => stage.standing = Standing::Bypassed,
+                        Some(Verdict::Reject(reply) | Verdict::Tempfail(reply)) => return EnvelopeOutcome::Refuse(reply),
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+        EnvelopeOutcome::Continue
+    }
+
+    /// Starts the content phase: the stages run concurrently from here on.
+    pub fn start_content(self, spool: Spool, flow: Arc<FlowHandle>) -> ContentRun {
+        let decided = self.decision.is_decided();
+        let run = ContentRun::start(self.stages, spool, flow.clone(), self.decision, self.end_of_data);
+        if decided {
+            flow.report(FlowEvent::EarlyVerdict);
+        }
+        run
+    }
+}
+
+/// A verdict whose reply does not match its kind (a 2xx reject, say) is a stage failure.
+pub(crate) fn checked(verdict: Verdict) -> Result<Verdict, StageError> {
+    match &verdict {
+        Verdict::Reject(reply) if !(500..600).contains(&reply.code) => {
+            Err(StageError::Failed(format!("reject with non-5xx reply {}", reply.code)))
+        }
+        Verdict::Tempfail(reply) if !(400..500).contains(&reply.code) => {
+            Err(StageError::Failed(format!("tempfail with non-4xx reply {}", reply.code)))
+        }
+        _ => Ok(verdict),
+    }
+}

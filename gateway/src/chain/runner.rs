@@ -1,0 +1,361 @@
+//! The content phase of a transaction: one task per stage, each draining its own inbox
+//! concurrently with the others and feeding the next, the last feeding the spool. Inboxes report
+//! queued and drained bytes to the session's flow controller; a stage task that ends for any
+//! reason reports its inbox gone, so a dead stage can never leave the client paused.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn, Instrument};
+
+use super::headers::{HeaderChange, HeaderSection, HeaderSplitter};
+use super::stage::{BodyOutput, Reaction, Stage, StageError, Verdict};
+use super::{call, OnError, StageSpec};
+use crate::flow::gate::FlowHandle;
+use crate::flow::FlowEvent;
+use crate::spool::Spool;
+
+/// What moves between stages.
+#[derive(Debug)]
+pub enum Item {
+    Headers(HeaderSection),
+    Body(Bytes),
+    /// End of content, with header changes stages asked for at their end.
+    End(Vec<HeaderChange>),
+}
+
+impl Item {
+    fn bytes(&self) -> u64 {
+        match self {
+            Item::Headers(section) => section.len() as u64,
+            Item::Body(chunk) => chunk.len() as u64,
+            Item::End(_) => 0,
+        }
+    }
+}
+
+/// The sending side of a stage's inbox, accounting bytes to the flow controller.
+#[derive(Clone)]
+struct Inbox {
+    index: usize,
+    sender: mpsc::UnboundedSender<Item>,
+    flow: Arc<FlowHandle>,
+}
+
+impl Inbox {
+    fn send(&self, item: Item) {
+        // Counted before it can be drained; a gone consumer's bytes are ignored by the controller.
+        self.flow.report(FlowEvent::Queued { inbox: self.index, bytes: item.bytes() });
+        let _ = self.sender.send(item);
+    }
+}
+
+/// Reports the inbox gone when its consumer task ends, however it ends (even aborted).
+struct ConsumerGuard {
+    index: usize,
+    flow: Arc<FlowHandle>,
+}
+
+impl Drop for ConsumerGuard {
+    fn drop(&mut self) {
+        self.flow.report(FlowEvent::InboxGone { inbox: self.index });
+    }
+}
+
+/// The first verdict that ends the message's fate, shared by all stage tasks.
+#[derive(Default)]
+pub struct Decision {
+    verdict: Mutex<Option<(String, Verdict)>>,
+}
+
+impl Decision {
+    /// Records a final verdict; the first one wins. Returns whether this one won.
+    pub fn decide(&self, stage: &str, verdict: Verdict) -> bool {
+        let mut slot = self.verdict.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some((stage.to_string(), verdict));
+        true
+    }
+
+    pub fn get(&self) -> Option<(String, Verdict)> {
+        self.verdict.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn is_decided(&self) -> bool {
+        self.verdict.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+}
+
+/// Set once the client's end of data has been read (stages may wait for it).
+#[derive(Clone)]
+pub struct EndOfData(watch::Receiver<bool>);
+
+impl EndOfData {
+    pub fn channel() -> (watch::Sender<bool>, EndOfData) {
+        let (sender, receiver) = watch::channel(false);
+        (sender, EndOfData(receiver))
+    }
+
+    pub async fn wait(&mut self) {
+        let _ = self.0.wait_for(|read| *read).await;
+    }
+}
+
+/// A stage's standing within one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Called for every event.
+    Active,
+    /// Said accept: passes the message on without being called.
+    Accepted,
+    /// Failed with `on_error = accept`: skipped, message passes.
+    Bypassed,
+}
+
+pub struct RunningStage {
+    pub spec: Arc<StageSpec>,
+    pub instance: Box<dyn Stage>,
+    pub standing: Standing,
+}
+
+/// The content phase as the session driver sees it.
+pub struct ContentRun {
+    splitter: Option<HeaderSplitter>,
+    first: Inbox,
+    flow: Arc<FlowHandle>,
+    decision: Arc<Decision>,
+    end_of_data: watch::Sender<bool>,
+    spooled: oneshot::Receiver<std::io::Result<Spool>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// How the content phase ended.
+pub enum ContentOutcome {
+    Deliver(Spool),
+    /// A stage's final verdict (reject, tempfail or discard) and the stage's name.
+    Decided(String, Verdict),
+    /// The spool or a stage task failed unexpectedly.
+    Failed(String),
+}
+
+impl ContentRun {
+    /// Spawns the stage tasks and the spool task.
+    pub fn start(
+        stages: Vec<RunningStage>,
+        spool: Spool,
+        flow: Arc<FlowHandle>,
+        decision: Arc<Decision>,
+        end_of_data: watch::Sender<bool>,
+    ) -> ContentRun {
+        let mut names: Vec<String> = stages.iter().map(|s| s.spec.name.clone()).collect();
+        names.push("spool".into());
+        flow.start_message(names);
+        let span = tracing::Span::current();
+        let (spool_tx, spool_rx) = mpsc::unbounded_channel();
+        let (done_tx, spooled) = oneshot::channel();
+        let mut next = Inbox { index: stages.len(), sender: spool_tx, flow: flow.clone() };
+        let mut tasks = vec![tokio::spawn(spool_task(next.clone(), spool_rx, spool, done_tx).instrument(span.clone()))];
+        for (index, stage) in stages.into_iter().enumerate().rev() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let inbox = Inbox { index, sender: tx, flow: flow.clone() };
+            let task = stage_task(inbox.clone(), rx, stage, next, decision.clone());
+            tasks.push(tokio::spawn(task.instrument(span.clone())));
+            next = inbox;
+        }
+        ContentRun { splitter: Some(HeaderSplitter::default()), first: next, flow, decision, end_of_data, spooled, tasks }
+    }
+
+    /// Passes message bytes into the chain (dropped once the chain has decided).
+    pub fn push(&mut self, bytes: Vec<u8>) {
+        if self.decision.is_decided() {
+            return;
+        }
+        match &mut self.splitter {
+            Some(splitter) => {
+                if let Some((section, rest)) = splitter.push(&bytes) {
+                    self.splitter = None;
+                    self.first.send(Item::Headers(section));
+                    if !rest.is_empty() {
+                        self.first.send(Item::Body(Bytes::from(rest)));
+                    }
+                }
+            }
+            None => self.first.send(Item::Body(Bytes::from(bytes))),
+        }
+    }
+
+    /// Ends the content and waits for every stage and the spool.
+    pub async fn finish(mut self) -> ContentOutcome {
+        if let Some(mut splitter) = self.splitter.take() {
+            let (section, rest) = splitter.finish();
+            self.first.send(Item::Headers(section));
+            if !rest.is_empty() {
+                self.first.send(Item::Body(Bytes::from(rest)));
+            }
+        }
+        self.first.send(Item::End(Vec::new()));
+        self.end_of_data.send_replace(true);
+        self.flow.report(FlowEvent::EndOfMessage);
+        let spooled = (&mut self.spooled).await;
+        if let Some((stage, verdict)) = self.decision.get() {
+            return ContentOutcome::Decided(stage, verdict);
+        }
+        match spooled {
+            Ok(Ok(spool)) => ContentOutcome::Deliver(spool),
+            Ok(Err(err)) => ContentOutcome::Failed(format!("spool error: {err}")),
+            Err(_) => ContentOutcome::Failed("a stage task ended unexpectedly".into()),
+        }
+    }
+}
+
+impl Drop for ContentRun {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.flow.report(FlowEvent::MessageDone);
+    }
+}
+
+async fn spool_task(
+    inbox: Inbox,
+    mut items: mpsc::UnboundedReceiver<Item>,
+    mut spool: Spool,
+    done: oneshot::Sender<std::io::Result<Spool>>,
+) {
+    let _guard = ConsumerGuard { index: inbox.index, flow: inbox.flow.clone() };
+    let mut head = HeaderSection::default();
+    let mut result = Ok(());
+    while let Some(item) = items.recv().await {
+        let bytes = item.bytes();
+        match item {
+            Item::Headers(section) => head = section,
+            Item::Body(chunk) if result.is_ok() => result = spool.write(&chunk).await,
+            Item::Body(_) => {}
+            Item::End(changes) => {
+                for change in &changes {
+                    head.apply(change);
+                }
+                spool.set_head(head.to_bytes());
+                let _ = done.send(result.map(|()| spool));
+                inbox.flow.report(FlowEvent::Drained { inbox: inbox.index, bytes });
+                return;
+            }
+        }
+        inbox.flow.report(FlowEvent::Drained { inbox: inbox.index, bytes });
+    }
+}
+
+async fn stage_task(
+    inbox: Inbox,
+    mut items: mpsc::UnboundedReceiver<Item>,
+    mut stage: RunningStage,
+    next: Inbox,
+    decision: Arc<Decision>,
+) {
+    let _guard = ConsumerGuard { index: inbox.index, flow: inbox.flow.clone() };
+    while let Some(item) = items.recv().await {
+        let bytes = item.bytes();
+        let end = matches!(item, Item::End(_));
+        let called = stage.standing == Standing::Active && !decision.is_decided();
+        match item {
+            Item::Headers(mut section) => {
+                if called {
+                    let result = call(&stage.spec, stage.instance.headers(&section)).await;
+                    let reaction = settle(&mut stage, result, &decision, &inbox.flow);
+                    for change in &reaction.header_changes {
+                        section.apply(change);
+                    }
+                }
+                next.send(Item::Headers(section));
+            }
+            Item::Body(chunk) => {
+                let output = match called {
+                    true => {
+                        let result = call(&stage.spec, stage.instance.body(chunk.clone())).await;
+                        settle(&mut stage, result, &decision, &inbox.flow).body
+                    }
+                    false => BodyOutput::Pass,
+                };
+                if !decision.is_decided() {
+                    forward(&next, chunk, output);
+                }
+            }
+            Item::End(mut late) => {
+                if called {
+                    let result = call(&stage.spec, stage.instance.end()).await;
+                    let reaction = settle(&mut stage, result, &decision, &inbox.flow);
+                    late.extend(reaction.header_changes);
+                    if let BodyOutput::Replace(chunks) = reaction.body {
+                        chunks.into_iter().for_each(|chunk| next.send(Item::Body(chunk)));
+                    }
+                }
+                next.send(Item::End(late));
+            }
+        }
+        inbox.flow.report(FlowEvent::Drained { inbox: inbox.index, bytes });
+        if end {
+            return;
+        }
+    }
+}
+
+fn forward(next: &Inbox, chunk: Bytes, output: BodyOutput) {
+    match output {
+        BodyOutput::Pass => next.send(Item::Body(chunk)),
+        BodyOutput::Replace(chunks) => chunks.into_iter().filter(|c| !c.is_empty()).for_each(|c| next.send(Item::Body(c))),
+    }
+}
+
+/// Applies a stage's answer, or its failure policy, to the message.
+fn settle(
+    stage: &mut RunningStage,
+    result: Result<Reaction, StageError>,
+    decision: &Decision,
+    flow: &FlowHandle,
+) -> Reaction {
+    let spec = stage.spec.clone();
+    match result.and_then(|reaction| super::checked(reaction.verdict.clone()).map(|_| reaction)) {
+        Ok(reaction) => {
+            match &reaction.verdict {
+                Verdict::Continue => {}
+                Verdict::Accept => stage.standing = Standing::Accepted,
+                verdict => {
+                    info!(target: "sluice::filters", stage = %spec.name, verdict = verdict.kind(), "content verdict");
+                    if decision.decide(&spec.name, verdict.clone()) {
+                        flow.report(FlowEvent::EarlyVerdict);
+                    }
+                }
+            }
+            reaction
+        }
+        Err(err) => {
+            warn!(target: "sluice::filters", stage = %spec.name, error = %err, policy = ?spec.on_error, "stage failed");
+            match spec.on_error.verdict(&spec.name) {
+                None => stage.standing = Standing::Bypassed,
+                Some(verdict) => {
+                    if decision.decide(&spec.name, verdict) {
+                        flow.report(FlowEvent::EarlyVerdict);
+                    }
+                }
+            }
+            Reaction::carry_on()
+        }
+    }
+}
+
+impl OnError {
+    /// The verdict a failure turns into; None means "skip the stage" (fail open).
+    pub fn verdict(&self, stage: &str) -> Option<Verdict> {
+        use crate::smtp::reply::Reply;
+        match self {
+            OnError::Tempfail => Some(Verdict::Tempfail(Reply::new(451, "4.3.0", format!("Filter {stage} unavailable; try again later")))),
+            OnError::Reject => Some(Verdict::Reject(Reply::new(554, "5.7.0", format!("Message refused by filter {stage} policy")))),
+            OnError::Accept => None,
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The stage contract: what every chain stage (built-in test stage, wasm filter, clamd bridge)
+//! receives and answers. One `Stage` instance serves one transaction, so no state leaks between
+//! messages or senders.
+
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::headers::{HeaderChange, HeaderSection};
+use super::runner::EndOfData;
+use crate::smtp::reply::Reply;
+
+/// What a stage says about the transaction after an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Go on; call me with the next event.
+    Continue,
+    /// I am satisfied: stop calling me, pass the message on unchanged.
+    Accept,
+    /// Refuse with this 5xx reply.
+    Reject(Reply),
+    /// Refuse for now with this 4xx reply.
+    Tempfail(Reply),
+    /// Tell the client 250, then drop the message (logged).
+    Discard,
+}
+
+impl Verdict {
+    /// Reject, tempfail and discard end the transaction's fate.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Verdict::Reject(_) | Verdict::Tempfail(_) | Verdict::Discard)
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Verdict::Continue => "continue",
+            Verdict::Accept => "accept",
+            Verdict::Reject(_) => "reject",
+            Verdict::Tempfail(_) => "tempfail",
+            Verdict::Discard => "discard",
+        }
+    }
+}
+
+/// Replacement of the body bytes a stage was given.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum BodyOutput {
+    /// Pass the chunk on unchanged (for `end`: add nothing).
+    #[default]
+    Pass,
+    /// Pass these bytes on instead (for `end`: append them). Empty drops the chunk.
+    Replace(Vec<Bytes>),
+}
+
+/// A stage's answer to one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaction {
+    pub verdict: Verdict,
+    /// Header changes; at `headers` they apply before the next stage sees the header section,
+    /// at `end` they apply to the header section before relay.
+    pub header_changes: Vec<HeaderChange>,
+    pub body: BodyOutput,
+}
+
+impl Reaction {
+    pub fn verdict(verdict: Verdict) -> Reaction {
+        Reaction { verdict, header_changes: Vec::new(), body: BodyOutput::Pass }
+    }
+
+    pub fn carry_on() -> Reaction {
+        Reaction::verdict(Verdict::Continue)
+    }
+}
+
+/// The envelope events, in the order a stage receives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvelopeEvent {
+    Connect { peer: SocketAddr },
+    Helo { name: String },
+    MailFrom { address: String },
+    RcptTo { address: String },
+}
+
+impl EnvelopeEvent {
+    pub fn name(&self) -> &'static str {
+        match self {
+            EnvelopeEvent::Connect { .. } => "connect",
+            EnvelopeEvent::Helo { .. } => "helo",
+            EnvelopeEvent::MailFrom { .. } => "mail",
+            EnvelopeEvent::RcptTo { .. } => "rcpt",
+        }
+    }
+}
+
+/// Why a stage call failed; the stage's `on_error` policy decides what happens next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StageError {
+    #[error("stage failed: {0}")]
+    Failed(String),
+    #[error("stage did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("stage task ended unexpectedly")]
+    Died,
+}
+
+/// One transaction's instance of a stage. Every call is bounded by the stage's timeout.
+#[async_trait]
+pub trait Stage: Send {
+    async fn envelope(&mut self, event: &EnvelopeEvent) -> Result<Verdict, StageError>;
+    async fn headers(&mut self, headers: &HeaderSection) -> Result<Reaction, StageError>;
+    async fn body(&mut self, chunk: Bytes) -> Result<Reaction, StageError>;
+    async fn end(&mut self) -> Result<Reaction, StageError>;
+}
+
+/// Per-message facts a stage instance may use.
+#[derive(Clone)]
+pub struct MessageContext {
+    /// Becomes true once the client's end of data has been read.
+    pub end_of_data: EndOfData,
+}
+
+/// Makes a fresh `Stage` per transaction.
+pub trait StageFactory: Send + Sync {
+    fn instantiate(&self, context: &MessageContext) -> Result<Box<dyn Stage>, StageError>;
+}

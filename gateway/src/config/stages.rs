@@ -1,0 +1,134 @@
+//! `[flow]` and `[[stage]]`: the chain's configuration.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ByteSize, Span};
+use crate::chain::OnError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowConfig {
+    /// Bytes queued in the chain at which the client is paused.
+    pub high_watermark: ByteSize,
+    /// Bytes queued at which a paused client is resumed (below `high_watermark`).
+    pub low_watermark: ByteSize,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig { high_watermark: ByteSize(256 << 10), low_watermark: ByteSize(64 << 10) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageKind {
+    /// Built-in stage for tests and demonstrations (`[stage.test]` says what it does).
+    Test,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    pub name: String,
+    pub kind: StageKind,
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Bound on each call into the stage.
+    #[serde(default = "default_stage_timeout")]
+    pub timeout: Span,
+    /// Behaviour of a `kind = "test"` stage; absent, it passes everything.
+    pub test: Option<TestStageConfig>,
+}
+
+fn default_stage_timeout() -> Span {
+    Span(Duration::from_secs(30))
+}
+
+/// The events a stage receives, as names in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageEvent {
+    Connect,
+    Helo,
+    Mail,
+    Rcpt,
+    Headers,
+    Body,
+    End,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TestVerdict {
+    Accept,
+    Reject,
+    Tempfail,
+    Discard,
+}
+
+/// What the built-in test stage does; every key is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestStageConfig {
+    /// Sleep this long on every body chunk: a deliberately slow stage.
+    pub delay: Option<Span>,
+    /// Do not finish any body call before the client's end of data has been read, so the
+    /// chunks stay queued (the OpenSMTPD 6.1 regression scenario).
+    #[serde(default)]
+    pub hold_until_end_of_data: bool,
+    /// Answer `verdict` at event `at` (with `reply`, e.g. "550 5.7.1 No thanks").
+    pub verdict: Option<TestVerdict>,
+    pub at: Option<StageEvent>,
+    pub reply: Option<String>,
+    /// With `at = "rcpt"`: only for recipients containing this text.
+    pub rcpt_contains: Option<String>,
+    /// Return an error at this event.
+    pub fail_at: Option<StageEvent>,
+    /// Never answer at this event (the stage timeout must stop it).
+    pub hang_at: Option<StageEvent>,
+    /// Panic at this event.
+    pub panic_at: Option<StageEvent>,
+    /// "Name: value" fields added when the header section passes, and at the end.
+    pub add_header: Option<String>,
+    pub end_header: Option<String>,
+    /// A field name removed (all occurrences) when the header section passes.
+    pub remove_header: Option<String>,
+    /// Text appended to the body at the end (replacement chunks).
+    pub append: Option<String>,
+}
+
+/// Semantic checks for the chain; errors name the key.
+pub(super) fn validate(flow: &FlowConfig, stages: &[StageConfig]) -> Result<(), (String, String)> {
+    let fail = |key: String, message: &str| Err((key, message.to_string()));
+    if flow.high_watermark.0 == 0 {
+        return fail("flow.high_watermark".into(), "must be greater than zero");
+    }
+    if flow.low_watermark >= flow.high_watermark {
+        return fail("flow.low_watermark".into(), "must be below flow.high_watermark");
+    }
+    for (i, stage) in stages.iter().enumerate() {
+        if stage.name.is_empty() || !stage.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return fail(format!("stage[{i}].name"), "must be non-empty letters, digits, '-', '_' or '.'");
+        }
+        if stages[..i].iter().any(|other| other.name == stage.name) {
+            return fail(format!("stage[{i}].name"), "another stage has this name; names must be unique");
+        }
+        if stage.timeout.0.is_zero() {
+            return fail(format!("stage[{i}].timeout"), "must be greater than zero");
+        }
+        if let Some(test) = &stage.test {
+            if test.verdict.is_some() != test.at.is_some() {
+                return fail(format!("stage[{i}].test.verdict"), "verdict and at go together");
+            }
+            if let Some(reply) = &test.reply {
+                if crate::smtp::reply::Reply::parse_lines(&[reply.clone()]).is_none() {
+                    return fail(format!("stage[{i}].test.reply"), "must be an SMTP reply such as \"550 5.7.1 text\"");
+                }
+            }
+        }
+    }
+    Ok(())
+}
