@@ -49,6 +49,8 @@ struct Case {
 enum Piece {
     Raw(Vec<u8>),
     Command(Command, Eol),
+    /// The same command line 1..=32 times: reaches the error limit.
+    Repeated(Command, u8),
     /// A content line.
     Line(Vec<u8>, Eol),
     /// A line holding only ".": the end of DATA when it is a whole CRLF line.
@@ -159,6 +161,10 @@ fn render(wire: &[Piece]) -> Vec<u8> {
             Piece::Command(command, eol) => {
                 out.extend_from_slice(command.render().as_bytes());
                 out.extend_from_slice(eol.bytes());
+            }
+            Piece::Repeated(command, times) => {
+                let line = command.render() + "\r\n";
+                out.extend_from_slice(line.repeat(usize::from(times % 32) + 1).as_bytes());
             }
             Piece::Line(text, eol) => {
                 out.extend_from_slice(text);
@@ -311,8 +317,12 @@ impl Driver<'_> {
 fn drive(case: &Case, wire: &[u8], splits: Option<&[u16]>) -> Vec<Event> {
     let config = SessionConfig {
         hostname: "gw.test".into(),
-        // Mostly small limits, so that they are hit; sometimes above BODY_CHUNK.
-        max_message_size: u64::from(case.max_message_size % (1 << 18)),
+        // Half the time a small limit (under 4 KiB), so that it is hit; else up to 256 KiB, past
+        // BODY_CHUNK and MAX_WIRE.
+        max_message_size: match case.max_message_size {
+            n if n % 2 == 0 => u64::from(n / 2 % 4096),
+            n => u64::from(n / 2 % (1 << 18)),
+        },
         max_recipients: usize::from(case.max_recipients % 8),
         bare_line_endings: match case.reject_bare_line_endings {
             true => BareLineEndings::Reject,

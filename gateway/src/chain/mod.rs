@@ -20,7 +20,6 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::flow::gate::FlowHandle;
-use crate::flow::FlowEvent;
 use crate::smtp::reply::Reply;
 use crate::spool::Spool;
 use runner::{ContentRun, Decision, EndOfData, RunningStage, Standing};
@@ -160,12 +159,7 @@ impl Transaction {
 
     /// Starts the content phase: the stages run concurrently from here on.
     pub fn start_content(self, spool: Spool, flow: Arc<FlowHandle>) -> ContentRun {
-        let decided = self.decision.is_decided();
-        let run = ContentRun::start(self.stages, spool, flow.clone(), self.decision, self.end_of_data);
-        if decided {
-            flow.report(FlowEvent::EarlyVerdict);
-        }
-        run
+        ContentRun::start(self.stages, spool, flow, self.decision, self.end_of_data)
     }
 }
 

@@ -13,7 +13,7 @@ use tracing::{info, warn, Instrument};
 use super::headers::{HeaderChange, HeaderSection, HeaderSplitter};
 use super::stage::{BodyOutput, Reaction, Stage, StageError, Verdict};
 use super::{call, OnError, StageSpec};
-use crate::flow::gate::FlowHandle;
+use crate::flow::gate::{FlowHandle, MessageFlow};
 use crate::flow::FlowEvent;
 use crate::spool::Spool;
 
@@ -41,7 +41,7 @@ impl Item {
 struct Inbox {
     index: usize,
     sender: mpsc::UnboundedSender<Item>,
-    flow: Arc<FlowHandle>,
+    flow: MessageFlow,
 }
 
 impl Inbox {
@@ -55,7 +55,7 @@ impl Inbox {
 /// Reports the inbox gone when its consumer task ends, however it ends (even aborted).
 struct ConsumerGuard {
     index: usize,
-    flow: Arc<FlowHandle>,
+    flow: MessageFlow,
 }
 
 impl Drop for ConsumerGuard {
@@ -126,7 +126,7 @@ pub struct RunningStage {
 pub struct ContentRun {
     splitter: Option<HeaderSplitter>,
     first: Inbox,
-    flow: Arc<FlowHandle>,
+    flow: MessageFlow,
     decision: Arc<Decision>,
     end_of_data: watch::Sender<bool>,
     spooled: oneshot::Receiver<std::io::Result<Spool>>,
@@ -153,7 +153,7 @@ impl ContentRun {
     ) -> ContentRun {
         let mut names: Vec<String> = stages.iter().map(|s| s.spec.name.clone()).collect();
         names.push("spool".into());
-        flow.start_message(names);
+        let flow = flow.start_message(names);
         let span = tracing::Span::current();
         let (spool_tx, spool_rx) = mpsc::unbounded_channel();
         let (done_tx, spooled) = oneshot::channel();
@@ -165,6 +165,10 @@ impl ContentRun {
             let task = stage_task(inbox.clone(), rx, stage, next, decision.clone());
             tasks.push(tokio::spawn(task.instrument(span.clone())));
             next = inbox;
+        }
+        if decision.is_decided() {
+            // Decided in the envelope phase (discard): the content is read and dropped.
+            flow.report(FlowEvent::EarlyVerdict);
         }
         ContentRun { splitter: Some(HeaderSplitter::default()), first: next, flow, decision, end_of_data, spooled, tasks }
     }
@@ -316,7 +320,7 @@ fn settle(
     stage: &mut RunningStage,
     result: Result<Reaction, StageError>,
     decision: &Decision,
-    flow: &FlowHandle,
+    flow: &MessageFlow,
 ) -> Reaction {
     let spec = stage.spec.clone();
     match result.and_then(|reaction| super::checked(reaction.verdict.clone()).map(|_| reaction)) {

@@ -51,6 +51,8 @@ pub struct FlowReport {
 struct Inner {
     controller: FlowController,
     inbox_names: Vec<String>,
+    /// Counts messages, so late events of a finished message's tasks are recognised.
+    generation: u64,
 }
 
 pub struct FlowHandle {
@@ -60,22 +62,49 @@ pub struct FlowHandle {
     stats: Arc<FlowStats>,
 }
 
+/// One message's view of the session's flow: its events count only while it is current.
+#[derive(Clone)]
+pub struct MessageFlow {
+    handle: Arc<FlowHandle>,
+    generation: u64,
+}
+
+impl MessageFlow {
+    pub fn report(&self, event: FlowEvent) {
+        self.handle.report_for(Some(self.generation), event);
+    }
+}
+
 impl FlowHandle {
     /// Starts a message's content through inboxes with these names (the last is the spool).
-    pub fn start_message(&self, inbox_names: Vec<String>) {
+    pub fn start_message(self: &Arc<Self>, inbox_names: Vec<String>) -> MessageFlow {
         let inboxes = inbox_names.len();
-        self.lock().inbox_names = inbox_names;
+        let generation = {
+            let mut inner = self.lock();
+            inner.inbox_names = inbox_names;
+            inner.generation += 1;
+            inner.generation
+        };
         self.report(FlowEvent::MessageStart { inboxes });
+        MessageFlow { handle: self.clone(), generation }
     }
 
-    /// Feeds an event to the controller and carries out its action.
+    /// Feeds a session-level event to the controller and carries out its action.
     pub fn report(&self, event: FlowEvent) {
+        self.report_for(None, event);
+    }
+
+    fn report_for(&self, generation: Option<u64>, event: FlowEvent) {
         let mut inner = self.lock();
+        if generation.is_some_and(|g| g != inner.generation) {
+            // A finished message's stage task reporting late (e.g. its drop guard): not ours.
+            return;
+        }
         let action = match inner.controller.handle(event) {
             Ok(action) => action,
             Err(err) => {
                 // A bookkeeping bug must not strand the session: log it loudly and go on.
-                error!(target: "sluice::flow", session = self.session, error = %err, "flow event rejected");
+                error!(target: "sluice::flow", session = %format_args!("{:08x}", self.session), error = %err, "flow event rejected");
                 return;
             }
         };
@@ -83,12 +112,12 @@ impl FlowHandle {
             Some(FlowAction::Pause { by }) => {
                 self.stats.pauses.fetch_add(1, Ordering::Relaxed);
                 let stage = inner.inbox_names.get(by).cloned().unwrap_or_default();
-                info!(target: "sluice::flow", session = self.session, stage, queued = inner.controller.live_queued(), "pause");
+                info!(target: "sluice::flow", session = %format_args!("{:08x}", self.session), stage = %stage, queued = inner.controller.live_queued(), "pause");
                 self.gate.send_replace(Gate::Closed);
             }
             Some(FlowAction::Resume) => {
                 self.stats.resumes.fetch_add(1, Ordering::Relaxed);
-                info!(target: "sluice::flow", session = self.session, queued = inner.controller.live_queued(), ?event, "resume");
+                info!(target: "sluice::flow", session = %format_args!("{:08x}", self.session), queued = inner.controller.live_queued(), ?event, "resume");
                 self.gate.send_replace(Gate::Open);
             }
             None => {}
@@ -143,7 +172,7 @@ impl FlowRegistry {
     pub fn open(&self, session: u64, marks: Watermarks) -> Arc<FlowHandle> {
         let handle = Arc::new(FlowHandle {
             session,
-            inner: Mutex::new(Inner { controller: FlowController::new(marks), inbox_names: Vec::new() }),
+            inner: Mutex::new(Inner { controller: FlowController::new(marks), inbox_names: Vec::new(), generation: 0 }),
             gate: watch::Sender::new(Gate::Open),
             stats: self.stats.clone(),
         });
@@ -173,8 +202,8 @@ mod tests {
     async fn gate_follows_the_controller_and_the_registry_reports() {
         let registry = FlowRegistry::default();
         let flow = registry.open(7, Watermarks { high: 100, low: 10 });
-        flow.start_message(vec!["slow".into(), "spool".into()]);
-        flow.report(FlowEvent::Queued { inbox: 0, bytes: 150 });
+        let message = flow.start_message(vec!["slow".into(), "spool".into()]);
+        message.report(FlowEvent::Queued { inbox: 0, bytes: 150 });
         let report = registry.report();
         assert_eq!((report.pauses, report.resumes, report.paused_now), (1, 0, 1));
         assert_eq!(report.sessions[0].paused_by.as_deref(), Some("slow"));
@@ -185,19 +214,26 @@ mod tests {
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        flow.report(FlowEvent::Drained { inbox: 0, bytes: 145 });
+        message.report(FlowEvent::Drained { inbox: 0, bytes: 145 });
         waiter.await.unwrap();
         assert_eq!(registry.report().paused_now, 0);
+        // Late events of a finished message are ignored once the next one started.
+        flow.report(FlowEvent::MessageDone);
+        let next = flow.start_message(vec!["spool".into()]);
+        message.report(FlowEvent::Queued { inbox: 1, bytes: 1 << 20 });
+        message.report(FlowEvent::InboxGone { inbox: 0 });
+        next.report(FlowEvent::Queued { inbox: 0, bytes: 10 });
+        assert_eq!(registry.report().sessions[0].queued, vec![("spool".to_string(), 10)]);
     }
 
     #[test]
     fn dropping_a_paused_session_balances_the_counters() {
         let registry = FlowRegistry::default();
         let flow = registry.open(1, Watermarks { high: 10, low: 1 });
-        flow.start_message(vec!["spool".into()]);
-        flow.report(FlowEvent::Queued { inbox: 0, bytes: 50 });
+        let message = flow.start_message(vec!["spool".into()]);
+        message.report(FlowEvent::Queued { inbox: 0, bytes: 50 });
         assert_eq!(registry.report().paused_now, 1);
-        drop(flow);
+        drop((flow, message));
         let report = registry.report();
         assert_eq!((report.pauses, report.resumes, report.paused_now), (1, 1, 0));
         assert!(report.sessions.is_empty());

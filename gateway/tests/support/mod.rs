@@ -402,3 +402,23 @@ pub fn postfix_tool(name: &str) -> PathBuf {
         .find(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from(name))
 }
+
+/// TCP connections (IPv4 and IPv6, any state but LISTEN and TIME_WAIT) with `port` at either
+/// end, from the kernel's socket table.
+pub fn open_tcp_connections(port: u16) -> usize {
+    const LISTEN: &str = "0A";
+    const TIME_WAIT: &str = "06";
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|text| text.lines().skip(1).map(str::to_string).collect::<Vec<_>>())
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port_of = |addr: &str| addr.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            fields.len() > 3
+                && fields[3] != LISTEN
+                && fields[3] != TIME_WAIT
+                && (port_of(fields[1]) == Some(port) || port_of(fields[2]) == Some(port))
+        })
+        .count()
+}
