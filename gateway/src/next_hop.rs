@@ -49,9 +49,10 @@ impl NextHop {
         }
     }
 
-    pub async fn quit(&mut self) {
+    /// The client session ended (its transaction, if any, was reset).
+    pub fn release(&mut self) {
         if let NextHop::Relay(relay) = self {
-            relay.quit().await;
+            relay.release();
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::flow::gate::FlowRegistry;
 use crate::flow::Watermarks;
 use crate::maildir::Maildir;
 use crate::next_hop::NextHop;
-use crate::relay::{RelayClient, RelaySettings};
+use crate::relay::{RelayClient, RelayPool, RelaySettings};
 use crate::smtp::conn::{Connection, REFUSAL_WRITE_TIMEOUT};
 use crate::smtp::session::SessionConfig;
 use crate::spool::Spool;
@@ -38,6 +38,7 @@ pub struct Context {
     pub command_timeout: Duration,
     pub data_timeout: Duration,
     relay: Option<RelaySettings>,
+    relay_pool: Arc<RelayPool>,
     maildir: Option<Arc<Maildir>>,
     spool_memory: usize,
     spool_directory: Option<std::path::PathBuf>,
@@ -74,6 +75,7 @@ impl Context {
             command_timeout: server.command_timeout.0,
             data_timeout: server.data_timeout.0,
             relay,
+            relay_pool: Arc::default(),
             maildir,
             spool_memory: usize::try_from(config.spool.memory_limit.0).unwrap_or(usize::MAX),
             spool_directory: config.spool.directory.clone(),
@@ -82,7 +84,7 @@ impl Context {
 
     pub fn next_hop(&self) -> NextHop {
         match (&self.relay, &self.maildir) {
-            (Some(relay), _) => NextHop::Relay(RelayClient::new(relay.clone())),
+            (Some(relay), _) => NextHop::Relay(RelayClient::new(relay.clone(), self.relay_pool.clone())),
             (None, Some(maildir)) => NextHop::Maildir(maildir.clone()),
             (None, None) => unreachable!("Context::from_config sets a relay or a maildir"),
         }

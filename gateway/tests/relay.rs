@@ -148,3 +148,40 @@ fn real_postfix_as_next_hop_receives_the_message() {
     assert_eq!(contents[0], b"Subject: second\r\n\r\nsecond\r\n");
     assert!(contents[1] == content, "content through Postfix differs from what was sent");
 }
+
+#[test]
+fn next_hop_connections_are_reused_across_client_sessions() {
+    let sink = SmtpSink::start(&[]);
+    let gateway = gateway_to(&sink);
+    for i in 0..3 {
+        let mut client = gateway.connect();
+        client.hello();
+        assert_eq!(client.send_message("a@client.test", &["b@dest.test"], &message(&format!("m{i}"), 3000)).code, 250);
+        client.cmd("QUIT", 221);
+        client.expect_closed();
+        gateway.wait_for_log_count("session closed", i + 1);
+    }
+    assert_eq!(sink.wait_for_messages(3).len(), 3);
+    assert_eq!(gateway.log().matches("connected to next hop").count(), 1, "{}", gateway.log());
+}
+
+#[test]
+fn a_kept_connection_closed_by_the_next_hop_is_replaced() {
+    // The next hop goes away while our connection to it is parked; a new one takes its port.
+    let sink = SmtpSink::start(&[]);
+    let port = sink.port;
+    let gateway = gateway_to(&sink);
+    let mut client = gateway.connect();
+    client.hello();
+    assert_eq!(client.send_message("a@client.test", &["b@dest.test"], &message("first", 3000)).code, 250);
+    client.cmd("QUIT", 221);
+    client.expect_closed();
+    gateway.wait_for_log("session closed");
+    drop(sink);
+    let sink = SmtpSink::start_on(port, &[]);
+    let mut client = gateway.connect();
+    client.hello();
+    assert_eq!(client.send_message("a@client.test", &["b@dest.test"], &message("second", 3000)).code, 250);
+    assert_eq!(sink.wait_for_messages(1).len(), 1);
+    assert_eq!(gateway.log().matches("connected to next hop").count(), 2);
+}

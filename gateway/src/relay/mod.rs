@@ -3,13 +3,16 @@
 //! reach the client), and the content is sent at end of data; the client's 250 is the next hop's.
 //! Any failure to reach or hear the next hop becomes 451 4.4.1: the client keeps the message.
 
+mod pool;
 mod wire;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::smtp::command::{BodyType, MailParams};
 use crate::smtp::reply::Reply;
 use crate::spool::Spool;
+pub use pool::RelayPool;
 use wire::Wire;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,13 +50,14 @@ struct Accepted {
 
 pub struct RelayClient {
     settings: RelaySettings,
+    pool: Arc<RelayPool>,
     wire: Option<Wire>,
     accepted: Accepted,
 }
 
 impl RelayClient {
-    pub fn new(settings: RelaySettings) -> RelayClient {
-        RelayClient { settings, wire: None, accepted: Accepted::default() }
+    pub fn new(settings: RelaySettings, pool: Arc<RelayPool>) -> RelayClient {
+        RelayClient { settings, pool, wire: None, accepted: Accepted::default() }
     }
 
     fn unavailable(&self, err: &RelayError) -> Reply {
@@ -63,7 +67,9 @@ impl RelayClient {
 
     async fn connect(&self) -> Result<Wire, RelayError> {
         let s = &self.settings;
-        Wire::open(&s.address, &s.helo_name, s.connect_timeout, s.command_timeout).await
+        let wire = Wire::open(&s.address, &s.helo_name, s.connect_timeout, s.command_timeout).await?;
+        tracing::debug!(target: "sluice::relay", next_hop = %s.address, "connected to next hop");
+        Ok(wire)
     }
 
     fn mail_line(wire: &Wire, from: &str, params: &MailParams) -> Result<String, Reply> {
@@ -83,36 +89,48 @@ impl RelayClient {
         Ok(line)
     }
 
-    /// Passes MAIL FROM on, opening the connection on first use.
+    /// Passes MAIL FROM on, on this session's connection, a parked one, or a new one.
     pub async fn mail(&mut self, from: &str, params: &MailParams) -> Reply {
         self.accepted = Accepted::default();
-        let mut wire = match self.wire.take() {
-            Some(wire) => wire,
-            None => match self.connect().await {
-                Ok(wire) => wire,
-                Err(RelayError::Refused(reply)) => return reply,
+        if let Some(wire) = self.wire.take().or_else(|| self.pool.take()) {
+            // A kept connection may have been closed by the next hop meanwhile: then start over.
+            match self.mail_on(wire, from, params).await {
+                Err(RelayError::Io(_) | RelayError::Closed) => {
+                    tracing::debug!(target: "sluice::relay", "kept next-hop connection was closed; reconnecting");
+                }
+                Ok(reply) if reply.code == 421 => {}
+                Ok(reply) => return reply,
                 Err(err) => return self.unavailable(&err),
-            },
+            }
+        }
+        let wire = match self.connect().await {
+            Ok(wire) => wire,
+            Err(RelayError::Refused(reply)) => return reply,
+            Err(err) => return self.unavailable(&err),
         };
+        match self.mail_on(wire, from, params).await {
+            Ok(reply) => reply,
+            Err(err) => self.unavailable(&err),
+        }
+    }
+
+    /// Sends MAIL on `wire`, keeping the connection unless it failed or is closing.
+    async fn mail_on(&mut self, mut wire: Wire, from: &str, params: &MailParams) -> Result<Reply, RelayError> {
         let line = match Self::mail_line(&wire, from, params) {
             Ok(line) => line,
             Err(reply) => {
                 self.wire = Some(wire);
-                return reply;
+                return Ok(reply);
             }
         };
-        match wire.command(&line, "MAIL").await {
-            Ok(reply) => {
-                if reply.is_positive() {
-                    self.accepted.mail = Some(line);
-                }
-                if reply.code != 421 {
-                    self.wire = Some(wire);
-                }
-                reply
-            }
-            Err(err) => self.unavailable(&err),
+        let reply = wire.command(&line, "MAIL").await?;
+        if reply.is_positive() {
+            self.accepted.mail = Some(line);
         }
+        if reply.code != 421 {
+            self.wire = Some(wire);
+        }
+        Ok(reply)
     }
 
     pub async fn rcpt(&mut self, to: &str) -> Reply {
@@ -219,10 +237,12 @@ impl RelayClient {
         }
     }
 
-    /// Ends the next-hop session politely.
-    pub async fn quit(&mut self) {
+    /// The client session ended: park the connection for another session.
+    pub fn release(&mut self) {
         if let Some(wire) = self.wire.take() {
-            wire.quit().await;
+            if self.accepted.mail.is_none() {
+                self.pool.give(wire);
+            }
         }
     }
 }

@@ -143,12 +143,6 @@ impl Wire {
         self.flush().await?;
         self.read_reply("end of data").await
     }
-
-    pub async fn quit(mut self) {
-        if self.command("QUIT", "QUIT").await.is_err() {
-            tracing::debug!(target: "sluice::relay", "next hop did not answer QUIT");
-        }
-    }
 }
 
 /// Adds the transparency dot (RFC 5321 §4.5.2) to lines starting with '.', across chunk edges.

@@ -135,7 +135,7 @@ impl Connection {
         if !self.session.is_idle() || !matches!(self.chained, Chained::None) {
             self.abandon().await;
         }
-        self.next_hop.quit().await;
+        self.next_hop.release();
         let flow = self.flow.snapshot();
         info!(target: "sluice::smtp", pauses = flow.pauses, resumes = flow.resumes, "session closed");
     }

@@ -92,42 +92,48 @@ impl SmtpSink {
     /// Don't pass `-d`, `-D`, `-S`, `-u`, `-R` or an address. This wrapper sets them, and
     /// the parser expects its own dump layout.
     pub fn start(extra_args: &[&str]) -> SmtpSink {
-        let dump_dir = tempfile::Builder::new().prefix("sink-").tempdir().unwrap();
-        // As root, smtp-sink must drop privileges (-u nobody), and it writes the dumps as nobody.
-        fs::set_permissions(dump_dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
         let mut failures = Vec::new();
         // The port from bind(:0) can be taken again before smtp-sink binds it, so retry.
         for _ in 0..3 {
-            let port = free_port();
-            let log = fs::File::create(dump_dir.path().join(LOG)).expect("create smtp-sink log");
-            let mut cmd = Command::new(SMTP_SINK);
-            if fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
-                cmd.args(["-u", "nobody"]);
+            match Self::launch(free_port(), extra_args) {
+                Ok(sink) => return sink,
+                Err(why) => failures.push(why),
             }
-            cmd.arg("-d")
-                .arg(dump_dir.path().join(DUMP_PREFIX))
-                .args(extra_args)
-                .args([format!("127.0.0.1:{port}").as_str(), "64"])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log);
-            let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-            match wait_listening(&mut child, port) {
-                Ok(()) => {
-                    return SmtpSink {
-                        port,
-                        dump_dir,
-                        child,
-                    }
-                }
-                Err(why) => failures.push(format!("port {port}: {why}")),
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            let log = fs::read_to_string(dump_dir.path().join(LOG)).unwrap_or_default();
-            failures.push(log);
         }
         panic!("smtp-sink did not start:\n{}", failures.join("\n"));
+    }
+
+    /// Starts smtp-sink on a given port (e.g. to replace one that was stopped).
+    pub fn start_on(port: u16, extra_args: &[&str]) -> SmtpSink {
+        Self::launch(port, extra_args).unwrap_or_else(|why| panic!("smtp-sink did not start: {why}"))
+    }
+
+    fn launch(port: u16, extra_args: &[&str]) -> Result<SmtpSink, String> {
+        let dump_dir = tempfile::Builder::new().prefix("sink-").tempdir().unwrap();
+        // As root, smtp-sink must drop privileges (-u nobody), and it writes the dumps as nobody.
+        fs::set_permissions(dump_dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let log = fs::File::create(dump_dir.path().join(LOG)).expect("create smtp-sink log");
+        let mut cmd = Command::new(SMTP_SINK);
+        if fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+            cmd.args(["-u", "nobody"]);
+        }
+        cmd.arg("-d")
+            .arg(dump_dir.path().join(DUMP_PREFIX))
+            .args(extra_args)
+            .args([format!("127.0.0.1:{port}").as_str(), "64"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        match wait_listening(&mut child, port) {
+            Ok(()) => Ok(SmtpSink { port, dump_dir, child }),
+            Err(why) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = fs::read_to_string(dump_dir.path().join(LOG)).unwrap_or_default();
+                Err(format!("port {port}: {why}\n{log}"))
+            }
+        }
     }
 
     /// Every finished transaction, oldest first by file mtime. Concurrent transactions are
