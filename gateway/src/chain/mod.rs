@@ -128,7 +128,10 @@ impl Transaction {
     /// Runs one envelope event through the active stages in order.
     async fn envelope(&mut self, event: &EnvelopeEvent) -> EnvelopeOutcome {
         for stage in &mut self.stages {
-            if stage.standing != Standing::Active || self.decision.is_decided() {
+            if stage.standing != Standing::Active
+                || self.decision.is_decided()
+                || !stage.instance.interests().wants(event.kind())
+            {
                 continue;
             }
             let spec = stage.spec.clone();
@@ -137,15 +140,15 @@ impl Transaction {
                 Ok(Verdict::Continue) => {}
                 Ok(Verdict::Accept) => stage.standing = Standing::Accepted,
                 Ok(Verdict::Reject(reply) | Verdict::Tempfail(reply)) => {
-                    info!(target: "sluice::filters", stage = %spec.name, event = event.name(), reply = %reply, "envelope refused");
+                    info!(target: "sluice::filters", stage = %spec.name, event = ?event.kind(), reply = %reply, "envelope refused");
                     return EnvelopeOutcome::Refuse(reply);
                 }
                 Ok(Verdict::Discard) => {
-                    info!(target: "sluice::filters", stage = %spec.name, event = event.name(), "message will be discarded");
+                    info!(target: "sluice::filters", stage = %spec.name, event = ?event.kind(), "message will be discarded");
                     self.decision.decide(&spec.name, Verdict::Discard);
                 }
                 Err(err) => {
-                    warn!(target: "sluice::filters", stage = %spec.name, event = event.name(), error = %err, policy = ?spec.on_error, "stage failed");
+                    warn!(target: "sluice::filters", stage = %spec.name, event = ?event.kind(), error = %err, policy = ?spec.on_error, "stage failed");
                     match spec.on_error.verdict(&spec.name) {
                         None => stage.standing = Standing::Bypassed,
                         Some(Verdict::Reject(reply) | Verdict::Tempfail(reply)) => return EnvelopeOutcome::Refuse(reply),

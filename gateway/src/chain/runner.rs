@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn, Instrument};
 
 use super::headers::{HeaderChange, HeaderSection, HeaderSplitter};
-use super::stage::{BodyOutput, Reaction, Stage, StageError, Verdict};
+use super::stage::{BodyOutput, Reaction, Stage, StageError, StageEvent, Verdict};
 use super::{call, OnError, StageSpec};
 use crate::flow::gate::{FlowHandle, MessageFlow};
 use crate::flow::FlowEvent;
@@ -265,7 +265,12 @@ async fn stage_task(
     while let Some(item) = items.recv().await {
         let bytes = item.bytes();
         let end = matches!(item, Item::End(_));
-        let called = stage.standing == Standing::Active && !decision.is_decided();
+        let wanted = stage.instance.interests().wants(match &item {
+            Item::Headers(_) => StageEvent::Headers,
+            Item::Body(_) => StageEvent::Body,
+            Item::End(_) => StageEvent::End,
+        });
+        let called = wanted && stage.standing == Standing::Active && !decision.is_decided();
         match item {
             Item::Headers(mut section) => {
                 if called {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use serde::Deserialize;
 
 use super::headers::{HeaderChange, HeaderSection};
 use super::runner::EndOfData;
@@ -83,13 +84,47 @@ pub enum EnvelopeEvent {
 }
 
 impl EnvelopeEvent {
-    pub fn name(&self) -> &'static str {
+    pub fn kind(&self) -> StageEvent {
         match self {
-            EnvelopeEvent::Connect { .. } => "connect",
-            EnvelopeEvent::Helo { .. } => "helo",
-            EnvelopeEvent::MailFrom { .. } => "mail",
-            EnvelopeEvent::RcptTo { .. } => "rcpt",
+            EnvelopeEvent::Connect { .. } => StageEvent::Connect,
+            EnvelopeEvent::Helo { .. } => StageEvent::Helo,
+            EnvelopeEvent::MailFrom { .. } => StageEvent::Mail,
+            EnvelopeEvent::RcptTo { .. } => StageEvent::Rcpt,
         }
+    }
+}
+
+/// The kinds of event a stage receives (also their names in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageEvent {
+    Connect,
+    Helo,
+    Mail,
+    Rcpt,
+    Headers,
+    Body,
+    End,
+}
+
+/// The set of events a stage wants; the runner skips calls for the others (as if the stage had
+/// answered continue and pass), so a headers-only filter never sees the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interests(u8);
+
+impl Interests {
+    pub const ALL: Interests = Interests(0x7f);
+
+    pub fn of(events: &[StageEvent]) -> Interests {
+        Interests(events.iter().fold(0, |bits, &event| bits | Self::bit(event)))
+    }
+
+    pub fn wants(self, event: StageEvent) -> bool {
+        self.0 & Self::bit(event) != 0
+    }
+
+    fn bit(event: StageEvent) -> u8 {
+        1 << event as u8
     }
 }
 
@@ -107,6 +142,11 @@ pub enum StageError {
 /// One transaction's instance of a stage. Every call is bounded by the stage's timeout.
 #[async_trait]
 pub trait Stage: Send {
+    /// The events this instance wants; the others are skipped.
+    fn interests(&self) -> Interests {
+        Interests::ALL
+    }
+
     async fn envelope(&mut self, event: &EnvelopeEvent) -> Result<Verdict, StageError>;
     async fn headers(&mut self, headers: &HeaderSection) -> Result<Reaction, StageError>;
     async fn body(&mut self, chunk: Bytes) -> Result<Reaction, StageError>;
@@ -123,4 +163,17 @@ pub struct MessageContext {
 /// Makes a fresh `Stage` per transaction.
 pub trait StageFactory: Send + Sync {
     fn instantiate(&self, context: &MessageContext) -> Result<Box<dyn Stage>, StageError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interests() {
+        let headers_only = Interests::of(&[StageEvent::Headers, StageEvent::End]);
+        assert!(headers_only.wants(StageEvent::Headers) && headers_only.wants(StageEvent::End));
+        assert!(!headers_only.wants(StageEvent::Body) && !headers_only.wants(StageEvent::Connect));
+        assert!(Interests::ALL.wants(StageEvent::Rcpt));
+    }
 }

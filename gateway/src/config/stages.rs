@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{ByteSize, Span};
+pub use crate::chain::stage::StageEvent;
 use crate::chain::OnError;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -45,19 +46,6 @@ pub struct StageConfig {
 
 fn default_stage_timeout() -> Span {
     Span(Duration::from_secs(30))
-}
-
-/// The events a stage receives, as names in the config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StageEvent {
-    Connect,
-    Helo,
-    Mail,
-    Rcpt,
-    Headers,
-    Body,
-    End,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
