@@ -156,9 +156,11 @@ impl BodyDecoder {
                 return self.step(byte, out);
             }
             // A bare LF is not a line end on the wire, so a dot after it is not at a line start.
+            // Counted content has no dot handling, and a line start there only means "nothing
+            // to add at the end".
             (Start | Middle, b'\n') => {
                 self.bare(out);
-                Middle
+                if dots { Middle } else { Start }
             }
             (Start | Middle, _) => {
                 out.push(byte);
@@ -295,5 +297,11 @@ mod tests {
         decoder.decode(b"no final newline", &mut out);
         decoder.finish(&mut out);
         assert_eq!(out, b"no final newline\r\n");
+        // Found by fuzzing: a final bare LF is the line end, not a reason to add another.
+        let mut out = Vec::new();
+        let mut decoder = BodyDecoder::new(Framing::Counted);
+        decoder.decode(b"hello\n", &mut out);
+        decoder.finish(&mut out);
+        assert_eq!(out, b"hello\r\n");
     }
 }

@@ -201,7 +201,8 @@ impl Session {
                         Ok(command) => {
                             let state = mem::replace(&mut self.state, State::Closed);
                             let (next, step) = self.transition(state, command);
-                            self.state = next;
+                            // Too many errors closes the session for good, whatever the command.
+                            self.state = if self.errors >= MAX_ERRORS { State::Closed } else { next };
                             step
                         }
                         Err(err) => Some(self.error(err.reply())),
@@ -425,14 +426,14 @@ impl Session {
     }
 
     /// End of content: refuse a faulty message or ask for delivery (after queued body steps).
+    /// The refusal is chosen from the final totals, so it never depends on how reads were split.
     fn end_content(&mut self, envelope: Envelope, content: Content) {
         self.state = State::Ready;
-        let refusal = match content.fault {
-            Some(ContentFault::TooBig) => Reply::new(552, "5.3.4", "Message size exceeds fixed limit"),
-            Some(ContentFault::BareLineEnding) => {
-                Reply::new(550, "5.6.0", "Message contains bare CR or LF; send CRLF line endings")
-            }
-            None => {
+        let bare_refused = self.config.bare_line_endings == BareLineEndings::Reject && content.decoder.bare_line_endings() > 0;
+        let refusal = match (content.size > self.config.max_message_size, bare_refused) {
+            (true, _) => Reply::new(552, "5.3.4", "Message size exceeds fixed limit"),
+            (false, true) => Reply::new(550, "5.6.0", "Message contains bare CR or LF; send CRLF line endings"),
+            (false, false) => {
                 self.queued.push_back(Step::Request(Request::Deliver(envelope.clone())));
                 return;
             }

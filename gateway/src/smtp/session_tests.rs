@@ -216,3 +216,25 @@ fn phases_and_idleness() {
     assert!(matches!(session.step(&mut buf), Step::Reply(_)));
     assert_eq!(session.phase(), Phase::Content);
 }
+
+#[test]
+fn fuzz_finding_close_is_final_after_too_many_errors() {
+    let mut input = b"STARTTLS\r\n".repeat(20);
+    input.extend_from_slice(b"EHLO late\r\n");
+    let r = run(&input);
+    assert!(r.closed);
+    assert_eq!(r.replies.last(), Some(&421));
+    assert!(!r.replies[..r.replies.len() - 1].contains(&250));
+}
+
+#[test]
+fn fuzz_finding_refusal_does_not_depend_on_read_sizes() {
+    let strict = SessionConfig { bare_line_endings: BareLineEndings::Reject, ..config() };
+    let mut input = b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<d@e>\r\nDATA\r\nbare\nlf\r\n".to_vec();
+    input.extend(std::iter::repeat_n(b'x', 2000));
+    input.extend_from_slice(b"\r\n.\r\n");
+    let whole = run_with(strict.clone(), &input, input.len());
+    let bytewise = run_with(strict, &input, 1);
+    assert_eq!(whole.replies, bytewise.replies);
+    assert_eq!(whole.replies.last(), Some(&552), "too big wins over bare line endings");
+}

@@ -1,0 +1,153 @@
+//! Write [Sluice](https://example.org/sluice) mail filters in Rust.
+//!
+//! A filter is a WebAssembly component (target `wasm32-wasip2`) implementing the WIT world
+//! `sluice:filter/filter` (`wit/filter.wit`). With this crate you implement one trait, whose
+//! hooks all default to "continue", and export it with one macro; you never touch the raw
+//! bindings. Each message gets a fresh instance of your type: keep per-message state in it.
+//!
+//! # A complete filter
+//!
+//! ```
+//! use sluice_filter_sdk::{export_filter, Config, ConfigError, Filter, Headers, Reaction, Verdict};
+//!
+//! /// Refuses mail whose Subject contains a configured word; tags the rest.
+//! pub struct NoWord {
+//!     word: String,
+//! }
+//!
+//! impl Filter for NoWord {
+//!     fn new(config: &Config) -> Result<Self, ConfigError> {
+//!         Ok(NoWord { word: config.require("word")? })
+//!     }
+//!
+//!     fn on_headers(&mut self, headers: &Headers) -> Reaction {
+//!         match headers.get("Subject") {
+//!             Some(subject) if subject.contains(&self.word) => {
+//!                 Verdict::reject(550, "5.7.1", format!("No {} here", self.word)).into()
+//!             }
+//!             _ => Reaction::carry_on().add_header("X-No-Word", "checked"),
+//!         }
+//!     }
+//! }
+//!
+//! export_filter!(NoWord);
+//!
+//! // Natively, in a unit test:
+//! use sluice_filter_sdk::testing::{run, TestMessage};
+//! let outcome = run::<NoWord>(&[("word", "lottery")], &TestMessage::new("Subject: lottery win\r\n\r\nhi\r\n")).unwrap();
+//! assert_eq!(outcome.verdict, Verdict::reject(550, "5.7.1", "No lottery here"));
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2` (crate type `cdylib`) and point a
+//! stage at the `.wasm` file:
+//!
+//! ```toml
+//! [[stage]]
+//! name = "no-word"
+//! kind = "wasm"
+//! path = "target/wasm32-wasip2/release/no_word.wasm"
+//! [stage.config]
+//! word = "lottery"
+//! ```
+//!
+//! `sluice filter-test FILTER.wasm --eml MESSAGE --config word=lottery` runs it offline in the
+//! real host and prints every verdict and change.
+//!
+//! # Semantics in short
+//! Calls come in order: connect, helo, mail-from, each rcpt-to, headers, body chunks, end. A
+//! verdict other than `Continue` ends calls for the message (`Accept` passes it on; reject,
+//! tempfail and discard decide it). A reject or tempfail at rcpt-to refuses only that recipient.
+//! Header changes at `on_headers` are seen by later filters; at `on_end` they apply before relay.
+//! A panic, running past the CPU or memory bounds, or a malformed answer is a failure of the stage,
+//! handled by its `on_error` policy. Flow control is the host's: just answer each call.
+
+mod config;
+pub mod log;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+mod types;
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod adapter;
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "filter",
+        pub_export_macro: true,
+        export_macro_name: "__export_filter_world",
+        default_bindings_module: "::sluice_filter_sdk::bindings",
+    });
+}
+
+pub use config::{Config, ConfigError};
+pub use types::{BodyOutput, Event, Header, HeaderChange, Headers, Interests, Reaction, Reply, Verdict};
+
+/// A mail filter. One value per message; every hook defaults to "continue, no changes".
+pub trait Filter: Sized + 'static {
+    /// The events this filter needs, decided from the configuration alone (the host asks once
+    /// per load). Leave out `Event::Body` if you never look at the body: the host then skips
+    /// copying it into the filter.
+    fn interests(_config: &Config) -> Interests {
+        Interests::ALL
+    }
+
+    /// Starts a message. An error is a stage failure (logged, then `on_error` applies).
+    fn new(config: &Config) -> Result<Self, ConfigError>;
+
+    /// The client's address, `ip:port`.
+    fn on_connect(&mut self, _peer: &str) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// The HELO/EHLO name.
+    fn on_helo(&mut self, _name: &str) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// The sender, without angle brackets; empty for the null sender.
+    fn on_mail_from(&mut self, _address: &str) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// One recipient; a reject or tempfail refuses only this recipient.
+    fn on_rcpt_to(&mut self, _address: &str) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// The complete header section.
+    fn on_headers(&mut self, _headers: &Headers) -> Reaction {
+        Reaction::carry_on()
+    }
+
+    /// The next piece of the body (CRLF line endings; pieces are not aligned to lines).
+    fn on_body_chunk(&mut self, _chunk: &[u8]) -> Reaction {
+        Reaction::carry_on()
+    }
+
+    /// End of the message: last chance to decide, sign (header changes) or append to the body.
+    fn on_end(&mut self) -> Reaction {
+        Reaction::carry_on()
+    }
+}
+
+/// Exports a `Filter` type as the component's implementation of `sluice:filter/filter`.
+#[macro_export]
+macro_rules! export_filter {
+    ($filter:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct SluiceFilterComponent;
+            impl $crate::bindings::exports::sluice::filter::handler::Guest for SluiceFilterComponent {
+                type Message = $crate::adapter::Adapter<$filter>;
+                fn wants() -> $crate::bindings::exports::sluice::filter::handler::Interests {
+                    $crate::adapter::wants::<$filter>()
+                }
+            }
+            $crate::__export_filter_world!(SluiceFilterComponent with_types_in $crate::bindings);
+        };
+    };
+}
