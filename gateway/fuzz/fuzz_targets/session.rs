@@ -5,11 +5,12 @@
 //! (a) every `Request` is answered exactly once: stepping again before answering returns the same
 //!     request without consuming input, and a second `answer` is refused (451);
 //! (b) the body of a delivered message is CRLF-clean and ends with CRLF (or is empty);
-//! (c) the outcome (every reply, request, refusal, abandonment and delivered body) is the same
-//!     whether the input arrives at once or in arbitrary pieces;
+//! (c) the outcome (every reply, request, refusal with its code, abandonment and delivered body)
+//!     is the same whether the input arrives at once or in arbitrary pieces;
 //! (d) no message yields more than `max_message_size` body bytes;
 //! (e) the loop ends within a number of steps linear in the input, and `NeedInput` is only
 //!     returned when the buffered input really cannot make progress;
+//! (f) `Close` is final: stepping again gives `Close` and consumes nothing;
 //! and the backend only sees a sane transaction: MAIL outside a transaction, RCPT after an accepted
 //! MAIL and within `max_recipients`, delivery of exactly the accepted envelope.
 //!
@@ -24,7 +25,7 @@ use sluice::smtp::command::MailParams;
 use sluice::smtp::parser::MAX_COMMAND_LINE;
 use sluice::smtp::reply::Reply;
 use sluice::smtp::session::{Phase, Request, Session, SessionConfig, Step};
-use sluice_fuzz::{crlf_clean, ends_with_line_end, pieces, STRICT};
+use sluice_fuzz::{crlf_clean, ends_with_line_end, pieces};
 
 /// Bound on the rendered input, so that `Repeat` stays cheap; still above `BODY_CHUNK` (64 KiB).
 const MAX_WIRE: usize = 96 * 1024;
@@ -203,9 +204,7 @@ enum Event {
     /// The message body handed over with a `Deliver` request.
     Delivered(Vec<u8>),
     Abandon,
-    /// The refusal; only that there was one unless STRICT (known finding 3: which of two faults
-    /// is reported depends on the input's split).
-    Refuse(Option<Reply>),
+    Refuse(Reply),
     Close,
 }
 
@@ -377,7 +376,7 @@ fn drive(case: &Case, wire: &[u8], splits: Option<&[u16]>) -> Vec<Event> {
             Step::Refuse(reply) => {
                 assert!(driver.transaction.take().is_some(), "Refuse without a transaction");
                 assert!(matches!(reply.code, 550 | 552), "unexpected refusal {reply:?}");
-                driver.events.push(Event::Refuse(STRICT.then_some(reply)));
+                driver.events.push(Event::Refuse(reply));
             }
             Step::NeedInput => {
                 driver.need_input();
@@ -387,12 +386,10 @@ fn drive(case: &Case, wire: &[u8], splits: Option<&[u16]>) -> Vec<Event> {
             }
             Step::Close => {
                 driver.events.push(Event::Close);
-                if STRICT {
-                    // Known finding 1 (README): Close is not always final.
-                    let len = driver.buf.len();
-                    assert_eq!(driver.session.step(&mut driver.buf), Step::Close, "session went on after Close");
-                    assert_eq!(driver.buf.len(), len, "input consumed after Close");
-                }
+                // (f)
+                let len = driver.buf.len();
+                assert_eq!(driver.session.step(&mut driver.buf), Step::Close, "session went on after Close");
+                assert_eq!(driver.buf.len(), len, "input consumed after Close");
                 break;
             }
         }

@@ -4,9 +4,6 @@
 
 use std::ops::Range;
 
-/// Whether the bugs listed under "Known findings" in README.md are checked for too.
-pub const STRICT: bool = cfg!(feature = "strict");
-
 /// True when every CR is followed by LF and every LF is preceded by CR.
 pub fn crlf_clean(bytes: &[u8]) -> bool {
     bytes.iter().enumerate().all(|(i, &b)| match b {

@@ -1,5 +1,4 @@
-//! Reproducers for the fuzzers' findings (README "Known findings"). They assert the correct
-//! behaviour and are ignored until the bugs are fixed: `cargo test -- --include-ignored`.
+//! Reproducers for the fuzzers' findings (README "Findings (fixed)"), kept as regression tests.
 
 use bytes::BytesMut;
 use sluice::config::BareLineEndings;
@@ -32,10 +31,9 @@ fn run_to_close(session: &mut Session, input: &mut BytesMut) -> Vec<u16> {
     }
 }
 
-/// Finding 1: after "too many errors" the session says Close but is not closed when the 20th
+/// Finding 1: after "too many errors" the session said Close but was not closed when the 20th
 /// error came from the command transition (out-of-sequence or not-implemented command).
 #[test]
-#[ignore = "known finding 1"]
 fn close_after_too_many_errors_is_final() {
     let mut session = session();
     let mut input = BytesMut::from(&b"STARTTLS\r\n".repeat(20)[..]);
@@ -46,9 +44,8 @@ fn close_after_too_many_errors_is_final() {
     assert_eq!(session.step(&mut input), Step::Close, "session went on after Close");
 }
 
-/// Finding 2: a BDAT message ending in a bare LF gets an extra empty line.
+/// Finding 2: a BDAT message ending in a bare LF got an extra empty line.
 #[test]
-#[ignore = "known finding 2"]
 fn counted_content_ending_in_bare_lf() {
     let mut decoder = BodyDecoder::new(Framing::Counted);
     let mut out = Vec::new();
@@ -57,9 +54,8 @@ fn counted_content_ending_in_bare_lf() {
     assert_eq!(out, b"hello\r\n");
 }
 
-/// Finding 2 as a client sees it: the delivered message gains a trailing empty line.
+/// Finding 2 as a client sees it: the delivered message gained a trailing empty line.
 #[test]
-#[ignore = "known finding 2"]
 fn bdat_message_ending_in_bare_lf() {
     let mut session = session();
     let mut input = BytesMut::from(&b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<d@e>\r\nBDAT 6 LAST\r\nhello\n"[..]);
@@ -101,10 +97,9 @@ fn refusals(config: SessionConfig, input: &[u8], piece: usize) -> Vec<u16> {
     }
 }
 
-/// Finding 3: a message that is both too big and has a bare line ending is refused with 552 or
-/// 550 depending on how the client's bytes were split into reads.
+/// Finding 3: a message that is both too big and has a bare line ending was refused with 552 or
+/// 550 depending on how the client's bytes were split into reads. Too big takes precedence.
 #[test]
-#[ignore = "known finding 3"]
 fn refusal_reason_does_not_depend_on_reads() {
     let config = SessionConfig { bare_line_endings: BareLineEndings::Reject, ..config() };
     let mut input = b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<d@e>\r\nDATA\r\nbare\nLF\r\n".to_vec();
@@ -113,4 +108,5 @@ fn refusal_reason_does_not_depend_on_reads() {
     let whole = refusals(config.clone(), &input, input.len());
     let bytewise = refusals(config, &input, 1);
     assert_eq!(whole, bytewise, "whole input: {whole:?}, one byte at a time: {bytewise:?}");
+    assert_eq!(whole, [552], "too big is reported before bare line endings");
 }
