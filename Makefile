@@ -1,18 +1,27 @@
 # The two commands (see README): `make run` and `make test`.
-.PHONY: run test setup bench
+.PHONY: run test setup filters bench
 
-# Run the gateway on its embedded default: 127.0.0.1:2525, delivering into ./mail.
-run:
+# The wasm filters (components for wasm32-wasip2): the stock ones and the host tests' `faults`.
+FILTERS = -p eicar -p footer -p header-rules -p faults
+
+# Run the gateway on its embedded default: 127.0.0.1:2525, delivering into ./mail, with the
+# stock eicar filter.
+run: filters
 	cargo run --release --locked -p sluice -- serve
 
-# Every test: unit tests, then end-to-end tests against real clients and real MTAs.
-test: setup
+# Every test: unit tests, then end-to-end tests against real clients, real MTAs and the real
+# wasm host (the filters are built once, before the tests).
+test: setup filters
 	cargo test --workspace --locked
 
 setup:
 	./.ci/setup
 
-# Throughput benchmark, side by side with Postfix smtp-source -> smtp-sink (not part of test).
-bench: setup
+filters:
+	rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+	cargo build --release --locked --target wasm32-wasip2 $(FILTERS)
+
+# Throughput benchmarks, side by side with Postfix smtp-source -> smtp-sink (not part of test).
+bench: setup filters
 	cargo build --release --locked -p sluice
 	./bench/smtp-throughput

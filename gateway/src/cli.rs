@@ -33,7 +33,7 @@ impl Cli {
             Command::Serve { config } => {
                 let config = match &config {
                     Some(path) => config::load_file(path)?,
-                    None => config::parse("(embedded default)", config::EMBEDDED_DEFAULT)?,
+                    None => config::embedded_default()?,
                 };
                 serve(config)
             }
@@ -51,7 +51,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(async {
         let stop = stop_signal()?;
-        let context = Context::from_config(&config, hostname, Arc::default())?;
+        let context = Context::from_config(&config, hostname, Arc::default()).await?;
         let server = Server::bind(&config, context).await?;
         server.run(stop).await;
         Ok(())

@@ -12,3 +12,4 @@ pub mod relay;
 pub mod server;
 pub mod smtp;
 pub mod spool;
+pub mod wasm;

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::chain::test_stage::TestStageFactory;
+use crate::chain::stage::StageFactory;
 use crate::chain::{Chain, StageSpec};
 use crate::config::stages::{StageConfig, StageKind};
 use crate::config::Config;
@@ -28,6 +29,7 @@ use crate::relay::{RelayClient, RelayPool, RelaySettings};
 use crate::smtp::conn::{Connection, REFUSAL_WRITE_TIMEOUT};
 use crate::smtp::session::SessionConfig;
 use crate::spool::Spool;
+use crate::wasm::{WasmFilter, WasmLimits};
 
 /// Everything a session needs from the configuration, resolved once.
 pub struct Context {
@@ -45,7 +47,8 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn from_config(config: &Config, hostname: String, flows: Arc<FlowRegistry>) -> anyhow::Result<Context> {
+    pub async fn from_config(config: &Config, hostname: String, flows: Arc<FlowRegistry>) -> anyhow::Result<Context> {
+        let chain = chain_from_config(config).await?;
         let server = &config.server;
         let relay = config.relay.as_ref().map(|relay| RelaySettings {
             address: relay.address.clone(),
@@ -63,7 +66,7 @@ impl Context {
             }
         };
         Ok(Context {
-            chain: Arc::new(chain_from_config(&config.stage)),
+            chain: Arc::new(chain),
             watermarks: Watermarks { high: config.flow.high_watermark.0, low: config.flow.low_watermark.0 },
             flows,
             session: SessionConfig {
@@ -95,20 +98,33 @@ impl Context {
     }
 }
 
-/// Builds the chain's stages from `[[stage]]` tables (already validated).
-fn chain_from_config(stages: &[StageConfig]) -> Chain {
-    let specs = stages
-        .iter()
-        .map(|stage| StageSpec {
-            name: stage.name.clone(),
-            on_error: stage.on_error,
-            timeout: stage.timeout.0,
-            factory: match stage.kind {
-                StageKind::Test => Box::new(TestStageFactory::new(stage.test.clone().unwrap_or_default())),
-            },
-        })
-        .collect();
-    Chain::new(specs)
+/// Builds the chain's stages from `[[stage]]` tables (already validated): wasm filters are
+/// compiled and linked here, so a broken filter stops the start with an error naming it.
+pub async fn chain_from_config(config: &Config) -> anyhow::Result<Chain> {
+    let mut specs = Vec::new();
+    for stage in &config.stage {
+        let factory: Box<dyn StageFactory> = match stage.kind {
+            StageKind::Test => Box::new(TestStageFactory::new(stage.test.clone().unwrap_or_default())),
+            StageKind::Wasm => Box::new(Arc::new(load_wasm(config, stage).await?)),
+        };
+        specs.push(StageSpec { name: stage.name.clone(), on_error: stage.on_error, timeout: stage.timeout.0, factory });
+    }
+    Ok(Chain::new(specs))
+}
+
+async fn load_wasm(config: &Config, stage: &StageConfig) -> anyhow::Result<WasmFilter> {
+    let defaults = WasmLimits::default();
+    let limits = WasmLimits {
+        memory: stage.memory_limit.map_or(defaults.memory, |m| usize::try_from(m.0).unwrap_or(usize::MAX)),
+        cpu_per_call: stage.cpu_limit.map_or(defaults.cpu_per_call, |c| c.0),
+        per_message: stage.message_timeout.map_or(defaults.per_message, |m| m.0),
+    };
+    let path = config.resolve(stage.path.as_deref().unwrap_or(std::path::Path::new("")));
+    let filter = WasmFilter::load(&stage.name, &path, stage.filter_config(), limits)
+        .await
+        .with_context(|| format!("stage {:?}: cannot load its wasm filter", stage.name))?;
+    info!(target: "sluice::filters", stage = %stage.name, path = %path.display(), compile_ms = filter.compile_time.as_millis() as u64, "filter loaded");
+    Ok(filter)
 }
 
 /// The two stages of a graceful stop, as sessions see them.

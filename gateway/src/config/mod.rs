@@ -34,6 +34,16 @@ pub struct Config {
     /// The chain, in order (`[[stage]]` tables).
     #[serde(default)]
     pub stage: Vec<StageConfig>,
+    /// Relative paths in the config (filter files) are relative to this directory.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+impl Config {
+    /// A path from the config, made absolute against the config's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        self.base_dir.join(path)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,7 +153,24 @@ pub enum ConfigError {
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
-    parse(&file, &text)
+    let mut config = parse(&file, &text)?;
+    config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok(config)
+}
+
+/// The embedded default; its filter paths are relative to where the build puts the filters
+/// (`target/wasm32-wasip2/release`, beside the binary's `target/<profile>`), or to
+/// `$SLUICE_FILTER_DIR`.
+pub fn embedded_default() -> Result<Config, ConfigError> {
+    let mut config = parse("(embedded default)", EMBEDDED_DEFAULT)?;
+    config.base_dir = match std::env::var_os("SLUICE_FILTER_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|dir| dir.join("../wasm32-wasip2/release")))
+            .unwrap_or_default(),
+    };
+    Ok(config)
 }
 
 /// Parses and validates config text; `file` names it in errors.

@@ -28,6 +28,8 @@ impl Default for FlowConfig {
 pub enum StageKind {
     /// Built-in stage for tests and demonstrations (`[stage.test]` says what it does).
     Test,
+    /// A WebAssembly component implementing `sluice:filter` (`path`, limits, `[stage.config]`).
+    Wasm,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -42,6 +44,33 @@ pub struct StageConfig {
     pub timeout: Span,
     /// Behaviour of a `kind = "test"` stage; absent, it passes everything.
     pub test: Option<TestStageConfig>,
+    /// `kind = "wasm"`: the component file (relative paths are relative to the config file).
+    pub path: Option<std::path::PathBuf>,
+    /// `kind = "wasm"`: linear memory bound of one instance (default 64MiB).
+    pub memory_limit: Option<ByteSize>,
+    /// `kind = "wasm"`: CPU time one call may use before it is stopped (default 1s).
+    pub cpu_limit: Option<Span>,
+    /// `kind = "wasm"`: wall time all calls for one message may take together (default 60s).
+    pub message_timeout: Option<Span>,
+    /// `kind = "wasm"`: key/values handed to the filter (non-strings as their TOML text).
+    pub config: Option<toml::Table>,
+}
+
+impl StageConfig {
+    /// `[stage.config]` as the filter sees it: strings as they are, other values as TOML text.
+    pub fn filter_config(&self) -> Vec<(String, String)> {
+        let Some(table) = &self.config else { return Vec::new() };
+        table
+            .iter()
+            .map(|(key, value)| {
+                let text = match value {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (key.clone(), text)
+            })
+            .collect()
+    }
 }
 
 fn default_stage_timeout() -> Span {
@@ -106,6 +135,34 @@ pub(super) fn validate(flow: &FlowConfig, stages: &[StageConfig]) -> Result<(), 
         }
         if stage.timeout.0.is_zero() {
             return fail(format!("stage[{i}].timeout"), "must be greater than zero");
+        }
+        let wasm_keys = [
+            ("path", stage.path.is_some()),
+            ("memory_limit", stage.memory_limit.is_some()),
+            ("cpu_limit", stage.cpu_limit.is_some()),
+            ("message_timeout", stage.message_timeout.is_some()),
+            ("config", stage.config.is_some()),
+        ];
+        match stage.kind {
+            StageKind::Wasm => {
+                if stage.path.is_none() {
+                    return fail(format!("stage[{i}].kind"), "a wasm stage needs path = \"FILE.wasm\"");
+                }
+                if stage.test.is_some() {
+                    return fail(format!("stage[{i}].test"), "only for kind = \"test\"");
+                }
+                if stage.memory_limit.is_some_and(|m| m.0 < (1 << 20)) {
+                    return fail(format!("stage[{i}].memory_limit"), "must be at least 1MiB");
+                }
+                if stage.cpu_limit.is_some_and(|c| c.0.is_zero()) || stage.message_timeout.is_some_and(|m| m.0.is_zero()) {
+                    return fail(format!("stage[{i}].cpu_limit"), "limits must be greater than zero");
+                }
+            }
+            StageKind::Test => {
+                if let Some((key, _)) = wasm_keys.iter().find(|(_, set)| *set) {
+                    return fail(format!("stage[{i}].{key}"), "only for kind = \"wasm\"");
+                }
+            }
         }
         if let Some(test) = &stage.test {
             if test.verdict.is_some() != test.at.is_some() {

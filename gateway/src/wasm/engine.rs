@@ -1,0 +1,54 @@
+//! The one wasmtime `Engine` of the process: epoch interruption (for CPU bounds that yield to
+//! tokio), the pooling allocator (cheap fresh instances per message), and the epoch clock.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// The epoch clock's period: CPU limits are counted in these ticks.
+pub const TICK: Duration = Duration::from_millis(1);
+
+/// Largest linear memory any instance may have; stage `memory_limit`s are bounded by it.
+pub const MAX_MEMORY: usize = 1 << 30;
+
+/// Component instances alive at once (one per message per wasm stage); beyond it, instantiation
+/// fails and the stage's `on_error` applies.
+const POOL_INSTANCES: u32 = 2000;
+
+static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
+
+/// The shared engine, created (with its epoch clock thread) on first use.
+pub fn engine() -> Result<Engine, String> {
+    ENGINE.get_or_init(build).clone()
+}
+
+fn build() -> Result<Engine, String> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    let mut pool = PoolingAllocationConfig::new();
+    // A Rust wasip2 component holds a few core instances (program, adapter shims) and 1 memory.
+    pool.total_component_instances(POOL_INSTANCES)
+        .total_core_instances(POOL_INSTANCES * 4)
+        .total_memories(POOL_INSTANCES * 2)
+        .total_tables(POOL_INSTANCES * 4)
+        .total_stacks(POOL_INSTANCES)
+        .max_memory_size(MAX_MEMORY)
+        .max_core_instances_per_component(16)
+        .max_memories_per_component(4)
+        .max_tables_per_component(8);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    let engine = Engine::new(&config).map_err(|err| format!("cannot start the wasm engine: {err}"))?;
+    let clock = engine.weak();
+    std::thread::Builder::new()
+        .name("sluice-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = clock.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(TICK);
+            }
+        })
+        .map_err(|err| format!("cannot start the epoch clock: {err}"))?;
+    Ok(engine)
+}

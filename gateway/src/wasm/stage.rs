@@ -1,0 +1,248 @@
+//! One message's run of a wasm filter: a fresh instance in its own store, created on the first
+//! call, every call bounded in CPU (epoch ticks, yielding to tokio between them) and all calls
+//! together bounded in wall time. A trap or a limit hit poisons the instance: the stage fails
+//! and every later call fails at once; the store is dropped with the stage.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use wasmtime::component::ResourceAny;
+use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
+
+use super::engine::TICK;
+use super::host::bindings::exports::sluice::filter::handler::Interests as WitInterests;
+use super::host::bindings::sluice::filter::types as wit;
+use super::host::{bindings, State};
+use super::WasmFilter;
+use crate::chain::headers::{HeaderChange, HeaderSection};
+use crate::chain::stage::{BodyOutput, EnvelopeEvent, Interests, Reaction, Stage, StageError, Verdict};
+use crate::smtp::reply::Reply;
+
+/// A live instance: store, bindings and the message resource.
+pub(super) struct Instance {
+    store: Store<State>,
+    filter: bindings::Filter,
+    message: Option<ResourceAny>,
+}
+
+impl Instance {
+    pub(super) async fn new(filter: &WasmFilter) -> Result<Instance, StageError> {
+        let engine = filter.pre.engine();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(filter.limits.memory)
+            // A clear trap instead of a failed allocation deep inside the guest.
+            .trap_on_grow_failure(true)
+            .build();
+        let budget = (filter.limits.cpu_per_call.as_millis() / TICK.as_millis()).max(1) as u64;
+        let mut store = Store::new(engine, State::new(filter.stage.clone(), filter.config.clone(), limits, budget));
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
+            state.ticks_used += 1;
+            if state.ticks_used > state.tick_budget {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            // Let other sessions run before continuing this busy guest.
+            Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
+        });
+        arm(&mut store);
+        let instance = filter.pre.instantiate_async(&mut store).await;
+        let filter = instance.map_err(|err| failure(&store, err))?;
+        Ok(Instance { store, filter, message: None })
+    }
+
+    pub(super) async fn wants(&mut self) -> Result<WitInterests, StageError> {
+        arm(&mut self.store);
+        let result = self.filter.sluice_filter_handler().call_wants(&mut self.store).await;
+        result.map_err(|err| failure(&self.store, err))
+    }
+
+    /// The message resource, constructed on first use.
+    async fn message(&mut self) -> Result<ResourceAny, StageError> {
+        if let Some(message) = self.message {
+            return Ok(message);
+        }
+        arm(&mut self.store);
+        let result = self.filter.sluice_filter_handler().message().call_constructor(&mut self.store).await;
+        let message = result.map_err(|err| failure(&self.store, err))?;
+        self.message = Some(message);
+        Ok(message)
+    }
+}
+
+/// Resets the CPU budget for the next call.
+fn arm(store: &mut Store<State>) {
+    store.data_mut().ticks_used = 0;
+    store.set_epoch_deadline(1);
+}
+
+/// Describes a failed call: CPU or memory bound, trap, with the guest's stderr if it wrote any.
+fn failure(store: &Store<State>, err: wasmtime::Error) -> StageError {
+    let state = store.data();
+    let what = match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => format!("exceeded its CPU limit ({} ms per call)", state.tick_budget * TICK.as_millis() as u64),
+        _ => format!("{err:#}"),
+    };
+    let stderr = state.stderr.contents();
+    let stderr = String::from_utf8_lossy(&stderr);
+    match stderr.trim() {
+        "" => StageError::Failed(what),
+        text => StageError::Failed(format!("{what}; filter stderr: {text}")),
+    }
+}
+
+enum Life {
+    /// No instance yet (created at the first call).
+    Unborn,
+    Live(Box<Instance>),
+    /// Trapped, hit a limit or ran out of time: unusable.
+    Poisoned(StageError),
+}
+
+/// The `Stage` for one message.
+pub struct WasmStage {
+    filter: Arc<WasmFilter>,
+    life: Life,
+    /// Set at the first call: all calls together must finish by then.
+    deadline: Option<Instant>,
+}
+
+impl WasmStage {
+    pub fn new(filter: Arc<WasmFilter>) -> WasmStage {
+        WasmStage { filter, life: Life::Unborn, deadline: None }
+    }
+
+    /// Runs one call with the message's remaining time; any failure poisons the instance.
+    async fn run<T>(
+        &mut self,
+        call: impl for<'a> FnOnce(&'a mut Instance, ResourceAny) -> futures_util::future::BoxFuture<'a, Result<T, StageError>>,
+    ) -> Result<T, StageError> {
+        let deadline = *self.deadline.get_or_insert_with(|| Instant::now() + self.filter.limits.per_message);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let filter = self.filter.clone();
+        let result = tokio::time::timeout(remaining, async {
+            if matches!(self.life, Life::Unborn) {
+                self.life = Life::Live(Box::new(Instance::new(&filter).await?));
+            }
+            match &mut self.life {
+                Life::Live(instance) => {
+                    let message = instance.message().await?;
+                    arm(&mut instance.store);
+                    call(instance, message).await
+                }
+                Life::Poisoned(err) => Err(err.clone()),
+                Life::Unborn => unreachable!("instance created above"),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(StageError::Timeout(self.filter.limits.per_message)));
+        if let Err(err) = &result {
+            self.life = Life::Poisoned(err.clone());
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Stage for WasmStage {
+    fn interests(&self) -> Interests {
+        self.filter.interests()
+    }
+
+    async fn envelope(&mut self, event: &EnvelopeEvent) -> Result<Verdict, StageError> {
+        let event = event.clone();
+        let verdict = self
+            .run(move |instance, message| {
+                Box::pin(async move {
+                    let handler = instance.filter.sluice_filter_handler();
+                    let calls = handler.message();
+                    let store = &mut instance.store;
+                    let result = match &event {
+                        EnvelopeEvent::Connect { peer } => calls.call_on_connect(&mut *store, message, &peer.to_string()).await,
+                        EnvelopeEvent::Helo { name } => calls.call_on_helo(&mut *store, message, name).await,
+                        EnvelopeEvent::MailFrom { address } => calls.call_on_mail_from(&mut *store, message, address).await,
+                        EnvelopeEvent::RcptTo { address } => calls.call_on_rcpt_to(&mut *store, message, address).await,
+                    };
+                    result.map_err(|err| failure(store, err))
+                })
+            })
+            .await?;
+        Ok(verdict_from(verdict))
+    }
+
+    async fn headers(&mut self, headers: &HeaderSection) -> Result<Reaction, StageError> {
+        let fields: Vec<wit::Header> = headers.fields().map(|(name, value)| wit::Header { name, value }).collect();
+        let reaction = self
+            .run(move |instance, message| {
+                Box::pin(async move {
+                    let handler = instance.filter.sluice_filter_handler();
+                    let result = handler.message().call_on_headers(&mut instance.store, message, &fields).await;
+                    result.map_err(|err| failure(&instance.store, err))
+                })
+            })
+            .await?;
+        Ok(reaction_from(reaction))
+    }
+
+    async fn body(&mut self, chunk: Bytes) -> Result<Reaction, StageError> {
+        let reaction = self
+            .run(move |instance, message| {
+                Box::pin(async move {
+                    let handler = instance.filter.sluice_filter_handler();
+                    let result = handler.message().call_on_body_chunk(&mut instance.store, message, &chunk).await;
+                    result.map_err(|err| failure(&instance.store, err))
+                })
+            })
+            .await?;
+        Ok(reaction_from(reaction))
+    }
+
+    async fn end(&mut self) -> Result<Reaction, StageError> {
+        let reaction = self
+            .run(|instance, message| {
+                Box::pin(async move {
+                    let handler = instance.filter.sluice_filter_handler();
+                    let result = handler.message().call_on_end(&mut instance.store, message).await;
+                    result.map_err(|err| failure(&instance.store, err))
+                })
+            })
+            .await?;
+        Ok(reaction_from(reaction))
+    }
+}
+
+fn reply_from(reply: wit::SmtpReply) -> Reply {
+    let enhanced = (!reply.enhanced.is_empty()).then_some(reply.enhanced);
+    let lines = reply.text.lines().map(|line| line.chars().filter(|c| !c.is_control()).collect()).collect::<Vec<String>>();
+    Reply { code: reply.code, enhanced, lines: if lines.is_empty() { vec![String::new()] } else { lines } }
+}
+
+fn verdict_from(verdict: wit::Verdict) -> Verdict {
+    match verdict {
+        wit::Verdict::Continue => Verdict::Continue,
+        wit::Verdict::Accept => Verdict::Accept,
+        wit::Verdict::Reject(reply) => Verdict::Reject(reply_from(reply)),
+        wit::Verdict::Tempfail(reply) => Verdict::Tempfail(reply_from(reply)),
+        wit::Verdict::Discard => Verdict::Discard,
+    }
+}
+
+fn reaction_from(reaction: wit::Reaction) -> Reaction {
+    let header_changes = reaction
+        .header_changes
+        .into_iter()
+        .map(|change| match change {
+            wit::HeaderChange::Add(h) => HeaderChange::Add { name: h.name, value: h.value },
+            wit::HeaderChange::Prepend(h) => HeaderChange::Prepend { name: h.name, value: h.value },
+            wit::HeaderChange::Change(h) => HeaderChange::Change { name: h.name, index: h.index.max(1), value: h.value },
+            wit::HeaderChange::Remove(h) => HeaderChange::Remove { name: h.name, index: h.index },
+        })
+        .collect();
+    let body = match reaction.body {
+        wit::BodyOutput::Pass => BodyOutput::Pass,
+        wit::BodyOutput::Replace(chunks) => BodyOutput::Replace(chunks.into_iter().map(Bytes::from).collect()),
+    };
+    Reaction { verdict: verdict_from(reaction.verdict), header_changes, body }
+}
