@@ -41,11 +41,12 @@ pub struct State {
 
 impl State {
     pub fn new(stage: Arc<str>, config: Arc<Vec<(String, String)>>, limits: StoreLimits, tick_budget: u64) -> State {
-        let stderr = MemoryOutputPipe::new(4096);
+        // Capped: a guest writing more than this to stderr traps (a stage failure).
+        let stderr = MemoryOutputPipe::new(64 * 1024);
         State {
             stage,
             // No preopens, environment, arguments or sockets: no ambient authority.
-            wasi: WasiCtx::builder().stderr(stderr.clone()).build(),
+            wasi: WasiCtx::builder().stderr(stderr.clone()).allow_tcp(false).allow_udp(false).build(),
             table: ResourceTable::new(),
             limits,
             config,

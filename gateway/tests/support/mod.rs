@@ -308,6 +308,12 @@ impl SmtpClient {
         reply
     }
 
+    /// Sends a command and returns the reply code, whatever it is.
+    pub fn cmd_any(&mut self, line: &str) -> u16 {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply().code
+    }
+
     /// Asserts the peer closes the connection (after any pending bytes).
     pub fn expect_closed(&mut self) {
         let mut rest = Vec::new();
@@ -421,4 +427,21 @@ pub fn open_tcp_connections(port: u16) -> usize {
                 && (port_of(fields[1]) == Some(port) || port_of(fields[2]) == Some(port))
         })
         .count()
+}
+
+/// A built wasm filter (`make filters` builds them into target/wasm32-wasip2/release).
+pub fn filter_wasm(name: &str) -> String {
+    let dir = std::env::var("SLUICE_FILTER_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/wasm32-wasip2/release").to_string());
+    let path = Path::new(&dir).join(format!("{name}.wasm"));
+    assert!(path.is_file(), "{} is missing: build the filters first (make filters)", path.display());
+    path.display().to_string()
+}
+
+/// A `[[stage]]` table for a wasm filter, with `[stage.config]` lines and extra stage keys.
+pub fn wasm_stage(name: &str, filter: &str, stage_keys: &str, config: &str) -> String {
+    format!(
+        "[[stage]]\nname = \"{name}\"\nkind = \"wasm\"\npath = \"{}\"\n{stage_keys}\n[stage.config]\n{config}\n",
+        filter_wasm(filter)
+    )
 }
