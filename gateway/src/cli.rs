@@ -1,12 +1,14 @@
-//! Command-line interface: `serve` and `check-config`.
+//! Command-line interface: `serve`, `check-config` and `filter-test`.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config};
+use crate::filter_test::{Fate, FilterTest};
 use crate::server::{Context, Server};
 
 #[derive(Parser)]
@@ -25,22 +27,60 @@ enum Command {
     },
     /// Validate a config file: exit 0 if valid, 1 with FILE:LINE:COLUMN: key: error otherwise.
     CheckConfig { file: PathBuf },
+    /// Run a wasm filter on a message offline and print every verdict and change.
+    /// Exit 0 if the message would be delivered, 1 if refused (reject, tempfail, discard).
+    FilterTest {
+        /// The filter component (.wasm).
+        filter: PathBuf,
+        /// The message (RFC 5322, CRLF or LF line endings).
+        #[arg(long, value_name = "MESSAGE")]
+        eml: PathBuf,
+        /// A [stage.config] entry; repeat for several.
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_pair)]
+        config: Vec<(String, String)>,
+        #[arg(long, default_value = "192.0.2.1:40000")]
+        peer: std::net::SocketAddr,
+        #[arg(long, default_value = "client.example")]
+        helo: String,
+        #[arg(long, default_value = "sender@example.org")]
+        from: String,
+        /// A recipient; repeat for several.
+        #[arg(long, default_values_t = vec!["rcpt@example.net".to_string()])]
+        to: Vec<String>,
+        /// Write the message as the filter left it to this file.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))
 }
 
 impl Cli {
-    pub fn run(self) -> anyhow::Result<()> {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
             Command::Serve { config } => {
                 let config = match &config {
                     Some(path) => config::load_file(path)?,
                     None => config::embedded_default()?,
                 };
-                serve(config)
+                serve(config).map(|()| ExitCode::SUCCESS)
             }
             Command::CheckConfig { file } => {
                 config::load_file(&file)?;
                 println!("{}: ok", file.display());
-                Ok(())
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::FilterTest { filter, eml, config, peer, helo, from, to, output } => {
+                let test = FilterTest { filter, eml, config, peer, helo, from, to, output };
+                let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+                Ok(match runtime.block_on(test.run())? {
+                    Fate::Delivered => ExitCode::SUCCESS,
+                    Fate::Refused => ExitCode::from(1),
+                })
             }
         }
     }

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod chain;
 pub mod config;
+pub mod filter_test;
 pub mod flow;
 pub mod maildir;
 pub mod next_hop;

@@ -13,10 +13,11 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match sluice::cli::Cli::parse().run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("sluice: {err:#}");
-            std::process::ExitCode::FAILURE
+            // 1 is "refused" for filter-test; errors of any command are 2 there, 1 elsewhere.
+            std::process::ExitCode::from(if std::env::args().nth(1).as_deref() == Some("filter-test") { 2 } else { 1 })
         }
     }
 }

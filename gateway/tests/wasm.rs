@@ -162,3 +162,29 @@ fn a_broken_filter_file_stops_the_start_with_a_clear_error() {
     assert_eq!(status.code(), Some(1), "{output}");
     assert!(output.contains("stage \"bogus\": cannot load its wasm filter"), "{output}");
 }
+
+#[test]
+fn filter_test_prints_every_call_and_exits_by_the_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let eml = dir.path().join("m.eml");
+    std::fs::write(&eml, b"Subject: big offer\r\nFrom: <a@client.test>\r\n\r\nhello\r\n").unwrap();
+    let out = dir.path().join("out.eml");
+    let rules = support::filter_wasm("header_rules");
+    let run = |config: &str, extra: &[&str]| {
+        let mut args = vec!["filter-test", rules.as_str(), "--eml", eml.to_str().unwrap(), "--config", config];
+        args.extend_from_slice(extra);
+        support::run_tool(support::sluice_bin(), &args, None)
+    };
+    let (status, output) = run("rules=header Subject /offer/ tag-subject [ad]", &["--output", out.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(0), "{output}");
+    for line in ["mail-from  <sender@example.org> -> continue", "headers    2 fields -> continue", "~ change header Subject[1]: [ad] big offer", "result: delivered"] {
+        assert!(output.contains(line), "{line:?} missing in:\n{output}");
+    }
+    assert_eq!(std::fs::read(&out).unwrap(), b"Subject: [ad] big offer\r\nFrom: <a@client.test>\r\n\r\nhello\r\n");
+    let (status, output) = run("rules=mail-from /@example\\.org$/ reject 550 5.7.1 Go away", &[]);
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(output.contains("mail-from  <sender@example.org> -> reject 550 5.7.1 Go away"), "{output}");
+    let (status, output) = run("rules=header Subject /(/ reject 550 5.7.1 x", &[]);
+    assert_eq!(status.code(), Some(2), "a filter failure is neither accept nor reject: {output}");
+    assert!(output.contains("bad pattern"), "{output}");
+}

@@ -83,13 +83,16 @@ fn failure(store: &Store<State>, err: wasmtime::Error) -> StageError {
     let state = store.data();
     let what = match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => format!("exceeded its CPU limit ({} ms per call)", state.tick_budget * TICK.as_millis() as u64),
-        _ => format!("{err:#}"),
+        Some(trap) => format!("trapped: {trap}"),
+        None => err.root_cause().to_string(),
     };
+    tracing::debug!(target: "sluice::filters", stage = %state.stage, error = ?err, "filter failure in detail");
     let stderr = state.stderr.contents();
     let stderr = String::from_utf8_lossy(&stderr);
-    match stderr.trim() {
-        "" => StageError::Failed(what),
-        text => StageError::Failed(format!("{what}; filter stderr: {text}")),
+    let stderr: Vec<&str> = stderr.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("note:")).collect();
+    match stderr.is_empty() {
+        true => StageError::Failed(what),
+        false => StageError::Failed(format!("{what} ({})", stderr.join(" "))),
     }
 }
 

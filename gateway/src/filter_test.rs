@@ -1,0 +1,199 @@
+//! `sluice filter-test`: runs one wasm filter on one message offline, in the real host (same
+//! limits, same instance life), and prints every call's verdict and changes. It is how filter
+//! authors develop: edit, build, `sluice filter-test my.wasm --eml sample.eml`.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+
+use crate::chain::headers::{HeaderChange, HeaderSplitter};
+use crate::chain::runner::EndOfData;
+use crate::chain::stage::{BodyOutput, EnvelopeEvent, MessageContext, Reaction, StageEvent, StageFactory, Verdict};
+use crate::chain::checked;
+use crate::wasm::{WasmFilter, WasmLimits};
+
+/// Body pieces handed to the filter, as the gateway's reads would.
+const CHUNK: usize = 64 * 1024;
+
+pub struct FilterTest {
+    pub filter: PathBuf,
+    pub eml: PathBuf,
+    pub config: Vec<(String, String)>,
+    pub peer: SocketAddr,
+    pub helo: String,
+    pub from: String,
+    pub to: Vec<String>,
+    /// Where to write the message as the filter left it.
+    pub output: Option<PathBuf>,
+}
+
+/// How the message fared.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fate {
+    Delivered,
+    Refused,
+}
+
+impl FilterTest {
+    /// Runs the filter, printing a line per call; returns whether the message would be delivered.
+    pub async fn run(&self) -> anyhow::Result<Fate> {
+        let content = std::fs::read(&self.eml).with_context(|| format!("cannot read {}", self.eml.display()))?;
+        let filter = WasmFilter::load("filter-test", &self.filter, self.config.clone(), WasmLimits::default()).await?;
+        let interests = filter.interests();
+        let filter = Arc::new(filter);
+        let (end_of_data, end_signal) = EndOfData::channel();
+        let mut stage = filter.instantiate(&MessageContext { end_of_data: end_signal })?;
+        let mut out = String::new();
+
+        let mut events = vec![
+            EnvelopeEvent::Connect { peer: self.peer },
+            EnvelopeEvent::Helo { name: self.helo.clone() },
+            EnvelopeEvent::MailFrom { address: self.from.clone() },
+        ];
+        events.extend(self.to.iter().map(|to| EnvelopeEvent::RcptTo { address: to.clone() }));
+        let mut refused_rcpts = 0;
+        for event in &events {
+            if !interests.wants(event.kind()) {
+                continue;
+            }
+            let verdict = checked(stage.envelope(event).await?)?;
+            println!("{:<10} {} -> {}", name(event.kind()), describe_event(event), describe(&verdict));
+            match (&verdict, event) {
+                (Verdict::Reject(_) | Verdict::Tempfail(_), EnvelopeEvent::RcptTo { .. }) => refused_rcpts += 1,
+                (Verdict::Continue, _) => {}
+                (Verdict::Accept, _) => return self.finish(&content, "accepted by the filter"),
+                _ => return Ok(self.verdict_result(&verdict)),
+            }
+        }
+        if refused_rcpts == self.to.len() {
+            println!("result: every recipient refused; the client's DATA would get 554");
+            return Ok(Fate::Refused);
+        }
+
+        let mut splitter = HeaderSplitter::default();
+        let (mut section, body) = splitter.push(&content).unwrap_or_else(|| splitter.finish());
+        let mut late_changes = Vec::new();
+        let mut body_out: Vec<Bytes> = Vec::new();
+        let mut decided = None;
+        if interests.wants(StageEvent::Headers) {
+            let reaction = stage.headers(&section).await?;
+            let reaction = react(reaction)?;
+            println!("{:<10} {} fields -> {}", "headers", section.fields().count(), describe(&reaction.verdict));
+            print_changes(&reaction.header_changes, &mut out);
+            for change in &reaction.header_changes {
+                section.apply(change);
+            }
+            decided = final_verdict(reaction.verdict);
+        }
+        for (index, chunk) in body.chunks(CHUNK).enumerate() {
+            let chunk = Bytes::copy_from_slice(chunk);
+            if decided.is_some() || !interests.wants(StageEvent::Body) {
+                body_out.push(chunk);
+                continue;
+            }
+            let reaction = react(stage.body(chunk.clone()).await?)?;
+            let shown = match &reaction.body {
+                BodyOutput::Pass => "pass".to_string(),
+                BodyOutput::Replace(chunks) => format!("replaced by {} bytes", chunks.iter().map(Bytes::len).sum::<usize>()),
+            };
+            println!("{:<10} chunk {} ({} bytes) -> {}, {shown}", "body", index + 1, chunk.len(), describe(&reaction.verdict));
+            match reaction.body {
+                BodyOutput::Pass => body_out.push(chunk),
+                BodyOutput::Replace(chunks) => body_out.extend(chunks),
+            }
+            decided = final_verdict(reaction.verdict);
+        }
+        end_of_data.send_replace(true);
+        if decided.is_none() && interests.wants(StageEvent::End) {
+            let reaction = react(stage.end().await?)?;
+            println!("{:<10} -> {}", "end", describe(&reaction.verdict));
+            print_changes(&reaction.header_changes, &mut out);
+            if let BodyOutput::Replace(chunks) = reaction.body {
+                println!("  + appended {} bytes", chunks.iter().map(Bytes::len).sum::<usize>());
+                body_out.extend(chunks);
+            }
+            late_changes = reaction.header_changes;
+            decided = final_verdict(reaction.verdict);
+        }
+        if let Some(verdict) = decided {
+            return Ok(self.verdict_result(&verdict));
+        }
+        for change in &late_changes {
+            section.apply(change);
+        }
+        let mut message = section.to_bytes();
+        body_out.iter().for_each(|chunk| message.extend_from_slice(chunk));
+        self.finish(&message, "the message would be relayed")
+    }
+
+    fn finish(&self, message: &[u8], why: &str) -> anyhow::Result<Fate> {
+        println!("result: delivered ({why}), {} bytes", message.len());
+        if let Some(path) = &self.output {
+            std::fs::write(path, message).with_context(|| format!("cannot write {}", path.display()))?;
+            println!("message written to {}", path.display());
+        }
+        Ok(Fate::Delivered)
+    }
+
+    fn verdict_result(&self, verdict: &Verdict) -> Fate {
+        println!("result: {}", describe(verdict));
+        Fate::Refused
+    }
+}
+
+/// A malformed verdict is a failure, as in the gateway.
+fn react(reaction: Reaction) -> anyhow::Result<Reaction> {
+    checked(reaction.verdict.clone())?;
+    Ok(reaction)
+}
+
+/// Reject, tempfail and discard end the run; accept ends calls but delivers.
+fn final_verdict(verdict: Verdict) -> Option<Verdict> {
+    verdict.is_final().then_some(verdict)
+}
+
+fn name(event: StageEvent) -> &'static str {
+    match event {
+        StageEvent::Connect => "connect",
+        StageEvent::Helo => "helo",
+        StageEvent::Mail => "mail-from",
+        StageEvent::Rcpt => "rcpt-to",
+        StageEvent::Headers => "headers",
+        StageEvent::Body => "body",
+        StageEvent::End => "end",
+    }
+}
+
+fn describe_event(event: &EnvelopeEvent) -> String {
+    match event {
+        EnvelopeEvent::Connect { peer } => peer.to_string(),
+        EnvelopeEvent::Helo { name } => name.clone(),
+        EnvelopeEvent::MailFrom { address } => format!("<{address}>"),
+        EnvelopeEvent::RcptTo { address } => format!("<{address}>"),
+    }
+}
+
+fn describe(verdict: &Verdict) -> String {
+    match verdict {
+        Verdict::Reject(reply) | Verdict::Tempfail(reply) => format!("{} {}", verdict.kind(), reply.summary()),
+        other => other.kind().to_string(),
+    }
+}
+
+fn print_changes(changes: &[HeaderChange], out: &mut String) {
+    for change in changes {
+        out.clear();
+        let _ = match change {
+            HeaderChange::Add { name, value } => write!(out, "  + add header {name}: {value}"),
+            HeaderChange::Prepend { name, value } => write!(out, "  + prepend header {name}: {value}"),
+            HeaderChange::Change { name, index, value } => write!(out, "  ~ change header {name}[{index}]: {value}"),
+            HeaderChange::Remove { name, index: 0 } => write!(out, "  - remove every header {name}"),
+            HeaderChange::Remove { name, index } => write!(out, "  - remove header {name}[{index}]"),
+        };
+        println!("{out}");
+    }
+}
