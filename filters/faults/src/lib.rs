@@ -55,7 +55,7 @@ impl Faults {
 impl Filter for Faults {
     fn new(config: &Config) -> Result<Self, ConfigError> {
         let seen = SEEN.fetch_add(1, Ordering::Relaxed) + 1;
-        log::info(&format!("message number {seen} in this instance"));
+        log::debug(&format!("message number {seen} in this instance"));
         Ok(Faults {
             mode: config.get_or("mode", "pass".to_string())?,
             at: config.get_or("at", "body".to_string())?,
