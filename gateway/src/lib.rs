@@ -10,6 +10,7 @@ pub mod flow;
 pub mod maildir;
 pub mod next_hop;
 pub mod relay;
+pub mod scanner;
 pub mod server;
 pub mod smtp;
 pub mod spool;

@@ -28,6 +28,7 @@ use crate::next_hop::NextHop;
 use crate::relay::{RelayClient, RelayPool, RelaySettings};
 use crate::smtp::conn::{Connection, REFUSAL_WRITE_TIMEOUT};
 use crate::smtp::session::SessionConfig;
+use crate::scanner::clamd::{self, ClamdAddress, ClamdFactory, ClamdSettings};
 use crate::spool::Spool;
 use crate::wasm::{WasmFilter, WasmLimits};
 
@@ -106,6 +107,17 @@ pub async fn chain_from_config(config: &Config) -> anyhow::Result<Chain> {
         let factory: Box<dyn StageFactory> = match stage.kind {
             StageKind::Test => Box::new(TestStageFactory::new(stage.test.clone().unwrap_or_default())),
             StageKind::Wasm => Box::new(Arc::new(load_wasm(config, stage).await?)),
+            StageKind::Clamd => {
+                let settings = ClamdSettings {
+                    stage: stage.name.clone(),
+                    address: ClamdAddress::parse(stage.address.as_deref().unwrap_or_default()),
+                    action: stage.action.unwrap_or_default(),
+                    max_size: stage.max_size.map_or(25 << 20, |size| size.0),
+                    oversize: stage.oversize.unwrap_or_default(),
+                };
+                clamd::check(&settings).await;
+                Box::new(ClamdFactory::new(settings))
+            }
         };
         specs.push(StageSpec { name: stage.name.clone(), on_error: stage.on_error, timeout: stage.timeout.0, factory });
     }

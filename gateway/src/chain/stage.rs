@@ -72,6 +72,12 @@ impl Reaction {
     pub fn carry_on() -> Reaction {
         Reaction::verdict(Verdict::Continue)
     }
+
+    /// Adds a header field (at `end`: to the message as relayed).
+    pub fn add_header(mut self, name: &str, value: &str) -> Reaction {
+        self.header_changes.push(HeaderChange::Add { name: name.into(), value: value.into() });
+        self
+    }
 }
 
 /// The envelope events, in the order a stage receives them.

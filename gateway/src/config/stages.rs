@@ -30,6 +30,34 @@ pub enum StageKind {
     Test,
     /// A WebAssembly component implementing `sluice:filter` (`path`, limits, `[stage.config]`).
     Wasm,
+    /// The ClamAV scanner bridge (`address`, `action`, `max_size`, `oversize`).
+    Clamd,
+}
+
+/// What the clamd stage does with an infected message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VirusAction {
+    /// 554 5.7.1 naming the signature.
+    #[default]
+    Reject,
+    /// Add X-Virus-Status / X-Virus-Name headers and pass it on.
+    Tag,
+    /// Answer 250 and drop it (logged).
+    Discard,
+}
+
+/// What the clamd stage does with a message too large to be scanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OversizeAction {
+    /// 451: the sender retries (and an operator raises the limits).
+    #[default]
+    Tempfail,
+    /// 554: refuse it.
+    Reject,
+    /// Pass it on unscanned, with X-Virus-Status: Unscanned.
+    Accept,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +82,15 @@ pub struct StageConfig {
     pub message_timeout: Option<Span>,
     /// `kind = "wasm"`: key/values handed to the filter (non-strings as their TOML text).
     pub config: Option<toml::Table>,
+    /// `kind = "clamd"`: "host:port" or "unix:/path/to/clamd.ctl".
+    pub address: Option<String>,
+    /// `kind = "clamd"`: what to do with infected mail (default reject).
+    pub action: Option<VirusAction>,
+    /// `kind = "clamd"`: largest message sent to clamd (default 25MiB, clamd's StreamMaxLength
+    /// default); keep it at or below clamd's own limit.
+    pub max_size: Option<ByteSize>,
+    /// `kind = "clamd"`: what to do with a message too large to scan (default tempfail).
+    pub oversize: Option<OversizeAction>,
 }
 
 impl StageConfig {
@@ -143,13 +180,36 @@ pub(super) fn validate(flow: &FlowConfig, stages: &[StageConfig]) -> Result<(), 
             ("message_timeout", stage.message_timeout.is_some()),
             ("config", stage.config.is_some()),
         ];
+        let clamd_keys = [
+            ("address", stage.address.is_some()),
+            ("action", stage.action.is_some()),
+            ("max_size", stage.max_size.is_some()),
+            ("oversize", stage.oversize.is_some()),
+        ];
+        let foreign = |keys: &[(&str, bool)], kind: &str| -> Result<(), (String, String)> {
+            match keys.iter().find(|(_, set)| *set) {
+                Some((key, _)) => fail(format!("stage[{i}].{key}"), &format!("only for kind = \"{kind}\"")),
+                None => Ok(()),
+            }
+        };
+        if stage.kind != StageKind::Test && stage.test.is_some() {
+            return fail(format!("stage[{i}].test"), "only for kind = \"test\"");
+        }
         match stage.kind {
+            StageKind::Clamd => {
+                foreign(&wasm_keys, "wasm")?;
+                match stage.address.as_deref() {
+                    None => return fail(format!("stage[{i}].kind"), "a clamd stage needs address = \"127.0.0.1:3310\" or \"unix:/path\""),
+                    Some(a) if a.strip_prefix("unix:").is_none_or(str::is_empty) && a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() => {
+                        return fail(format!("stage[{i}].address"), "must be host:port or unix:/path/to/socket");
+                    }
+                    Some(_) => {}
+                }
+            }
             StageKind::Wasm => {
+                foreign(&clamd_keys, "clamd")?;
                 if stage.path.is_none() {
                     return fail(format!("stage[{i}].kind"), "a wasm stage needs path = \"FILE.wasm\"");
-                }
-                if stage.test.is_some() {
-                    return fail(format!("stage[{i}].test"), "only for kind = \"test\"");
                 }
                 if stage.memory_limit.is_some_and(|m| m.0 < (1 << 20)) {
                     return fail(format!("stage[{i}].memory_limit"), "must be at least 1MiB");
@@ -159,9 +219,8 @@ pub(super) fn validate(flow: &FlowConfig, stages: &[StageConfig]) -> Result<(), 
                 }
             }
             StageKind::Test => {
-                if let Some((key, _)) = wasm_keys.iter().find(|(_, set)| *set) {
-                    return fail(format!("stage[{i}].{key}"), "only for kind = \"wasm\"");
-                }
+                foreign(&wasm_keys, "wasm")?;
+                foreign(&clamd_keys, "clamd")?;
             }
         }
         if let Some(test) = &stage.test {

@@ -1,0 +1,3 @@
+//! Scanner bridges: chain stages backed by external scanning daemons.
+
+pub mod clamd;
