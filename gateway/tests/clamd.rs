@@ -171,3 +171,33 @@ fn seed_load_through_clamd_leaves_no_connection_behind() {
     support::poll_until(|| support::open_tcp_connections(gateway.port()) == 0, "no client connection left");
     support::poll_until(|| support::open_tcp_connections(clamd.port) == 0, "no clamd connection left");
 }
+
+/// A slow clamd is backpressure: with clamd frozen, the stage stops draining, its inbox reaches
+/// the high watermark and the client is paused (not buffered without bound); thawed, everything
+/// drains, the message is answered and pauses equal resumes.
+#[test]
+fn a_slow_clamd_pauses_the_client_through_the_flow_controller() {
+    let clamd = Clamd::start("64M");
+    let gateway = Gateway::builder()
+        .section("[flow]\nhigh_watermark = \"256KiB\"\nlow_watermark = \"64KiB\"")
+        .section(&clamd_stage(&clamd.address(), ""))
+        .start();
+    clamd.freeze();
+    let address = gateway.address.clone();
+    // More than the loopback socket buffers to clamd can absorb.
+    let content = message("slow clamd", 24 << 20);
+    let sender = std::thread::spawn(move || {
+        let mut client = SmtpClient::connect(&address);
+        client.hello();
+        send(&mut client, &content).code
+    });
+    let pause = gateway.wait_for_log("sluice::flow: pause");
+    assert!(pause.contains("stage=antivirus"), "{pause}");
+    assert!(!sender.is_finished(), "the client must be waiting while clamd is frozen");
+    clamd.thaw();
+    assert_eq!(sender.join().unwrap(), 250);
+    let closed = gateway.wait_for_log("session closed");
+    let count = |key: &str| closed.split_whitespace().find_map(|f| f.strip_prefix(key)).unwrap().parse::<u64>().unwrap();
+    assert!(count("pauses=") >= 1, "{closed}");
+    assert_eq!(count("pauses="), count("resumes="), "{closed}");
+}

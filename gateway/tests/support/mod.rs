@@ -25,7 +25,8 @@ pub fn sluice_bin() -> &'static str {
 /// The gateway's stderr, collected by a thread, with a condition variable to wait on lines.
 #[derive(Default)]
 struct Log {
-    text: Mutex<String>,
+    /// The text so far, and whether the process closed its stderr (exited).
+    text: Mutex<(String, bool)>,
     changed: Condvar,
 }
 
@@ -104,10 +105,12 @@ impl Gateway {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let mut text = sink.text.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
+                text.0.push_str(&line);
+                text.0.push('\n');
                 sink.changed.notify_all();
             }
+            sink.text.lock().unwrap().1 = true;
+            sink.changed.notify_all();
         });
         let mut gateway = Gateway { address: String::new(), dir, child, log };
         let line = gateway.wait_for_log("listening address=");
@@ -147,7 +150,7 @@ impl Gateway {
     }
 
     pub fn log(&self) -> String {
-        self.log.text.lock().unwrap().clone()
+        self.log.text.lock().unwrap().0.clone()
     }
 
     /// Waits until a log line contains `needle`; returns that line.
@@ -160,12 +163,14 @@ impl Gateway {
         let deadline = Instant::now() + WAIT;
         let mut text = self.log.text.lock().unwrap();
         loop {
-            let matching: Vec<&str> = text.lines().filter(|l| l.contains(needle)).collect();
+            let matching: Vec<&str> = text.0.lines().filter(|l| l.contains(needle)).collect();
             if matching.len() >= count {
                 return matching[count - 1].to_string();
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "no {count} log lines with {needle:?}; log:\n{text}");
+            let log = &text.0;
+            assert!(!text.1, "sluice exited without {count} log lines with {needle:?}; log:\n{log}");
+            assert!(!left.is_zero(), "no {count} log lines with {needle:?}; log:\n{log}");
             text = self.log.changed.wait_timeout(text, left).unwrap().0;
         }
     }
