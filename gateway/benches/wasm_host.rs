@@ -10,7 +10,9 @@
 //! * instantiate: a fresh stage per message — `StageFactory::instantiate`, then the first call
 //!   (`envelope(Connect)`: new `Store`, instantiate from the `InstancePre`, the message
 //!   resource's constructor, `on-connect`), then drop (store and pooled instance released).
-//! * body 64 KiB: `body(64 KiB)` on one live instance (the chunk is copied into the guest).
+//! * body 64 KiB: `body(64 KiB)` on one live instance (the chunk is copied into the guest);
+//!   "first in a message": the first such call of a fresh instance, whose linear memory pages
+//!   are touched for the first time since the pooled slot was reset.
 //! * tiny call: `envelope(Helo)` on one live instance: the fixed cost of any call.
 //! * message 256 KiB: one whole message through one stage — instantiate, connect, helo, mail,
 //!   rcpt, headers, 4 × body(64 KiB), end, drop — what each wasm stage adds to a 256 KiB message.
@@ -158,6 +160,25 @@ async fn body_calls(factory: &dyn StageFactory, n: usize) -> Vec<Duration> {
     samples
 }
 
+/// (2b) The first body(64 KiB) of a fresh instance: its linear memory is touched for the first
+/// time since the pooled slot was last reset (page faults), as for every message's first chunk.
+async fn first_body_calls(factory: &dyn StageFactory, n: usize) -> Vec<Duration> {
+    let chunk = Bytes::from(vec![b'x'; CHUNK]);
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + n / 10 {
+        let mut stage = live(factory).await;
+        let started = Instant::now();
+        let reaction = stage.body(chunk.clone()).await.expect("body");
+        let elapsed = started.elapsed();
+        expect_continue(reaction.verdict);
+        drop(stage);
+        if i >= n / 10 {
+            samples.push(elapsed);
+        }
+    }
+    samples
+}
+
 /// (3) envelope(Helo) on one instance: the fixed cost of a call.
 async fn tiny_calls(factory: &dyn StageFactory, n: usize) -> Vec<Duration> {
     let mut stage = live(factory).await;
@@ -253,7 +274,12 @@ async fn run(options: Options) {
     let (mut body, mut native_body) = (body_calls(&wasm, n).await, body_calls(&native, n).await);
     let (body, native_body) = (stats(&mut body), stats(&mut native_body));
     let rate = CHUNK as f64 / body.median / 1e3; // bytes per µs / 1e3 = GB/s
-    row("body 64 KiB (call)", n, &body, Some(&native_body), &format!("on-body-chunk, {rate:.1} GB/s"));
+    let note = format!("on-body-chunk on a live instance ({rate:.1} GB/s)");
+    row("body 64 KiB (call)", n, &body, Some(&native_body), &note);
+
+    let (mut first, mut native_first) = (first_body_calls(&wasm, n).await, first_body_calls(&native, n).await);
+    let (first, native_first) = (stats(&mut first), stats(&mut native_first));
+    row("  first in a message", n, &first, Some(&native_first), "first on-body-chunk of a fresh instance");
 
     let (mut tiny, mut native_tiny) = (tiny_calls(&wasm, 5 * n).await, tiny_calls(&native, 5 * n).await);
     let (tiny, native_tiny) = (stats(&mut tiny), stats(&mut native_tiny));
@@ -274,6 +300,10 @@ async fn run(options: Options) {
         "  64 KiB chunk beyond a call:  {:.1} µs (body - tiny call) = {:.2} ns/byte",
         body.median - tiny.median,
         (body.median - tiny.median) * 1e3 / CHUNK as f64
+    );
+    println!(
+        "  first chunk of a message beyond a later one: {:.1} µs (fresh linear memory pages)",
+        first.median - body.median
     );
     println!(
         "  one wasm stage on a 256 KiB message: {:.0} µs on one task = {:.0} msg/s per core per wasm stage",

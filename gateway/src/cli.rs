@@ -9,7 +9,10 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config};
 use crate::filter_test::{Fate, FilterTest};
-use crate::server::{Context, Server};
+use crate::logging::{self, LogFormat};
+use crate::admin::AdminApi;
+use crate::context::Context;
+use crate::server::Server;
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "A streaming SMTP gateway with a WebAssembly filter chain")]
@@ -24,6 +27,19 @@ enum Command {
     Serve {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Stay in the foreground and log to stderr (without it, log to stdout for a service
+        /// manager such as systemd/journald).
+        #[arg(short = 'd')]
+        foreground: bool,
+        /// Verbose: debug lines from every subsystem.
+        #[arg(short = 'v')]
+        verbose: bool,
+        /// Trace subsystems: smtp, io, filters, flow, scanner, relay, reload, admin, all
+        /// (comma-separated). `sluice ctl trace` changes them at run time.
+        #[arg(short = 'T', value_name = "SUBSYSTEM[,…]", default_value = "")]
+        trace: String,
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
     },
     /// Validate a config file: exit 0 if valid, 1 with FILE:LINE:COLUMN: key: error otherwise.
     CheckConfig { file: PathBuf },
@@ -62,12 +78,13 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
 impl Cli {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
-            Command::Serve { config } => {
-                let config = match &config {
+            Command::Serve { config: path, foreground, verbose, trace, log_format } => {
+                logging::init(verbose, logging::parse_subsystems(&trace)?, log_format, foreground);
+                let config = match &path {
                     Some(path) => config::load_file(path)?,
                     None => config::embedded_default()?,
                 };
-                serve(config).map(|()| ExitCode::SUCCESS)
+                serve(config, path).map(|()| ExitCode::SUCCESS)
             }
             Command::CheckConfig { file } => {
                 config::load_file(&file)?;
@@ -75,6 +92,7 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::FilterTest { filter, eml, config, peer, helo, from, to, output } => {
+                logging::init(false, Default::default(), LogFormat::Text, true);
                 let test = FilterTest { filter, eml, config, peer, helo, from, to, output };
                 let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
                 Ok(match runtime.block_on(test.run())? {
@@ -86,15 +104,45 @@ impl Cli {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let hostname = config.server.hostname.clone().unwrap_or_else(machine_hostname);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(async {
         let stop = stop_signal()?;
-        let context = Context::from_config(&config, hostname, Arc::default()).await?;
-        let server = Server::bind(&config, context).await?;
+        let context = Arc::new(Context::from_config(&config, path, hostname).await?);
+        let server = Server::bind(&config, context.clone()).await?;
+        if let Some(admin) = &config.admin {
+            let token = match &admin.token_file {
+                Some(file) => Some(read_token(&config.resolve(file))?),
+                None => None,
+            };
+            let api = AdminApi::bind(admin.listen, token, context.clone(), server.shutdown()).await?;
+            tokio::spawn(api.run());
+        }
+        tokio::spawn(reload_on_sighup(context)?);
         server.run(stop).await;
         Ok(())
+    })
+}
+
+fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the admin token file {} ([admin] token_file)", path.display()))?;
+    let token = token.trim().to_string();
+    anyhow::ensure!(!token.is_empty(), "the admin token file {} is empty", path.display());
+    Ok(token)
+}
+
+/// SIGHUP reloads the chain, like the admin API's POST /reload.
+fn reload_on_sighup(context: Arc<Context>) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    Ok(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!(target: "sluice::reload", "SIGHUP received: reloading the chain");
+            // The outcome is logged by reload itself.
+            let _ = context.reload().await;
+        }
     })
 }
 

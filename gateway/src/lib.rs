@@ -2,16 +2,21 @@
 //! speaks the protocol, `spool` holds the content, `next_hop` hands it to `relay` or `maildir`;
 //! `config` describes it all and `cli` is the command line.
 
+pub mod admin;
 pub mod cli;
 pub mod chain;
 pub mod config;
+pub mod context;
 pub mod filter_test;
 pub mod flow;
+pub mod logging;
 pub mod maildir;
+pub mod metrics;
 pub mod next_hop;
 pub mod relay;
 pub mod scanner;
 pub mod server;
+pub mod sessions;
 pub mod smtp;
 pub mod spool;
 pub mod wasm;

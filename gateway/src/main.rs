@@ -1,17 +1,8 @@
-//! The `sluice` binary: logging set-up, then the CLI.
-
-use std::io::IsTerminal;
+//! The `sluice` binary: the CLI (logging is set up by the subcommands that serve).
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     match sluice::cli::Cli::parse().run() {
         Ok(code) => code,
         Err(err) => {

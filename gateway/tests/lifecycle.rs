@@ -35,7 +35,7 @@ fn check_config_accepts_the_example_and_names_file_line_and_key() {
 #[test]
 fn embedded_default_listens_on_2525_and_delivers_to_local_maildir() {
     let dir = tempfile::tempdir().unwrap();
-    let gateway = Gateway::spawn(dir, &["serve"]);
+    let gateway = Gateway::spawn(dir, &["serve", "-d"]);
     assert_eq!(gateway.address, "127.0.0.1:2525");
     let (status, output) = run_tool(
         "swaks",

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::flow::gate::FlowHandle;
+use crate::metrics::Metrics;
 use crate::smtp::reply::Reply;
 use crate::spool::Spool;
 use runner::{ContentRun, Decision, EndOfData, RunningStage, Standing};
@@ -44,15 +45,22 @@ pub struct StageSpec {
     /// Bound on every single call into the stage.
     pub timeout: Duration,
     pub factory: Box<dyn StageFactory>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Calls into a stage with its time bound; a panic inside the stage is a failure, not a crash.
 pub(crate) async fn call<T>(spec: &StageSpec, call: impl Future<Output = Result<T, StageError>>) -> Result<T, StageError> {
-    match tokio::time::timeout(spec.timeout, AssertUnwindSafe(call).catch_unwind()).await {
+    let started = std::time::Instant::now();
+    let result = match tokio::time::timeout(spec.timeout, AssertUnwindSafe(call).catch_unwind()).await {
         Err(_) => Err(StageError::Timeout(spec.timeout)),
         Ok(Err(_panic)) => Err(StageError::Failed("stage panicked".into())),
         Ok(Ok(result)) => result,
+    };
+    spec.metrics.stage_call(&spec.name, started.elapsed());
+    if let Err(err) = &result {
+        spec.metrics.stage_failure(&spec.name, err.cause());
     }
+    result
 }
 
 /// Answer to an envelope command after the chain has seen it.
@@ -74,6 +82,10 @@ impl Chain {
 
     pub fn stage_names(&self) -> Vec<String> {
         self.stages.iter().map(|s| s.name.clone()).collect()
+    }
+
+    pub fn stages(&self) -> impl Iterator<Item = &StageSpec> {
+        self.stages.iter().map(Arc::as_ref)
     }
 
     /// Starts a transaction: fresh stage instances, then connect, helo and mail events.
@@ -136,6 +148,9 @@ impl Transaction {
             }
             let spec = stage.spec.clone();
             let result = call(&spec, stage.instance.envelope(event)).await.and_then(checked);
+            if let Ok(verdict) = &result {
+                spec.metrics.stage_verdict(&spec.name, verdict.kind());
+            }
             match result {
                 Ok(Verdict::Continue) => {}
                 Ok(Verdict::Accept) => stage.standing = Standing::Accepted,

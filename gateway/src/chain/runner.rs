@@ -330,6 +330,7 @@ fn settle(
     let spec = stage.spec.clone();
     match result.and_then(|reaction| super::checked(reaction.verdict.clone()).map(|_| reaction)) {
         Ok(reaction) => {
+            spec.metrics.stage_verdict(&spec.name, reaction.verdict.kind());
             match &reaction.verdict {
                 Verdict::Continue => {}
                 Verdict::Accept => stage.standing = Standing::Accepted,

@@ -145,6 +145,17 @@ pub enum StageError {
     Died,
 }
 
+impl StageError {
+    /// The failure cause as a metric label.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            StageError::Failed(_) => "failed",
+            StageError::Timeout(_) => "timeout",
+            StageError::Died => "died",
+        }
+    }
+}
+
 /// One transaction's instance of a stage. Every call is bounded by the stage's timeout.
 #[async_trait]
 pub trait Stage: Send {

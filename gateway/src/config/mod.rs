@@ -34,6 +34,8 @@ pub struct Config {
     /// The chain, in order (`[[stage]]` tables).
     #[serde(default)]
     pub stage: Vec<StageConfig>,
+    /// The admin HTTP API; disabled when absent.
+    pub admin: Option<AdminConfig>,
     /// Relative paths in the config (filter files) are relative to this directory.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -111,6 +113,20 @@ fn default_connect_timeout() -> Span {
 
 fn default_relay_command_timeout() -> Span {
     Span(Duration::from_secs(300))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where the admin API listens (keep it on loopback).
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// A file holding a bearer token the API requires (relative to the config file).
+    pub token_file: Option<PathBuf>,
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8025))
 }
 
 #[derive(Debug, Clone, Deserialize)]

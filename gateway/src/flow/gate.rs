@@ -5,8 +5,9 @@
 //! admin API and logs.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+
+use prometheus_client::metrics::counter::Counter;
 
 use tokio::sync::watch;
 use tracing::{error, info};
@@ -20,11 +21,12 @@ enum Gate {
     Closed,
 }
 
-/// Gateway-wide counters (`flow.pauses`, `flow.resumes`, `flow.paused_now`).
-#[derive(Debug, Default)]
+/// Gateway-wide counters (`flow.pauses`, `flow.resumes`; paused now is their difference),
+/// shared with the Prometheus registry.
+#[derive(Debug, Default, Clone)]
 pub struct FlowStats {
-    pauses: AtomicU64,
-    resumes: AtomicU64,
+    pub pauses: Counter,
+    pub resumes: Counter,
 }
 
 /// One session's flow state, as the admin API shows it.
@@ -110,13 +112,13 @@ impl FlowHandle {
         };
         match action {
             Some(FlowAction::Pause { by }) => {
-                self.stats.pauses.fetch_add(1, Ordering::Relaxed);
+                self.stats.pauses.inc();
                 let stage = inner.inbox_names.get(by).cloned().unwrap_or_default();
                 info!(target: "sluice::flow", session = %format_args!("{:08x}", self.session), stage = %stage, queued = inner.controller.live_queued(), "pause");
                 self.gate.send_replace(Gate::Closed);
             }
             Some(FlowAction::Resume) => {
-                self.stats.resumes.fetch_add(1, Ordering::Relaxed);
+                self.stats.resumes.inc();
                 info!(target: "sluice::flow", session = %format_args!("{:08x}", self.session), queued = inner.controller.live_queued(), ?event, "resume");
                 self.gate.send_replace(Gate::Open);
             }
@@ -168,6 +170,11 @@ pub struct FlowRegistry {
 }
 
 impl FlowRegistry {
+    /// A registry counting into these (shared) counters.
+    pub fn with_stats(stats: FlowStats) -> FlowRegistry {
+        FlowRegistry { stats: Arc::new(stats), sessions: Mutex::default() }
+    }
+
     /// A flow handle for a new session, registered until it is dropped.
     pub fn open(&self, session: u64, marks: Watermarks) -> Arc<FlowHandle> {
         let handle = Arc::new(FlowHandle {
@@ -188,8 +195,8 @@ impl FlowRegistry {
             let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
             sessions.values().filter_map(Weak::upgrade).map(|handle| handle.snapshot()).collect()
         };
-        let pauses = self.stats.pauses.load(Ordering::Relaxed);
-        let resumes = self.stats.resumes.load(Ordering::Relaxed);
+        let pauses = self.stats.pauses.get();
+        let resumes = self.stats.resumes.get();
         FlowReport { pauses, resumes, paused_now: pauses.saturating_sub(resumes), sessions }
     }
 }

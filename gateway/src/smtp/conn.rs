@@ -17,10 +17,12 @@ use super::reply::Reply;
 use super::session::{Envelope, Phase, Request, Session, Step};
 use crate::chain::runner::{ContentOutcome, ContentRun};
 use crate::chain::stage::Verdict;
-use crate::chain::{EnvelopeOutcome, Transaction};
+use crate::chain::{Chain, EnvelopeOutcome, Transaction};
+use crate::context::Context;
 use crate::flow::gate::FlowHandle;
 use crate::next_hop::NextHop;
-use crate::server::{Context, Shutdown};
+use crate::server::Shutdown;
+use crate::sessions::Listing;
 
 /// Socket reads ask for at least this much room.
 const READ_BUFFER: usize = 64 * 1024;
@@ -47,7 +49,10 @@ pub struct Connection {
     context: Arc<Context>,
     shutdown: Shutdown,
     session: Session,
+    /// The chain current when the session started: it keeps it across reloads.
+    chain: Arc<Chain>,
     flow: Arc<FlowHandle>,
+    listing: Listing,
     next_hop: NextHop,
     chained: Chained,
     input: BytesMut,
@@ -58,11 +63,15 @@ pub struct Connection {
 
 impl Connection {
     pub fn new(stream: TcpStream, peer: SocketAddr, id: u64, context: Arc<Context>, shutdown: Shutdown) -> Connection {
+        let flow = context.flows.open(id, context.watermarks);
+        let local_port = stream.local_addr().map_or(0, |a| a.port());
         Connection {
             stream,
             peer,
             session: Session::new(context.session.clone()),
-            flow: context.flows.open(id, context.watermarks),
+            chain: context.chain(),
+            listing: context.sessions.open(id, peer, local_port, flow.clone()),
+            flow,
             next_hop: context.next_hop(),
             chained: Chained::None,
             input: BytesMut::with_capacity(READ_BUFFER),
@@ -158,7 +167,7 @@ impl Connection {
         match request {
             Request::Mail { helo, from, params } => {
                 self.transaction_start = Instant::now();
-                let (transaction, outcome) = self.context.chain.begin(self.peer, &helo, &from).await;
+                let (transaction, outcome) = self.chain.begin(self.peer, &helo, &from).await;
                 if let EnvelopeOutcome::Refuse(reply) = outcome {
                     return reply;
                 }
@@ -190,7 +199,9 @@ impl Connection {
         let (result, reply, size) = match run.finish().await {
             ContentOutcome::Deliver(mut spool) => {
                 let size = spool.len();
+                let started = Instant::now();
                 let reply = self.next_hop.deliver(&envelope.mail_from, &mut spool).await;
+                self.context.metrics.relay_reply(reply.code, started.elapsed());
                 let result = match reply.code {
                     200..=299 => "accepted",
                     400..=499 => "tempfailed",
@@ -225,6 +236,7 @@ impl Connection {
 
     /// The per-message log line: envelope, size, result, reply, duration.
     fn log_message(&self, envelope: Option<&Envelope>, size: u64, result: &str, reply: &Reply) {
+        self.context.metrics.transaction(result);
         let (from, rcpts) = envelope.map_or((String::new(), String::new()), |e| (e.mail_from.clone(), e.rcpt_to.join(",")));
         info!(
             target: "sluice::smtp",
@@ -251,10 +263,16 @@ impl Connection {
         };
         self.input.reserve(READ_BUFFER);
         let idle = self.session.is_idle();
+        self.update_listing(0, 0);
         tokio::select! {
             result = timeout(limit, self.stream.read_buf(&mut self.input)) => match result {
                 Ok(Ok(0)) | Ok(Err(_)) => Ok(false),
-                Ok(Ok(_)) => Ok(true),
+                Ok(Ok(n)) => {
+                    tracing::trace!(target: "sluice::io", bytes = n, buffered = self.input.len(), "read");
+                    self.context.metrics.bytes_in.inc_by(n as u64);
+                    self.update_listing(n as u64, 0);
+                    Ok(true)
+                }
                 Err(_) => Err(Interruption::Timeout),
             },
             // Between transactions a draining gateway closes at once; within one it waits.
@@ -270,8 +288,21 @@ impl Connection {
         }
         let limit = self.context.command_timeout;
         let written = timeout(limit, self.stream.write_all(&self.output)).await;
+        let bytes = self.output.len() as u64;
+        tracing::trace!(target: "sluice::io", bytes, "write");
+        self.context.metrics.bytes_out.inc_by(bytes);
+        self.update_listing(0, bytes);
         self.output.clear();
         matches!(written, Ok(Ok(())))
+    }
+
+    /// Keeps the session's entry for the admin API current.
+    fn update_listing(&self, read: u64, written: u64) {
+        let mut info = self.listing.info.lock().unwrap_or_else(|p| p.into_inner());
+        info.state = self.session.state_name();
+        info.transaction = self.session.transaction();
+        info.bytes_in += read;
+        info.bytes_out += written;
     }
 
     async fn close_with(&mut self, reply: Reply) {

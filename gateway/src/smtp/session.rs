@@ -149,6 +149,31 @@ impl Session {
         }
     }
 
+    /// The protocol state, as operators see it.
+    pub fn state_name(&self) -> &'static str {
+        if self.pending.is_some() {
+            return "waiting";
+        }
+        match self.state {
+            State::Fresh => "greeting",
+            State::Ready => "ready",
+            State::Envelope(_) => "envelope",
+            State::Data(..) => "data",
+            State::Chunking(..) | State::Chunk { .. } | State::SkipChunk { .. } => "bdat",
+            State::Closed => "closing",
+        }
+    }
+
+    /// Sender and recipient count of the transaction in progress.
+    pub fn transaction(&self) -> Option<(String, usize)> {
+        match &self.state {
+            State::Envelope(e) | State::Data(e, _) | State::Chunking(e, _) | State::Chunk { envelope: e, .. } => {
+                Some((e.mail_from.clone(), e.rcpt_to.len()))
+            }
+            _ => None,
+        }
+    }
+
     /// True between transactions: nothing would be lost by closing now.
     pub fn is_idle(&self) -> bool {
         self.pending.is_none() && matches!(self.state, State::Fresh | State::Ready)

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::histogram::Histogram;
 use wasmtime::component::{Component, Linker};
 
 use crate::chain::stage::{Interests, MessageContext, Stage, StageError, StageEvent, StageFactory};
@@ -52,6 +53,8 @@ pub struct WasmFilter {
     interests: Interests,
     /// Time to compile the component at load, for the operator's log.
     pub compile_time: Duration,
+    /// Where per-message instantiation times go (the gateway's metrics).
+    instantiation: Option<Histogram>,
 }
 
 impl WasmFilter {
@@ -62,7 +65,12 @@ impl WasmFilter {
         let invalid = |reason: String| LoadError::Invalid { path: shown.clone(), reason };
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: shown.clone(), source })?;
         let started = Instant::now();
-        let component = Component::new(&engine, &bytes).map_err(|e| invalid(format!("{e:#}")))?;
+        // Compiling is CPU work: keep it off the async workers that serve SMTP sessions.
+        let compiling = engine.clone();
+        let component = tokio::task::spawn_blocking(move || Component::new(&compiling, &bytes))
+            .await
+            .map_err(|e| invalid(format!("compilation task failed: {e}")))?
+            .map_err(|e| invalid(format!("{e:#}")))?;
         let compile_time = started.elapsed();
         let mut linker: Linker<State> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| invalid(format!("{e:#}")))?;
@@ -79,6 +87,7 @@ impl WasmFilter {
             limits: WasmLimits { memory: limits.memory.min(engine::MAX_MEMORY), ..limits },
             interests: Interests::ALL,
             compile_time,
+            instantiation: None,
         };
         filter.interests = filter.ask_interests().await.map_err(|e| invalid(format!("wants() failed: {e}")))?;
         Ok(filter)
@@ -104,6 +113,11 @@ impl WasmFilter {
 
     pub fn interests(&self) -> Interests {
         self.interests
+    }
+
+    /// Records each message's instantiation time into `histogram`.
+    pub fn observe_instantiation(&mut self, histogram: Histogram) {
+        self.instantiation = Some(histogram);
     }
 }
 

@@ -48,7 +48,11 @@ impl Instance {
             Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
         });
         arm(&mut store);
+        let started = Instant::now();
         let instance = filter.pre.instantiate_async(&mut store).await;
+        if let Some(histogram) = &filter.instantiation {
+            histogram.observe(started.elapsed().as_secs_f64());
+        }
         let filter = instance.map_err(|err| failure(&store, err))?;
         Ok(Instance { store, filter, message: None })
     }

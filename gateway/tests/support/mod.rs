@@ -74,7 +74,7 @@ impl GatewayBuilder {
         }
         let path = dir.path().join("sluice.toml");
         std::fs::write(&path, config).expect("write config");
-        Gateway::spawn(dir, &["serve", "--config", path.to_str().unwrap()])
+        Gateway::spawn(dir, &["serve", "-d", "--config", path.to_str().unwrap()])
     }
 }
 
@@ -437,8 +437,10 @@ pub fn open_tcp_connections(port: u16) -> usize {
 
 /// A built wasm filter (`make filters` builds them into target/wasm32-wasip2/release).
 pub fn filter_wasm(name: &str) -> String {
-    let dir = std::env::var("SLUICE_FILTER_DIR")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/wasm32-wasip2/release").to_string());
+    let dir = std::env::var("SLUICE_FILTER_DIR").unwrap_or_else(|_| match std::env::var("CARGO_TARGET_DIR") {
+        Ok(target) => format!("{target}/wasm32-wasip2/release"),
+        Err(_) => concat!(env!("CARGO_MANIFEST_DIR"), "/../target/wasm32-wasip2/release").to_string(),
+    });
     let path = Path::new(&dir).join(format!("{name}.wasm"));
     assert!(path.is_file(), "{} is missing: build the filters first (make filters)", path.display());
     path.display().to_string()

@@ -1,0 +1,164 @@
+//! The admin HTTP API (hyper, loopback by default): health and readiness, Prometheus metrics,
+//! stats, sessions with their flow state, chain reload and run-time trace switches. Handlers only
+//! read shared state and never hold a lock an SMTP session waits on; reload compiles filters off
+//! the async workers. With a token configured every endpoint but the health probes requires
+//! `Authorization: Bearer TOKEN`.
+
+mod routes;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::context::Context;
+use crate::server::Shutdown;
+use routes::{route, Route, Routing};
+
+struct State {
+    token: Option<String>,
+    context: Arc<Context>,
+    shutdown: Shutdown,
+}
+
+pub struct AdminApi {
+    listener: TcpListener,
+    state: Arc<State>,
+}
+
+impl AdminApi {
+    pub async fn bind(address: SocketAddr, token: Option<String>, context: Arc<Context>, shutdown: Shutdown) -> anyhow::Result<AdminApi> {
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address} for the admin API (set [admin] listen)"))?;
+        info!(target: "sluice::admin", address = %listener.local_addr()?, "admin API listening");
+        Ok(AdminApi { listener, state: Arc::new(State { token, context, shutdown }) })
+    }
+
+    pub async fn run(self) {
+        loop {
+            let (stream, peer) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    warn!(target: "sluice::admin", error = %err, "accept failed");
+                    continue;
+                }
+            };
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| handle(state.clone(), request));
+                if let Err(err) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+                    debug!(target: "sluice::admin", %peer, error = %err, "admin connection ended");
+                }
+            });
+        }
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
+    respond(status, "application/json", format!("{value:#}\n"))
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json(status, json!({ "error": message }))
+}
+
+async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let route = match route(&method, &path) {
+        Routing::Found(route) => route,
+        Routing::WrongMethod(allowed) => {
+            let mut response = error(StatusCode::METHOD_NOT_ALLOWED, &format!("{method} is not allowed on {path}"));
+            response.headers_mut().insert(ALLOW, HeaderValue::from_static(allowed));
+            return Ok(response);
+        }
+        Routing::NotFound => return Ok(error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}"))),
+    };
+    if !matches!(route, Route::Healthz | Route::Readyz) && !authorized(&state, &request) {
+        warn!(target: "sluice::admin", %path, "request with a missing or wrong token");
+        return Ok(error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
+    }
+    debug!(target: "sluice::admin", %method, %path, "request");
+    let context = &state.context;
+    Ok(match route {
+        Route::Healthz => respond(StatusCode::OK, "text/plain", "ok\n"),
+        Route::Readyz => match state.shutdown.draining.is_cancelled() {
+            false => respond(StatusCode::OK, "text/plain", "ready\n"),
+            true => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n"),
+        },
+        Route::Metrics => {
+            let flow = context.flows.report();
+            context.metrics.flow_paused_now.set(flow.paused_now as i64);
+            respond(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", context.metrics.encode())
+        }
+        Route::Stats => json(StatusCode::OK, stats(context)),
+        Route::Sessions => json(StatusCode::OK, serde_json::to_value(context.sessions.list()).unwrap_or_default()),
+        Route::Session(id) => match u64::from_str_radix(&id, 16).ok().and_then(|id| context.sessions.get(id)) {
+            Some(session) => json(StatusCode::OK, serde_json::to_value(session).unwrap_or_default()),
+            None => error(StatusCode::NOT_FOUND, &format!("no session {id}")),
+        },
+        Route::Reload => match context.reload().await {
+            Ok((generation, stages)) => json(StatusCode::OK, json!({ "generation": generation, "stages": stages })),
+            Err(err) => error(StatusCode::UNPROCESSABLE_ENTITY, &format!("{err:#}")),
+        },
+        Route::Trace(subsystem, enabled) => match crate::logging::set_trace(&subsystem, enabled) {
+            Ok(filter) => json(StatusCode::OK, json!({ "subsystem": subsystem, "enabled": enabled, "filter": filter })),
+            Err(err @ crate::logging::TraceError::Unknown(_)) => error(StatusCode::NOT_FOUND, &err.to_string()),
+            Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
+        },
+    })
+}
+
+fn authorized(state: &State, request: &Request<Incoming>) -> bool {
+    let Some(token) = &state.token else { return true };
+    let given = request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    // Constant-time comparison: the token is a secret.
+    given.is_some_and(|given| {
+        given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    })
+}
+
+fn stats(context: &Context) -> serde_json::Value {
+    let metrics = &context.metrics;
+    let flow = context.flows.report();
+    let chain = context.chain();
+    let stages: Vec<serde_json::Value> = chain
+        .stages()
+        .map(|spec| {
+            let (calls, failures) = metrics.stage_totals(&spec.name);
+            json!({ "name": spec.name, "calls": calls, "failures": failures })
+        })
+        .collect();
+    let results = ["accepted", "rejected", "tempfailed", "discarded", "refused"];
+    let transactions: serde_json::Map<String, serde_json::Value> =
+        results.iter().map(|r| (r.to_string(), json!(metrics.transactions_by(r)))).collect();
+    json!({
+        "uptime_seconds": context.started.elapsed().as_secs(),
+        "chain_generation": context.generation(),
+        "sessions": { "current": context.sessions.len(), "total": metrics.sessions_total.get() },
+        "transactions": transactions,
+        "bytes": { "in": metrics.bytes_in.get(), "out": metrics.bytes_out.get() },
+        "flow": { "pauses": flow.pauses, "resumes": flow.resumes, "paused_now": flow.paused_now },
+        "stages": stages,
+    })
+}

@@ -1,0 +1,181 @@
+//! The gateway's metrics, in one Prometheus registry (`prometheus-client`): sessions,
+//! transactions by result, bytes, per-stage calls / verdicts / failures / latency, flow pauses and
+//! resumes, relay replies and latency, chain generation, wasm instantiation time. The same
+//! counters feed `/stats`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    pub stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageVerdictLabel {
+    pub stage: String,
+    pub verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageFailureLabel {
+    pub stage: String,
+    pub cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    pub class: String,
+}
+
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 4.0, 10))
+}
+
+/// Every metric; cheap to clone handles out of (they are shared atomics).
+pub struct Metrics {
+    registry: Registry,
+    pub sessions_current: Gauge,
+    pub sessions_total: Counter,
+    pub transactions: Family<ResultLabel, Counter>,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub stage_calls: Family<StageLabel, Counter>,
+    pub stage_verdicts: Family<StageVerdictLabel, Counter>,
+    pub stage_failures: Family<StageFailureLabel, Counter>,
+    pub stage_latency: Family<StageLabel, Histogram, fn() -> Histogram>,
+    pub flow_pauses: Counter,
+    pub flow_resumes: Counter,
+    pub flow_paused_now: Gauge,
+    pub relay_replies: Family<ClassLabel, Counter>,
+    pub relay_latency: Histogram,
+    pub chain_generation: Gauge,
+    pub wasm_instantiation: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("sluice");
+        let metrics = Metrics {
+            sessions_current: Gauge::default(),
+            sessions_total: Counter::default(),
+            transactions: Family::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            stage_calls: Family::default(),
+            stage_verdicts: Family::default(),
+            stage_failures: Family::default(),
+            stage_latency: Family::new_with_constructor(latency),
+            flow_pauses: Counter::default(),
+            flow_resumes: Counter::default(),
+            flow_paused_now: Gauge::default(),
+            relay_replies: Family::default(),
+            relay_latency: latency(),
+            chain_generation: Gauge::default(),
+            wasm_instantiation: latency(),
+            registry: Registry::default(),
+        };
+        registry.register("sessions_open", "SMTP sessions open now", metrics.sessions_current.clone());
+        registry.register("sessions", "SMTP sessions accepted", metrics.sessions_total.clone());
+        registry.register("transactions", "Transactions by result", metrics.transactions.clone());
+        registry.register("received_bytes", "Bytes read from clients", metrics.bytes_in.clone());
+        registry.register("sent_bytes", "Bytes written to clients", metrics.bytes_out.clone());
+        registry.register("stage_calls", "Calls into chain stages", metrics.stage_calls.clone());
+        registry.register("stage_verdicts", "Stage verdicts by kind", metrics.stage_verdicts.clone());
+        registry.register("stage_failures", "Stage failures by cause", metrics.stage_failures.clone());
+        registry.register("stage_call_seconds", "Latency of stage calls", metrics.stage_latency.clone());
+        registry.register("flow_pauses", "Client reads paused by the flow controller", metrics.flow_pauses.clone());
+        registry.register("flow_resumes", "Client reads resumed by the flow controller", metrics.flow_resumes.clone());
+        registry.register("flow_paused_now", "Sessions paused now", metrics.flow_paused_now.clone());
+        registry.register("relay_replies", "Next-hop final replies by class", metrics.relay_replies.clone());
+        registry.register("relay_seconds", "Time to deliver to the next hop", metrics.relay_latency.clone());
+        registry.register("chain_generation", "Generation of the loaded chain (1 at start, +1 per reload)", metrics.chain_generation.clone());
+        registry.register("wasm_instantiation_seconds", "Time to instantiate a wasm filter for a message", metrics.wasm_instantiation.clone());
+        Metrics { registry, ..metrics }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus/OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    pub fn transaction(&self, result: &str) {
+        self.transactions.get_or_create(&ResultLabel { result: result.into() }).inc();
+    }
+
+    pub fn stage_call(&self, stage: &str, took: Duration) {
+        let label = StageLabel { stage: stage.into() };
+        self.stage_calls.get_or_create(&label).inc();
+        self.stage_latency.get_or_create(&label).observe(took.as_secs_f64());
+    }
+
+    pub fn stage_verdict(&self, stage: &str, verdict: &str) {
+        self.stage_verdicts.get_or_create(&StageVerdictLabel { stage: stage.into(), verdict: verdict.into() }).inc();
+    }
+
+    pub fn stage_failure(&self, stage: &str, cause: &str) {
+        self.stage_failures.get_or_create(&StageFailureLabel { stage: stage.into(), cause: cause.into() }).inc();
+    }
+
+    pub fn relay_reply(&self, code: u16, took: Duration) {
+        let class = format!("{}xx", code / 100);
+        self.relay_replies.get_or_create(&ClassLabel { class }).inc();
+        self.relay_latency.observe(took.as_secs_f64());
+    }
+
+    /// (calls, failures) of a stage, for /stats.
+    pub fn stage_totals(&self, stage: &str) -> (u64, u64) {
+        let calls = self.stage_calls.get_or_create(&StageLabel { stage: stage.into() }).get();
+        let failures = ["failed", "timeout", "died"]
+            .iter()
+            .map(|cause| self.stage_failures.get_or_create(&StageFailureLabel { stage: stage.into(), cause: cause.to_string() }).get())
+            .sum();
+        (calls, failures)
+    }
+
+    pub fn transactions_by(&self, result: &str) -> u64 {
+        self.transactions.get_or_create(&ResultLabel { result: result.into() }).get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_the_families() {
+        let metrics = Metrics::default();
+        metrics.transaction("accepted");
+        metrics.stage_call("av", Duration::from_millis(3));
+        metrics.stage_failure("av", "timeout");
+        metrics.relay_reply(250, Duration::from_millis(1));
+        let text = metrics.encode();
+        for needle in [
+            "sluice_transactions_total{result=\"accepted\"} 1",
+            "sluice_stage_calls_total{stage=\"av\"} 1",
+            "sluice_stage_failures_total{stage=\"av\",cause=\"timeout\"} 1",
+            "sluice_relay_replies_total{class=\"2xx\"} 1",
+            "sluice_stage_call_seconds_bucket",
+            "# EOF",
+        ] {
+            assert!(text.contains(needle), "{needle} missing:\n{text}");
+        }
+        assert_eq!(metrics.stage_totals("av"), (1, 1));
+    }
+}
