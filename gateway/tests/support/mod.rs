@@ -453,3 +453,25 @@ pub fn wasm_stage(name: &str, filter: &str, stage_keys: &str, config: &str) -> S
         filter_wasm(filter)
     )
 }
+
+/// One HTTP/1.1 request (Connection: close); returns status and body.
+pub fn http(address: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connect to the admin API");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read the admin API's response");
+    let status = response.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+impl Gateway {
+    /// The admin API's address, from its "admin API listening" log line.
+    pub fn admin_address(&self) -> String {
+        let line = self.wait_for_log("admin API listening address=");
+        line.rsplit("address=").next().unwrap().trim().to_string()
+    }
+}
