@@ -14,11 +14,16 @@
 //!   "first in a message": the first such call of a fresh instance, whose linear memory pages
 //!   are touched for the first time since the pooled slot was reset.
 //! * tiny call: `envelope(Helo)` on one live instance: the fixed cost of any call.
-//! * message 256 KiB: one whole message through one stage — instantiate, connect, helo, mail,
-//!   rcpt, headers, 4 × body(64 KiB), end, drop — what each wasm stage adds to a 256 KiB message.
+//! * message 4 KiB / 256 KiB: one whole message through one stage — instantiate, connect, helo,
+//!   mail, rcpt, headers, body in chunks of 64 KiB (1 / 4), end, drop — what each wasm stage adds
+//!   to a message, one message after another.
+//! * concurrent: the same whole messages from 10 tasks at once (like 10 sessions) on the
+//!   runtime's worker threads: wall and process CPU time per message, and messages/s.
 //!
-//! Options (after `--`): `--iterations N` (default 2000; the tiny call runs 5 × N),
-//! `--filter PATH`. Single task on a tokio multi-thread runtime, as in the gateway.
+//! Options (after `--`): `--iterations N` (default 2000; the tiny call runs 5 × N), `--tasks N`
+//! (concurrent figures, default 10), `--filter PATH`. A tokio multi-thread runtime, as in the
+//! gateway (`TOKIO_WORKER_THREADS` sets its threads; default one per CPU); all but the
+//! concurrent figures run on one task.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,30 +44,35 @@ Message-ID: <bench@source.bench>\r\nDate: Thu, 1 Jan 2026 00:00:00 +0000\r\n\r\n
 
 struct Options {
     iterations: usize,
+    /// Concurrent tasks in the concurrent figures; 10, like the end-to-end cell's 10 sessions.
+    tasks: usize,
     filter: Option<PathBuf>,
 }
 
 fn options() -> Options {
-    let mut options = Options { iterations: 2000, filter: None };
+    let mut options = Options { iterations: 2000, tasks: 10, filter: None };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--bench" => {} // passed by `cargo bench`
-            "--iterations" => {
-                options.iterations = args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0).unwrap_or_else(|| {
-                    eprintln!("--iterations needs a positive number");
-                    std::process::exit(2)
-                })
-            }
+            "--iterations" => options.iterations = positive(&arg, args.next()),
+            "--tasks" => options.tasks = positive(&arg, args.next()),
             "--filter" => options.filter = args.next().map(PathBuf::from),
             other if other.starts_with('-') => {
-                eprintln!("unknown option {other} (known: --iterations N, --filter PATH)");
+                eprintln!("unknown option {other} (known: --iterations N, --tasks N, --filter PATH)");
                 std::process::exit(2)
             }
             _ => {} // a name filter from `cargo bench NAME`: there is only one benchmark
         }
     }
     options
+}
+
+fn positive(option: &str, value: Option<String>) -> usize {
+    value.and_then(|n| n.parse().ok()).filter(|&n| n > 0).unwrap_or_else(|| {
+        eprintln!("{option} needs a positive number");
+        std::process::exit(2)
+    })
 }
 
 fn filter_path(explicit: Option<PathBuf>) -> PathBuf {
@@ -196,35 +206,89 @@ async fn tiny_calls(factory: &dyn StageFactory, n: usize) -> Vec<Duration> {
     samples
 }
 
-/// (4) A whole 256 KiB message through one stage, as the chain calls it.
-async fn whole_messages(factory: &dyn StageFactory, n: usize) -> Vec<Duration> {
-    let context = context();
+/// A message's body as the chain hands it over: `size` bytes in chunks of at most 64 KiB.
+fn body_chunks(size: usize) -> Vec<Bytes> {
+    let chunk = Bytes::from(vec![b'x'; CHUNK]);
+    (0..size).step_by(CHUNK).map(|start| chunk.slice(..CHUNK.min(size - start))).collect()
+}
+
+/// One whole message through one stage, as the chain calls it: instantiate, connect, helo,
+/// mail, rcpt, headers, the body chunks, end, drop.
+async fn one_message(
+    factory: &dyn StageFactory,
+    context: &MessageContext,
+    headers: &HeaderSection,
+    body: &[Bytes],
+) {
     let events = [
         connect(),
         EnvelopeEvent::Helo { name: "client.bench".into() },
         EnvelopeEvent::MailFrom { address: "bench@source.bench".into() },
         EnvelopeEvent::RcptTo { address: "sink@sink.bench".into() },
     ];
-    let headers = HeaderSection::parse(HEADERS);
-    let chunk = Bytes::from(vec![b'x'; CHUNK]);
+    let mut stage = factory.instantiate(context).expect("instantiate");
+    for event in &events {
+        expect_continue(stage.envelope(event).await.expect("envelope"));
+    }
+    expect_continue(stage.headers(headers).await.expect("headers").verdict);
+    for chunk in body {
+        expect_continue(stage.body(chunk.clone()).await.expect("body").verdict);
+    }
+    expect_continue(stage.end().await.expect("end").verdict);
+}
+
+/// (4) Whole messages of `size` bytes through one stage, one after another.
+async fn whole_messages(factory: &dyn StageFactory, size: usize, n: usize) -> Vec<Duration> {
+    let (context, headers, body) = (context(), HeaderSection::parse(HEADERS), body_chunks(size));
     let mut samples = Vec::with_capacity(n);
     for i in 0..n + n / 10 {
         let started = Instant::now();
-        let mut stage = factory.instantiate(&context).expect("instantiate");
-        for event in &events {
-            expect_continue(stage.envelope(event).await.expect("envelope"));
-        }
-        expect_continue(stage.headers(&headers).await.expect("headers").verdict);
-        for _ in 0..4 {
-            expect_continue(stage.body(chunk.clone()).await.expect("body").verdict);
-        }
-        expect_continue(stage.end().await.expect("end").verdict);
-        drop(stage);
+        one_message(factory, &context, &headers, &body).await;
         if i >= n / 10 {
             samples.push(started.elapsed());
         }
     }
     samples
+}
+
+/// This process's CPU time (user + system), from /proc/self/stat (Linux; clock ticks of 10 ms).
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// (5) `n` whole messages of `size` bytes through one stage from `tasks` concurrent tasks, as
+/// concurrent sessions do: (wall time, CPU time) per message.
+async fn concurrent_messages(
+    factory: Arc<dyn StageFactory>,
+    size: usize,
+    tasks: usize,
+    n: usize,
+) -> (f64, Option<f64>) {
+    let run = |count: usize| {
+        let workers: Vec<_> = (0..tasks)
+            .map(|_| {
+                let factory = factory.clone();
+                tokio::spawn(async move {
+                    let (context, headers, body) = (context(), HeaderSection::parse(HEADERS), body_chunks(size));
+                    for _ in 0..count / tasks {
+                        one_message(&*factory, &context, &headers, &body).await;
+                    }
+                })
+            })
+            .collect();
+        futures_util::future::join_all(workers)
+    };
+    run(n / 10).await; // warm-up
+    let (started, cpu) = (Instant::now(), cpu_time());
+    for result in run(n).await {
+        result.expect("a benchmark task panicked");
+    }
+    let per_message = |d: Duration| d.as_secs_f64() * 1e6 / (n / tasks * tasks) as f64;
+    let cpu = cpu.zip(cpu_time()).map(|(before, after)| per_message(after - before));
+    (per_message(started.elapsed()), cpu)
 }
 
 fn row(name: &str, n: usize, wasm: &Stats, native: Option<&Stats>, note: &str) {
@@ -265,10 +329,10 @@ async fn run(options: Options) {
     );
     println!("{}", "-".repeat(94));
 
-    let (mut inst, mut drops) = per_message(&wasm, n).await;
-    let (mut native_inst, _) = per_message(&native, n).await;
+    let ((mut inst, mut drops), (mut native_inst, _)) = (per_message(&wasm, n).await, per_message(&native, n).await);
     let (inst, drops, native_inst) = (stats(&mut inst), stats(&mut drops), stats(&mut native_inst));
-    row("instantiate (msg)", n, &inst, Some(&native_inst), "new store + instantiate + constructor + on-connect + drop");
+    let note = "new store + instantiate + constructor + on-connect + drop";
+    row("instantiate (msg)", n, &inst, Some(&native_inst), note);
     row("  of which drop", n, &drops, None, "store and pooled instance released");
 
     let (mut body, mut native_body) = (body_calls(&wasm, n).await, body_calls(&native, n).await);
@@ -285,9 +349,30 @@ async fn run(options: Options) {
     let (tiny, native_tiny) = (stats(&mut tiny), stats(&mut native_tiny));
     row("tiny call (helo)", 5 * n, &tiny, Some(&native_tiny), "fixed cost of any call");
 
-    let (mut whole, mut native_whole) = (whole_messages(&wasm, n).await, whole_messages(&native, n).await);
-    let (whole, native_whole) = (stats(&mut whole), stats(&mut native_whole));
-    row("message 256 KiB", n, &whole, Some(&native_whole), "one stage: instantiate, 8 calls, 4 chunks, drop");
+    let mut whole = None;
+    for (name, size, note) in [
+        ("message 4 KiB", 4 << 10, "one stage: instantiate, 7 calls (1 chunk), drop"),
+        ("message 256 KiB", 256 << 10, "one stage: instantiate, 10 calls (4 chunks), drop"),
+    ] {
+        let (wasm_stats, native_stats) =
+            (stats(&mut whole_messages(&wasm, size, n).await), stats(&mut whole_messages(&native, size, n).await));
+        row(name, n, &wasm_stats, Some(&native_stats), note);
+        whole = Some(wasm_stats);
+    }
+    let whole = whole.expect("measured above");
+
+    println!();
+    let (tasks, threads) = (options.tasks, tokio::runtime::Handle::current().metrics().num_workers());
+    println!("{tasks} concurrent tasks on {threads} worker threads, {n} messages through one stage, per message:");
+    println!("{:<22} {:>10} {:>10} {:>10} {:>13}", "figure (µs)", "wall", "CPU", "msg/s", "native wall");
+    println!("{}", "-".repeat(69));
+    for (name, size) in [("message 4 KiB", 4 << 10), ("message 256 KiB", 256 << 10)] {
+        let (wall, cpu) = concurrent_messages(Arc::new(wasm.clone()), size, tasks, n).await;
+        let native: Arc<dyn StageFactory> = Arc::new(TestStageFactory::new(TestStageConfig::default()));
+        let (native_wall, _) = concurrent_messages(native, size, tasks, n).await;
+        let cpu = cpu.map_or("-".to_string(), |cpu| format!("{cpu:.1}"));
+        println!("{name:<22} {wall:>10.1} {cpu:>10} {:>10.0} {native_wall:>13.2}", 1e6 / wall);
+    }
 
     println!();
     println!("derived (medians):");
@@ -315,5 +400,5 @@ async fn run(options: Options) {
 fn main() {
     let options = options();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    runtime.block_on(run(options));
+    runtime.block_on(async { tokio::spawn(run(options)).await.unwrap() });
 }

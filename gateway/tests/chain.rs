@@ -171,35 +171,7 @@ fn seed_regression_pause_on_the_final_chunk_is_always_resumed() {
     assert_eq!(gateway.delivered().len(), 2);
 }
 
-const SEED_LOAD: &str = r#"
-import smtplib, sys, threading, base64, os
-from email.mime.multipart import MIMEMultipart
-from email.mime.base import MIMEBase
-from email.mime.text import MIMEText
-from email import encoders
-port = int(sys.argv[1])
-errors = []
-def send(i):
-    msg = MIMEMultipart()
-    msg['Subject'] = 'seed load %d' % i
-    msg['From'] = 'load@client.test'
-    msg['To'] = 'sink@dest.test'
-    msg.attach(MIMEText('attachment follows'))
-    part = MIMEBase('application', 'octet-stream')
-    part.set_payload(os.urandom(192 * 1024))  # 256 KiB once base64-encoded
-    encoders.encode_base64(part)
-    msg.attach(part)
-    try:
-        with smtplib.SMTP('127.0.0.1', port, timeout=120) as s:
-            s.sendmail('load@client.test', ['sink@dest.test'], msg.as_bytes())
-    except Exception as e:
-        errors.append('%d: %r' % (i, e))
-threads = [threading.Thread(target=send, args=(i,)) for i in range(10)]
-for t in threads: t.start()
-for t in threads: t.join()
-print('\n'.join(errors) or 'all sent')
-sys.exit(1 if errors else 0)
-"#;
+
 
 /// The seed's load: ten 256 KiB base64 messages at once through a deliberately slow stage to a
 /// real next hop. Everything arrives, the client was paused and resumed, and no connection is
@@ -212,7 +184,7 @@ fn seed_load_ten_parallel_256k_messages_through_a_slow_stage() {
         .section("[flow]\nhigh_watermark = \"64KiB\"\nlow_watermark = \"16KiB\"")
         .section(&test_stage("slow", "delay = \"3ms\""))
         .start();
-    let (status, output) = support::python(SEED_LOAD, &[&gateway.port().to_string()]);
+    let (status, output) = support::seed_load(gateway.port());
     assert!(status.success(), "{output}");
     let messages = sink.wait_for_messages(10);
     assert_eq!(messages.len(), 10);

@@ -140,31 +140,14 @@ fn messages_too_large_to_scan_never_pass_as_clean() {
     assert_eq!(send(&mut client, &message("big", 800_000)).code, 451);
 }
 
-const SEED_LOAD: &str = r#"
-import smtplib, sys, threading, os, base64
-port = int(sys.argv[1])
-errors = []
-def send(i):
-    data = base64.encodebytes(os.urandom(192 * 1024)).replace(b'\n', b'\r\n')
-    msg = b'From: <load@client.test>\r\nSubject: load %d\r\n\r\n' % i + data
-    try:
-        with smtplib.SMTP('127.0.0.1', port, timeout=120) as s:
-            s.sendmail('load@client.test', ['sink@dest.test'], msg)
-    except Exception as e:
-        errors.append('%d: %r' % (i, e))
-threads = [threading.Thread(target=send, args=(i,)) for i in range(10)]
-for t in threads: t.start()
-for t in threads: t.join()
-print('\n'.join(errors) or 'all sent')
-sys.exit(1 if errors else 0)
-"#;
+
 
 #[test]
 fn seed_load_through_clamd_leaves_no_connection_behind() {
     let clamd = Clamd::start("64M");
     let sink = support::sink::SmtpSink::start(&[]);
     let gateway = Gateway::builder().relay_to(sink.port).section(&clamd_stage(&clamd.address(), "")).start();
-    let (status, output) = support::python(SEED_LOAD, &[&gateway.port().to_string()]);
+    let (status, output) = support::seed_load(gateway.port());
     assert!(status.success(), "{output}");
     assert_eq!(sink.wait_for_messages(10).len(), 10);
     gateway.wait_for_log_count("session closed", 10);

@@ -475,3 +475,39 @@ impl Gateway {
         line.rsplit("address=").next().unwrap().trim().to_string()
     }
 }
+
+/// The seed's load (shared/seeds): ten messages with a 256 KiB base64 attachment, sent at once
+/// over parallel sessions with Python's smtplib; returns (status, output).
+pub fn seed_load(port: u16) -> (ExitStatus, String) {
+    python(SEED_LOAD, &[&port.to_string()])
+}
+
+const SEED_LOAD: &str = r#"
+import smtplib, sys, threading, base64, os
+from email.mime.multipart import MIMEMultipart
+from email.mime.base import MIMEBase
+from email.mime.text import MIMEText
+from email import encoders
+port = int(sys.argv[1])
+errors = []
+def send(i):
+    msg = MIMEMultipart()
+    msg['Subject'] = 'seed load %d' % i
+    msg['From'] = 'load@client.test'
+    msg['To'] = 'sink@dest.test'
+    msg.attach(MIMEText('attachment follows'))
+    part = MIMEBase('application', 'octet-stream')
+    part.set_payload(os.urandom(192 * 1024))  # 256 KiB once base64-encoded
+    encoders.encode_base64(part)
+    msg.attach(part)
+    try:
+        with smtplib.SMTP('127.0.0.1', port, timeout=120) as s:
+            s.sendmail('load@client.test', ['sink@dest.test'], msg.as_bytes())
+    except Exception as e:
+        errors.append('%d: %r' % (i, e))
+threads = [threading.Thread(target=send, args=(i,)) for i in range(10)]
+for t in threads: t.start()
+for t in threads: t.join()
+print('\n'.join(errors) or 'all sent')
+sys.exit(1 if errors else 0)
+"#;
