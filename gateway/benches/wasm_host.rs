@@ -400,5 +400,5 @@ async fn run(options: Options) {
 fn main() {
     let options = options();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    runtime.block_on(async { tokio::spawn(run(options)).await.unwrap() });
+    runtime.block_on(run(options));
 }

@@ -165,7 +165,8 @@ fn seed_regression_pause_on_the_final_chunk_is_always_resumed() {
     assert!(pause.contains("sluice::flow: pause"), "{pause}");
     let resume = gateway.wait_for_log("sluice::flow: resume");
     assert!(resume.contains("event=EndOfMessage"), "resumed by end-of-message: {resume}");
-    assert!(!gateway.log().contains("flow event rejected"));
+    let log = gateway.log();
+    assert!(!log.contains("flow event rejected"), "{log}");
     let closed = gateway.wait_for_log("session closed");
     assert!(closed.contains("pauses=1 resumes=1"), "{closed}");
     assert_eq!(gateway.delivered().len(), 2);

@@ -102,6 +102,10 @@ impl FlowHandle {
             // A finished message's stage task reporting late (e.g. its drop guard): not ours.
             return;
         }
+        if event == FlowEvent::MessageDone {
+            // The message's tasks may still report (drop guards): from now on they are not ours.
+            inner.generation += 1;
+        }
         let action = match inner.controller.handle(event) {
             Ok(action) => action,
             Err(err) => {
