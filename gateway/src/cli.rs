@@ -43,6 +43,8 @@ enum Command {
     },
     /// Validate a config file: exit 0 if valid, 1 with FILE:LINE:COLUMN: key: error otherwise.
     CheckConfig { file: PathBuf },
+    /// Talk to a running gateway's admin API (stats, sessions, reload, trace).
+    Ctl(crate::ctl::CtlArgs),
     /// Run a wasm filter on a message offline and print every verdict and change.
     /// Exit 0 if the message would be delivered, 1 if refused (reject, tempfail, discard).
     FilterTest {
@@ -91,6 +93,7 @@ impl Cli {
                 println!("{}: ok", file.display());
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Ctl(args) => crate::ctl::run(args),
             Command::FilterTest { filter, eml, config, peer, helo, from, to, output } => {
                 logging::init(false, Default::default(), LogFormat::Text, true);
                 let test = FilterTest { filter, eml, config, peer, helo, from, to, output };

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod chain;
 pub mod config;
 pub mod context;
+pub mod ctl;
 pub mod filter_test;
 pub mod flow;
 pub mod logging;

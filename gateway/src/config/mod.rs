@@ -159,7 +159,7 @@ impl Default for SpoolConfig {
 /// A config error located in its source text.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: cannot read config: {source}")]
+    #[error("{file}: cannot read config")]
     Read { file: String, source: std::io::Error },
     #[error("{file}:{line}:{column}: {key}: {message}")]
     Invalid { file: String, line: usize, column: usize, key: String, message: String },
