@@ -97,7 +97,9 @@ fn reaction(reaction: Reaction) -> wit::Reaction {
             .map(|change| match change {
                 HeaderChange::Add(h) => wit::HeaderChange::Add(header(h)),
                 HeaderChange::Prepend(h) => wit::HeaderChange::Prepend(header(h)),
-                HeaderChange::Change { name, index, value } => wit::HeaderChange::Change(wit::HeaderAt { name, index, value }),
+                HeaderChange::Change { name, index, value } => {
+                    wit::HeaderChange::Change(wit::HeaderAt { name, index, value })
+                }
                 HeaderChange::Remove { name, index } => wit::HeaderChange::Remove(wit::HeaderNameAt { name, index }),
             })
             .collect(),

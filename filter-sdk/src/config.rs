@@ -46,7 +46,8 @@ impl Config {
     {
         self.get(key)
             .map(|raw| {
-                raw.parse::<T>().map_err(|err| ConfigError { key: key.into(), message: format!("invalid value {raw:?}: {err}") })
+                raw.parse::<T>()
+                    .map_err(|err| ConfigError { key: key.into(), message: format!("invalid value {raw:?}: {err}") })
             })
             .transpose()
     }

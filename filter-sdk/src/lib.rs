@@ -147,7 +147,7 @@ macro_rules! export_filter {
                     $crate::adapter::wants::<$filter>()
                 }
             }
-            $crate::bindings::__export_filter_world!(SluiceFilterComponent with_types_in $crate::bindings);
+    $crate::bindings::__export_filter_world!(SluiceFilterComponent with_types_in $crate::bindings);
         };
     };
 }

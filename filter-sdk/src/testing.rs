@@ -176,7 +176,13 @@ fn split(content: &[u8]) -> (Headers, Vec<u8>) {
 
 fn apply(headers: &mut Headers, changes: &[HeaderChange]) {
     let position = |headers: &Headers, name: &str, index: u32| {
-        headers.0.iter().enumerate().filter(|(_, h)| h.name.eq_ignore_ascii_case(name)).nth(index.max(1) as usize - 1).map(|(i, _)| i)
+        headers
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.name.eq_ignore_ascii_case(name))
+            .nth(index.max(1) as usize - 1)
+            .map(|(i, _)| i)
     };
     for change in changes {
         match change {

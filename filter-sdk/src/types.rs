@@ -74,9 +74,16 @@ impl Headers {
 pub enum HeaderChange {
     Add(Header),
     Prepend(Header),
-    Change { name: String, index: u32, value: String },
+    Change {
+        name: String,
+        index: u32,
+        value: String,
+    },
     /// Index 0 removes every field of that name.
-    Remove { name: String, index: u32 },
+    Remove {
+        name: String,
+        index: u32,
+    },
 }
 
 /// What becomes of the body bytes a filter was given.

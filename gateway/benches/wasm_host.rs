@@ -214,12 +214,7 @@ fn body_chunks(size: usize) -> Vec<Bytes> {
 
 /// One whole message through one stage, as the chain calls it: instantiate, connect, helo,
 /// mail, rcpt, headers, the body chunks, end, drop.
-async fn one_message(
-    factory: &dyn StageFactory,
-    context: &MessageContext,
-    headers: &HeaderSection,
-    body: &[Bytes],
-) {
+async fn one_message(factory: &dyn StageFactory, context: &MessageContext, headers: &HeaderSection, body: &[Bytes]) {
     let events = [
         connect(),
         EnvelopeEvent::Helo { name: "client.bench".into() },

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+use crate::admin::AdminApi;
 use crate::config::{self, Config};
+use crate::context::Context;
 use crate::filter_test::{Fate, FilterTest};
 use crate::logging::{self, LogFormat};
-use crate::admin::AdminApi;
-use crate::context::Context;
 use crate::server::Server;
 
 #[derive(Parser)]
@@ -109,7 +109,8 @@ impl Cli {
 
 fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let hostname = config.server.hostname.clone().unwrap_or_else(machine_hostname);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(async {
         let stop = stop_signal()?;
         let context = Arc::new(Context::from_config(&config, path, hostname).await?);

@@ -55,7 +55,11 @@ pub struct Context {
 }
 
 impl Context {
-    pub async fn from_config(config: &Config, config_path: Option<PathBuf>, hostname: String) -> anyhow::Result<Context> {
+    pub async fn from_config(
+        config: &Config,
+        config_path: Option<PathBuf>,
+        hostname: String,
+    ) -> anyhow::Result<Context> {
         let metrics = Arc::new(Metrics::default());
         let chain = chain_from_config(config, &metrics).await?;
         metrics.chain_generation.set(1);

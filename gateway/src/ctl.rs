@@ -83,25 +83,31 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             }
             reply.json()?
         }
-        CtlCommand::Trace { subsystem, state } => client.send("POST", &format!("/trace/{subsystem}/{state}"))?.json()?,
+        CtlCommand::Trace { subsystem, state } => {
+            client.send("POST", &format!("/trace/{subsystem}/{state}"))?.json()?
+        }
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(ExitCode::SUCCESS);
     }
-    print!("{}", match &args.command {
-        CtlCommand::Show(Show::Stats) => render_stats(&json),
-        CtlCommand::Show(Show::Sessions) => {
-            render_sessions(json.as_array().context("the admin API sent no session list (try --json)")?)
+    print!(
+        "{}",
+        match &args.command {
+            CtlCommand::Show(Show::Stats) => render_stats(&json),
+            CtlCommand::Show(Show::Sessions) => {
+                render_sessions(json.as_array().context("the admin API sent no session list (try --json)")?)
+            }
+            CtlCommand::Show(Show::Session { .. }) => render_session(&json),
+            CtlCommand::Reload => {
+                let stages: Vec<String> =
+                    json["stages"].as_array().into_iter().flatten().map(|s| show(s, Plain)).collect();
+                let stages = if stages.is_empty() { "none".to_string() } else { stages.join(", ") };
+                format!("reloaded: chain generation {} (stages: {stages})\n", show(&json["generation"], Plain))
+            }
+            CtlCommand::Trace { subsystem, state } => format!("trace {subsystem}: {state}\n"),
         }
-        CtlCommand::Show(Show::Session { .. }) => render_session(&json),
-        CtlCommand::Reload => {
-            let stages: Vec<String> = json["stages"].as_array().into_iter().flatten().map(|s| show(s, Plain)).collect();
-            let stages = if stages.is_empty() { "none".to_string() } else { stages.join(", ") };
-            format!("reloaded: chain generation {} (stages: {stages})\n", show(&json["generation"], Plain))
-        }
-        CtlCommand::Trace { subsystem, state } => format!("trace {subsystem}: {state}\n"),
-    });
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -248,38 +254,63 @@ type Column = (&'static str, Align, &'static str, Format);
 const STATS: &[(&str, &[Field])] = &[
     ("", &[("uptime", "/uptime_seconds", Time), ("chain generation", "/chain_generation", Plain)]),
     ("sessions", &[("current", "/sessions/current", Plain), ("total", "/sessions/total", Plain)]),
-    ("transactions", &[
-        ("accepted", "/transactions/accepted", Plain), ("rejected", "/transactions/rejected", Plain),
-        ("tempfailed", "/transactions/tempfailed", Plain), ("discarded", "/transactions/discarded", Plain),
-        ("refused", "/transactions/refused", Plain),
-    ]),
+    (
+        "transactions",
+        &[
+            ("accepted", "/transactions/accepted", Plain),
+            ("rejected", "/transactions/rejected", Plain),
+            ("tempfailed", "/transactions/tempfailed", Plain),
+            ("discarded", "/transactions/discarded", Plain),
+            ("refused", "/transactions/refused", Plain),
+        ],
+    ),
     ("bytes", &[("in", "/bytes/in", Bytes), ("out", "/bytes/out", Bytes)]),
-    ("flow", &[
-        ("pauses", "/flow/pauses", Plain), ("resumes", "/flow/resumes", Plain),
-        ("paused now", "/flow/paused_now", Plain),
-    ]),
+    (
+        "flow",
+        &[
+            ("pauses", "/flow/pauses", Plain),
+            ("resumes", "/flow/resumes", Plain),
+            ("paused now", "/flow/paused_now", Plain),
+        ],
+    ),
 ];
 
 const STAGE_COLUMNS: &[Column] = &[
-    ("NAME", Left, "/name", Plain), ("KIND", Left, "/kind", Plain),
-    ("CALLS", Right, "/calls", Plain), ("FAILURES", Right, "/failures", Plain),
+    ("NAME", Left, "/name", Plain),
+    ("KIND", Left, "/kind", Plain),
+    ("CALLS", Right, "/calls", Plain),
+    ("FAILURES", Right, "/failures", Plain),
 ];
 
 const SESSION_COLUMNS: &[Column] = &[
-    ("ID", Left, "/id", Plain), ("PEER", Left, "/peer", Plain), ("STATE", Left, "/state", Plain),
-    ("FROM", Left, "/transaction/from", Plain), ("RCPTS", Right, "/transaction/rcpts", Plain),
-    ("IN", Right, "/bytes_in", Size), ("OUT", Right, "/bytes_out", Size),
-    ("PAUSED", Left, "/paused", Plain), ("BY", Left, "/paused_by", Plain),
-    ("QUEUED", Right, "/queued", Queued), ("AGE", Right, "/age_seconds", Time),
+    ("ID", Left, "/id", Plain),
+    ("PEER", Left, "/peer", Plain),
+    ("STATE", Left, "/state", Plain),
+    ("FROM", Left, "/transaction/from", Plain),
+    ("RCPTS", Right, "/transaction/rcpts", Plain),
+    ("IN", Right, "/bytes_in", Size),
+    ("OUT", Right, "/bytes_out", Size),
+    ("PAUSED", Left, "/paused", Plain),
+    ("BY", Left, "/paused_by", Plain),
+    ("QUEUED", Right, "/queued", Queued),
+    ("AGE", Right, "/age_seconds", Time),
 ];
 
 const SESSION_FIELDS: &[Field] = &[
-    ("id", "/id", Plain), ("peer", "/peer", Plain), ("local port", "/local_port", Plain), ("state", "/state", Plain),
-    ("from", "/transaction/from", Plain), ("recipients", "/transaction/rcpts", Plain),
-    ("bytes in", "/bytes_in", Bytes), ("bytes out", "/bytes_out", Bytes),
-    ("paused", "/paused", Plain), ("paused by", "/paused_by", Plain),
-    ("pauses", "/pauses", Plain), ("resumes", "/resumes", Plain),
-    ("age", "/age_seconds", Time), ("queued", "/queued", Queued),
+    ("id", "/id", Plain),
+    ("peer", "/peer", Plain),
+    ("local port", "/local_port", Plain),
+    ("state", "/state", Plain),
+    ("from", "/transaction/from", Plain),
+    ("recipients", "/transaction/rcpts", Plain),
+    ("bytes in", "/bytes_in", Bytes),
+    ("bytes out", "/bytes_out", Bytes),
+    ("paused", "/paused", Plain),
+    ("paused by", "/paused_by", Plain),
+    ("pauses", "/pauses", Plain),
+    ("resumes", "/resumes", Plain),
+    ("age", "/age_seconds", Time),
+    ("queued", "/queued", Queued),
 ];
 
 fn show(value: &Value, format: Format) -> String {
@@ -434,11 +465,14 @@ mod tests {
         let idle = json!({"id": "b", "peer": "[::1]:1", "state": "idle", "transaction": null, "paused": false,
             "paused_by": null, "queued": [], "bytes_in": 0, "bytes_out": 0, "age_seconds": 75});
         let text = render_sessions(&[session(), idle]);
-        assert_eq!(text, "\
+        assert_eq!(
+            text,
+            "\
 ID        PEER            STATE  FROM  RCPTS      IN   OUT  PAUSED  BY    QUEUED    AGE
 0000000a  127.0.0.1:5555  data   a@b       1  1.2KiB  300B  yes     slow   12KiB   3.2s
 b         [::1]:1         idle   -         -      0B    0B  no      -         0B  1m15s
-");
+"
+        );
         assert_eq!(render_sessions(&[]), "no sessions\n");
     }
 

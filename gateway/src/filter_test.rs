@@ -10,10 +10,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use bytes::Bytes;
 
+use crate::chain::checked;
 use crate::chain::headers::{HeaderChange, HeaderSplitter};
 use crate::chain::runner::EndOfData;
 use crate::chain::stage::{BodyOutput, EnvelopeEvent, MessageContext, Reaction, StageEvent, StageFactory, Verdict};
-use crate::chain::checked;
 use crate::wasm::{WasmFilter, WasmLimits};
 
 /// Body pieces handed to the filter, as the gateway's reads would.
@@ -98,9 +98,17 @@ impl FilterTest {
             let reaction = react(stage.body(chunk.clone()).await?)?;
             let shown = match &reaction.body {
                 BodyOutput::Pass => "pass".to_string(),
-                BodyOutput::Replace(chunks) => format!("replaced by {} bytes", chunks.iter().map(Bytes::len).sum::<usize>()),
+                BodyOutput::Replace(chunks) => {
+                    format!("replaced by {} bytes", chunks.iter().map(Bytes::len).sum::<usize>())
+                }
             };
-            println!("{:<10} chunk {} ({} bytes) -> {}, {shown}", "body", index + 1, chunk.len(), describe(&reaction.verdict));
+            println!(
+                "{:<10} chunk {} ({} bytes) -> {}, {shown}",
+                "body",
+                index + 1,
+                chunk.len(),
+                describe(&reaction.verdict)
+            );
             match reaction.body {
                 BodyOutput::Pass => body_out.push(chunk),
                 BodyOutput::Replace(chunks) => body_out.extend(chunks),

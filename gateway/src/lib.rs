@@ -3,8 +3,8 @@
 //! `config` describes it all and `cli` is the command line.
 
 pub mod admin;
-pub mod cli;
 pub mod chain;
+pub mod cli;
 pub mod config;
 pub mod context;
 pub mod ctl;

@@ -90,7 +90,9 @@ pub fn init(verbose: bool, subsystems: BTreeSet<String>, format: LogFormat, fore
         (LogFormat::Json, true) => registry.with(fmt::layer().json().with_writer(std::io::stderr)).try_init(),
         (LogFormat::Json, false) => registry.with(fmt::layer().json().with_writer(std::io::stdout)).try_init(),
         (LogFormat::Text, true) => registry.with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).try_init(),
-        (LogFormat::Text, false) => registry.with(fmt::layer().with_ansi(false).without_time().with_writer(std::io::stdout)).try_init(),
+        (LogFormat::Text, false) => {
+            registry.with(fmt::layer().with_ansi(false).without_time().with_writer(std::io::stdout)).try_init()
+        }
     };
     if result.is_ok() {
         let _ = TRACING.set(Mutex::new(Tracing { base, on: subsystems, handle }));

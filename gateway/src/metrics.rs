@@ -100,8 +100,16 @@ impl Default for Metrics {
         registry.register("flow_paused_now", "Sessions paused now", metrics.flow_paused_now.clone());
         registry.register("relay_replies", "Next-hop final replies by class", metrics.relay_replies.clone());
         registry.register("relay_seconds", "Time to deliver to the next hop", metrics.relay_latency.clone());
-        registry.register("chain_generation", "Generation of the loaded chain (1 at start, +1 per reload)", metrics.chain_generation.clone());
-        registry.register("wasm_instantiation_seconds", "Time to instantiate a wasm filter for a message", metrics.wasm_instantiation.clone());
+        registry.register(
+            "chain_generation",
+            "Generation of the loaded chain (1 at start, +1 per reload)",
+            metrics.chain_generation.clone(),
+        );
+        registry.register(
+            "wasm_instantiation_seconds",
+            "Time to instantiate a wasm filter for a message",
+            metrics.wasm_instantiation.clone(),
+        );
         Metrics { registry, ..metrics }
     }
 }
@@ -144,7 +152,11 @@ impl Metrics {
         let calls = self.stage_calls.get_or_create(&StageLabel { stage: stage.into() }).get();
         let failures = ["failed", "timeout", "died"]
             .iter()
-            .map(|cause| self.stage_failures.get_or_create(&StageFailureLabel { stage: stage.into(), cause: cause.to_string() }).get())
+            .map(|cause| {
+                self.stage_failures
+                    .get_or_create(&StageFailureLabel { stage: stage.into(), cause: cause.to_string() })
+                    .get()
+            })
             .sum();
         (calls, failures)
     }

@@ -88,7 +88,8 @@ impl SessionBook {
     }
 
     pub fn open(self: &Arc<Self>, id: u64, peer: SocketAddr, local_port: u16, flow: Arc<FlowHandle>) -> Listing {
-        let info = Arc::new(Mutex::new(SessionInfo { state: "greeting", transaction: None, bytes_in: 0, bytes_out: 0 }));
+        let info =
+            Arc::new(Mutex::new(SessionInfo { state: "greeting", transaction: None, bytes_in: 0, bytes_out: 0 }));
         self.lock().insert(id, Entry { peer, local_port, started: Instant::now(), info: info.clone(), flow });
         Listing { book: self.clone(), id, info }
     }

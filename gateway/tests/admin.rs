@@ -134,7 +134,11 @@ fn endpoint_errors_reload_and_readiness() {
     assert!(body.contains("\"generation\": 2"), "{body}");
     let config = gateway.dir.path().join("sluice.toml");
     let good = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, format!("{good}\n[[stage]]\nname = \"broken\"\nkind = \"wasm\"\npath = \"/nonexistent.wasm\"\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("{good}\n[[stage]]\nname = \"broken\"\nkind = \"wasm\"\npath = \"/nonexistent.wasm\"\n"),
+    )
+    .unwrap();
     let (status, body) = http(&admin, "POST", "/reload", Some(TOKEN));
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("broken"), "the error names the stage: {body}");
@@ -156,7 +160,12 @@ fn trace_switches_change_what_is_logged_at_run_time() {
     let session = |subject: &str| {
         let mut client = gateway.connect();
         client.hello();
-        assert_eq!(client.send_message("a@client.test", &["b@dest.test"], format!("Subject: {subject}\r\n\r\nx\r\n").as_bytes()).code, 250);
+        assert_eq!(
+            client
+                .send_message("a@client.test", &["b@dest.test"], format!("Subject: {subject}\r\n\r\nx\r\n").as_bytes())
+                .code,
+            250
+        );
         client.cmd("QUIT", 221);
         client.expect_closed();
     };

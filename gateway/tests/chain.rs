@@ -42,7 +42,10 @@ fn envelope_verdicts_answer_the_command() {
     assert_eq!(reply.text(), "451 4.7.1 Greylisted");
     client.cmd("RCPT TO:<b@dest.test>", 503);
     let (gateway_b, mut other) = {
-        let g = gateway_with(&test_stage("rcpt-policy", "verdict = \"reject\"\nat = \"rcpt\"\nrcpt_contains = \"blocked\""));
+        let g = gateway_with(&test_stage(
+            "rcpt-policy",
+            "verdict = \"reject\"\nat = \"rcpt\"\nrcpt_contains = \"blocked\"",
+        ));
         let c = g.connect();
         (g, c)
     };
@@ -57,14 +60,20 @@ fn envelope_verdicts_answer_the_command() {
 
 #[test]
 fn content_verdicts_answer_end_of_data_and_the_session_goes_on() {
-    for (at, verdict, code) in [("headers", "reject", 550), ("body", "tempfail", 451), ("end", "reject", 550), ("body", "discard", 250)] {
+    for (at, verdict, code) in
+        [("headers", "reject", 550), ("body", "tempfail", 451), ("end", "reject", 550), ("body", "discard", 250)]
+    {
         let gateway = gateway_with(&test_stage("judge", &format!("verdict = \"{verdict}\"\nat = \"{at}\"")));
         let mut client = gateway.connect();
         begin(&mut client);
         assert_eq!(data(&mut client, &message("judged", 200_000)), code, "{verdict} at {at}");
         client.cmd("NOOP", 250);
         assert!(gateway.delivered().is_empty(), "{verdict} at {at} must not deliver");
-        let expected = match verdict { "discard" => "discarded", "tempfail" => "tempfailed", _ => "rejected" };
+        let expected = match verdict {
+            "discard" => "discarded",
+            "tempfail" => "tempfailed",
+            _ => "rejected",
+        };
         gateway.wait_for_log(&format!("result=\"{expected}\""));
     }
 }
@@ -171,8 +180,6 @@ fn seed_regression_pause_on_the_final_chunk_is_always_resumed() {
     assert!(closed.contains("pauses=1 resumes=1"), "{closed}");
     assert_eq!(gateway.delivered().len(), 2);
 }
-
-
 
 /// The seed's load: ten 256 KiB base64 messages at once through a deliberately slow stage to a
 /// real next hop. Everything arrives, the client was paused and resumed, and no connection is

@@ -78,7 +78,11 @@ fn unix_socket_tag_and_discard_actions() {
     assert_eq!(send(&mut client, &body_with(EICAR)).code, 250);
     assert_eq!(send(&mut client, b"Subject: fine\r\n\r\nfine\r\n").code, 250);
     let delivered: Vec<String> = tagging.delivered().iter().map(|m| String::from_utf8_lossy(m).to_string()).collect();
-    assert!(delivered[0].contains("X-Virus-Status: Infected\r\nX-Virus-Name: Eicar-Test-Signature"), "{}", delivered[0]);
+    assert!(
+        delivered[0].contains("X-Virus-Status: Infected\r\nX-Virus-Name: Eicar-Test-Signature"),
+        "{}",
+        delivered[0]
+    );
     assert!(delivered[1].starts_with("Subject: fine\r\nX-Virus-Status: Clean\r\n\r\nfine\r\n"), "{}", delivered[1]);
     let discarding = Gateway::builder().section(&clamd_stage(&clamd.address(), "action = \"discard\"")).start();
     let mut client = discarding.connect();
@@ -140,8 +144,6 @@ fn messages_too_large_to_scan_never_pass_as_clean() {
     assert_eq!(send(&mut client, &message("big", 800_000)).code, 451);
 }
 
-
-
 #[test]
 fn seed_load_through_clamd_leaves_no_connection_behind() {
     let clamd = Clamd::start("64M");
@@ -180,7 +182,8 @@ fn a_slow_clamd_pauses_the_client_through_the_flow_controller() {
     clamd.thaw();
     assert_eq!(sender.join().unwrap(), 250);
     let closed = gateway.wait_for_log("session closed");
-    let count = |key: &str| closed.split_whitespace().find_map(|f| f.strip_prefix(key)).unwrap().parse::<u64>().unwrap();
+    let count =
+        |key: &str| closed.split_whitespace().find_map(|f| f.strip_prefix(key)).unwrap().parse::<u64>().unwrap();
     assert!(count("pauses=") >= 1, "{closed}");
     assert_eq!(count("pauses="), count("resumes="), "{closed}");
 }

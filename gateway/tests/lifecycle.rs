@@ -12,7 +12,10 @@ fn check_config_accepts_the_example_and_names_file_line_and_key() {
     assert!(status.success(), "{output}");
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("[server]\nlisten = [\"127.0.0.1:2525\"]\nmax_mesage_size = \"1MiB\"\n", ":3:1: server.max_mesage_size: unknown field"),
+        (
+            "[server]\nlisten = [\"127.0.0.1:2525\"]\nmax_mesage_size = \"1MiB\"\n",
+            ":3:1: server.max_mesage_size: unknown field",
+        ),
         ("[server]\nmax_message_size = \"ten\"\n", ":2:20: server.max_message_size: invalid size"),
         ("[relay]\naddress = \"no-port\"\n", ":2:1: relay.address: must be host:port"),
         ("[server]\ncommand_timeout = 5\n", ":2:19: server.command_timeout:"),

@@ -133,7 +133,8 @@ fn real_postfix_as_next_hop_receives_the_message() {
     let gateway = Gateway::builder().relay_to(postfix.port).start();
     let mut client = gateway.connect();
     client.hello();
-    let mut content = b"From: <a@client.test>\r\nTo: <b@dest.test>\r\nSubject: via postfix\r\n\r\n.dot line\r\n".to_vec();
+    let mut content =
+        b"From: <a@client.test>\r\nTo: <b@dest.test>\r\nSubject: via postfix\r\n\r\n.dot line\r\n".to_vec();
     content.extend_from_slice(&message("postfix", 300_000)[..]);
     let first = client.send_message("a@client.test", &["b@dest.test", "c@dest.test"], &content);
     assert_eq!(first.code, 250, "{}", first.text());

@@ -14,7 +14,16 @@ fn swaks_message_reaches_the_maildir_byte_exact() {
     std::fs::write(&path, content).unwrap();
     let (status, output) = run_tool(
         "swaks",
-        &["--server", &gateway.address, "--from", "a@client.test", "--to", "b@dest.test", "--data", path.to_str().unwrap()],
+        &[
+            "--server",
+            &gateway.address,
+            "--from",
+            "a@client.test",
+            "--to",
+            "b@dest.test",
+            "--data",
+            path.to_str().unwrap(),
+        ],
         None,
     );
     assert!(status.success(), "{output}");
@@ -121,7 +130,10 @@ fn overlong_command_line_keeps_the_session() {
 fn oversized_message_is_drained_then_refused_and_session_stays_usable() {
     let gateway = Gateway::builder().server("max_message_size = \"100KiB\"").start();
     let mut client = gateway.connect();
-    let ehlo = { assert_eq!(client.reply().code, 220); client.cmd("EHLO c.test", 250) };
+    let ehlo = {
+        assert_eq!(client.reply().code, 220);
+        client.cmd("EHLO c.test", 250)
+    };
     assert!(ehlo.text().contains("SIZE 102400"), "{}", ehlo.text());
     client.cmd("MAIL FROM:<a@client.test> SIZE=200000", 552);
     let reply = client.send_message("a@client.test", &["b@dest.test"], &message("big", 300_000));

@@ -62,7 +62,8 @@ fn every_verdict_at_every_phase() {
 fn stock_filters_change_headers_and_body_and_see_each_others_output() {
     let rules_one = "rules = \"\"\"\nheader Subject /offer/ tag-subject [ad]\nrcpt-to /@dest\\\\.test$/ add-header X-Checked-By one\n\"\"\"";
     // The second stage refuses what the first tagged: it sees the first's output.
-    let rules_two = "rules = \"\"\"\nheader Subject /^\\\\[ad\\\\] .*refuse/ reject 550 5.7.1 Tagged ad refused\n\"\"\"";
+    let rules_two =
+        "rules = \"\"\"\nheader Subject /^\\\\[ad\\\\] .*refuse/ reject 550 5.7.1 Tagged ad refused\n\"\"\"";
     let gateway = Gateway::builder()
         .section(&wasm_stage("rules-one", "header_rules", "", rules_one))
         .section(&wasm_stage("rules-two", "header_rules", "", rules_two))
@@ -118,9 +119,8 @@ fn faults_end_with_the_on_error_reply_and_the_gateway_keeps_serving() {
 
 #[test]
 fn a_looping_filter_does_not_stall_other_sessions() {
-    let gateway = Gateway::builder()
-        .section(&faults("mode = \"loop\"", "cpu_limit = \"3s\"\nmessage_timeout = \"20s\""))
-        .start();
+    let gateway =
+        Gateway::builder().section(&faults("mode = \"loop\"", "cpu_limit = \"3s\"\nmessage_timeout = \"20s\"")).start();
     let mut looping = gateway.connect();
     looping.hello();
     looping.cmd("MAIL FROM:<a@client.test>", 250);
@@ -157,8 +157,10 @@ fn a_broken_filter_file_stops_the_start_with_a_clear_error() {
     let bogus = dir.path().join("bogus.wasm");
     std::fs::write(&bogus, b"\0asm not really").unwrap();
     let config = dir.path().join("sluice.toml");
-    std::fs::write(&config, format!("[[stage]]\nname = \"bogus\"\nkind = \"wasm\"\npath = \"{}\"\n", bogus.display())).unwrap();
-    let (status, output) = support::run_tool(support::sluice_bin(), &["serve", "--config", config.to_str().unwrap()], None);
+    std::fs::write(&config, format!("[[stage]]\nname = \"bogus\"\nkind = \"wasm\"\npath = \"{}\"\n", bogus.display()))
+        .unwrap();
+    let (status, output) =
+        support::run_tool(support::sluice_bin(), &["serve", "--config", config.to_str().unwrap()], None);
     assert_eq!(status.code(), Some(1), "{output}");
     assert!(output.contains("stage \"bogus\": cannot load its wasm filter"), "{output}");
 }
@@ -177,7 +179,12 @@ fn filter_test_prints_every_call_and_exits_by_the_outcome() {
     };
     let (status, output) = run("rules=header Subject /offer/ tag-subject [ad]", &["--output", out.to_str().unwrap()]);
     assert_eq!(status.code(), Some(0), "{output}");
-    for line in ["mail-from  <sender@example.org> -> continue", "headers    2 fields -> continue", "~ change header Subject[1]: [ad] big offer", "result: delivered"] {
+    for line in [
+        "mail-from  <sender@example.org> -> continue",
+        "headers    2 fields -> continue",
+        "~ change header Subject[1]: [ad] big offer",
+        "result: delivered",
+    ] {
         assert!(output.contains(line), "{line:?} missing in:\n{output}");
     }
     assert_eq!(std::fs::read(&out).unwrap(), b"Subject: [ad] big offer\r\nFrom: <a@client.test>\r\n\r\nhello\r\n");

@@ -6,7 +6,7 @@
 //! (default "Virus found: Eicar-Test-Signature").
 
 use base64::Engine as _;
-use sluice_filter_sdk::{export_filter, log, Config, ConfigError, Filter, Interests, Event, Reaction, Verdict};
+use sluice_filter_sdk::{export_filter, log, Config, ConfigError, Event, Filter, Interests, Reaction, Verdict};
 
 /// The 68-byte EICAR test file.
 pub const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";

@@ -37,7 +37,8 @@ impl Filter for Footer {
     fn on_headers(&mut self, headers: &Headers) -> Reaction {
         let content_type = headers.get("Content-Type").unwrap_or("text/plain").to_ascii_lowercase();
         let encoding = headers.get("Content-Transfer-Encoding").unwrap_or("7bit").to_ascii_lowercase();
-        self.applies = content_type.trim_start().starts_with("text/plain") && matches!(encoding.trim(), "7bit" | "8bit");
+        self.applies =
+            content_type.trim_start().starts_with("text/plain") && matches!(encoding.trim(), "7bit" | "8bit");
         Reaction::carry_on()
     }
 
@@ -70,7 +71,11 @@ mod tests {
 
     #[test]
     fn appends_to_plain_text() {
-        let outcome = run::<Footer>(&[("text", "Scanned by Sluice\nhttps://example.org")], &TestMessage::new("Subject: s\r\n\r\nHello\r\n").chunked(2)).unwrap();
+        let outcome = run::<Footer>(
+            &[("text", "Scanned by Sluice\nhttps://example.org")],
+            &TestMessage::new("Subject: s\r\n\r\nHello\r\n").chunked(2),
+        )
+        .unwrap();
         assert_eq!(outcome.body, b"Hello\r\n-- \r\nScanned by Sluice\r\nhttps://example.org\r\n");
     }
 

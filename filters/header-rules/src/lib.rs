@@ -24,7 +24,9 @@
 //! tempfail decides; every matching add-header and tag-subject applies.
 
 use regex_lite::Regex;
-use sluice_filter_sdk::{export_filter, log, Config, ConfigError, Event, Filter, Headers, Interests, Reaction, Verdict};
+use sluice_filter_sdk::{
+    export_filter, log, Config, ConfigError, Event, Filter, Headers, Interests, Reaction, Verdict,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Field {
@@ -72,10 +74,14 @@ fn parse_rules(text: &str) -> Result<Vec<Rule>, ConfigError> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let error = |message: String| ConfigError { key: "rules".into(), message: format!("line {}: {message}: {line}", number + 1) };
+        let error = |message: String| ConfigError {
+            key: "rules".into(),
+            message: format!("line {}: {message}: {line}", number + 1),
+        };
         let (field, rest) = match line.split_once(' ') {
             Some(("header", rest)) => {
-                let (name, rest) = rest.trim_start().split_once(' ').ok_or_else(|| error("header needs a name".into()))?;
+                let (name, rest) =
+                    rest.trim_start().split_once(' ').ok_or_else(|| error("header needs a name".into()))?;
                 (Field::Header(name.into()), rest)
             }
             Some(("helo", rest)) => (Field::Helo, rest),
@@ -92,7 +98,8 @@ fn parse_rules(text: &str) -> Result<Vec<Rule>, ConfigError> {
         let args = words.next().unwrap_or_default().trim();
         let reply = |class: u16| -> Result<(u16, String, String), ConfigError> {
             let mut parts = args.splitn(3, ' ');
-            let code: u16 = parts.next().and_then(|c| c.parse().ok()).ok_or_else(|| error("needs a reply code".into()))?;
+            let code: u16 =
+                parts.next().and_then(|c| c.parse().ok()).ok_or_else(|| error("needs a reply code".into()))?;
             if code / 100 != class {
                 return Err(error(format!("the code must be {class}xx")));
             }
@@ -119,7 +126,9 @@ impl HeaderRules {
         for rule in self.rules.iter().filter(|r| r.field.matches(field) && r.pattern.is_match(value)) {
             match &rule.action {
                 Action::Reject(code, enhanced, text) => return Some(Verdict::reject(*code, enhanced, text.clone())),
-                Action::Tempfail(code, enhanced, text) => return Some(Verdict::tempfail(*code, enhanced, text.clone())),
+                Action::Tempfail(code, enhanced, text) => {
+                    return Some(Verdict::tempfail(*code, enhanced, text.clone()))
+                }
                 other => self.pending.push(other.clone()),
             }
         }
@@ -166,7 +175,11 @@ impl Filter for HeaderRules {
                 Action::AddHeader(name, value) => reaction = reaction.add_header(&name, value),
                 Action::TagSubject(prefix) => {
                     let current = subject.take().unwrap_or_default();
-                    let tagged = if current.starts_with(&prefix) { current } else { format!("{prefix} {current}").trim_end().to_string() };
+                    let tagged = if current.starts_with(&prefix) {
+                        current
+                    } else {
+                        format!("{prefix} {current}").trim_end().to_string()
+                    };
                     subject = Some(tagged);
                 }
                 Action::Reject(..) | Action::Tempfail(..) => {}
@@ -225,7 +238,8 @@ mod tests {
 
     #[test]
     fn bad_rules_name_the_line() {
-        let err = run::<HeaderRules>(&[("rules", "header Subject /(/ reject 550 5.7.1 x")], &TestMessage::new("")).unwrap_err();
+        let err = run::<HeaderRules>(&[("rules", "header Subject /(/ reject 550 5.7.1 x")], &TestMessage::new(""))
+            .unwrap_err();
         assert!(err.message.starts_with("line 1: bad pattern"), "{err}");
         let err = run::<HeaderRules>(&[("rules", "body /x/ reject 550 5.7.1 x")], &TestMessage::new("")).unwrap_err();
         assert!(err.message.contains("unknown field"), "{err}");

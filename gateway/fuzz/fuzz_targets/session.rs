@@ -57,9 +57,15 @@ enum Piece {
     /// A line holding only ".": the end of DATA when it is a whole CRLF line.
     Dot(Eol),
     /// A BDAT command with exactly its announced payload.
-    Bdat { payload: Vec<u8>, last: bool },
+    Bdat {
+        payload: Vec<u8>,
+        last: bool,
+    },
     /// Many copies of a short pattern: big messages, past `BODY_CHUNK` and size limits.
-    Repeat { pattern: Vec<u8>, times: u16 },
+    Repeat {
+        pattern: Vec<u8>,
+        times: u16,
+    },
 }
 
 #[derive(Arbitrary, Debug, Clone, Copy)]

@@ -39,7 +39,12 @@ pub struct AdminApi {
 }
 
 impl AdminApi {
-    pub async fn bind(address: SocketAddr, token: Option<String>, context: Arc<Context>, shutdown: Shutdown) -> anyhow::Result<AdminApi> {
+    pub async fn bind(
+        address: SocketAddr,
+        token: Option<String>,
+        context: Arc<Context>,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<AdminApi> {
         let listener = TcpListener::bind(address)
             .await
             .with_context(|| format!("cannot listen on {address} for the admin API (set [admin] listen)"))?;
@@ -109,7 +114,11 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
         Route::Metrics => {
             let flow = context.flows.report();
             context.metrics.flow_paused_now.set(flow.paused_now as i64);
-            respond(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", context.metrics.encode())
+            respond(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                context.metrics.encode(),
+            )
         }
         Route::Stats => json(StatusCode::OK, stats(context)),
         Route::Sessions => json(StatusCode::OK, serde_json::to_value(context.sessions.list()).unwrap_or_default()),
@@ -131,7 +140,8 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
 
 fn authorized(state: &State, request: &Request<Incoming>) -> bool {
     let Some(token) = &state.token else { return true };
-    let given = request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let given =
+        request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     // Constant-time comparison: the token is a secret.
     given.is_some_and(|given| {
         given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0

@@ -49,7 +49,10 @@ pub struct StageSpec {
 }
 
 /// Calls into a stage with its time bound; a panic inside the stage is a failure, not a crash.
-pub(crate) async fn call<T>(spec: &StageSpec, call: impl Future<Output = Result<T, StageError>>) -> Result<T, StageError> {
+pub(crate) async fn call<T>(
+    spec: &StageSpec,
+    call: impl Future<Output = Result<T, StageError>>,
+) -> Result<T, StageError> {
     let started = std::time::Instant::now();
     let result = match tokio::time::timeout(spec.timeout, AssertUnwindSafe(call).catch_unwind()).await {
         Err(_) => Err(StageError::Timeout(spec.timeout)),
@@ -96,7 +99,9 @@ impl Chain {
         let mut refusal = None;
         for spec in &self.stages {
             match spec.factory.instantiate(&context) {
-                Ok(instance) => transaction.stages.push(RunningStage { spec: spec.clone(), instance, standing: Standing::Active }),
+                Ok(instance) => {
+                    transaction.stages.push(RunningStage { spec: spec.clone(), instance, standing: Standing::Active })
+                }
                 Err(err) => {
                     warn!(target: "sluice::filters", stage = %spec.name, error = %err, "cannot instantiate stage");
                     match spec.on_error.verdict(&spec.name) {
@@ -166,7 +171,9 @@ impl Transaction {
                     warn!(target: "sluice::filters", stage = %spec.name, event = ?event.kind(), error = %err, policy = ?spec.on_error, "stage failed");
                     match spec.on_error.verdict(&spec.name) {
                         None => stage.standing = Standing::Bypassed,
-                        Some(Verdict::Reject(reply) | Verdict::Tempfail(reply)) => return EnvelopeOutcome::Refuse(reply),
+                        Some(Verdict::Reject(reply) | Verdict::Tempfail(reply)) => {
+                            return EnvelopeOutcome::Refuse(reply)
+                        }
                         Some(_) => {}
                     }
                 }

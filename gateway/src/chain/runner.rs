@@ -170,7 +170,15 @@ impl ContentRun {
             // Decided in the envelope phase (discard): the content is read and dropped.
             flow.report(FlowEvent::EarlyVerdict);
         }
-        ContentRun { splitter: Some(HeaderSplitter::default()), first: next, flow, decision, end_of_data, spooled, tasks }
+        ContentRun {
+            splitter: Some(HeaderSplitter::default()),
+            first: next,
+            flow,
+            decision,
+            end_of_data,
+            spooled,
+            tasks,
+        }
     }
 
     /// Passes message bytes into the chain (dropped once the chain has decided).
@@ -316,7 +324,9 @@ async fn stage_task(
 fn forward(next: &Inbox, chunk: Bytes, output: BodyOutput) {
     match output {
         BodyOutput::Pass => next.send(Item::Body(chunk)),
-        BodyOutput::Replace(chunks) => chunks.into_iter().filter(|c| !c.is_empty()).for_each(|c| next.send(Item::Body(c))),
+        BodyOutput::Replace(chunks) => {
+            chunks.into_iter().filter(|c| !c.is_empty()).for_each(|c| next.send(Item::Body(c)))
+        }
     }
 }
 
@@ -363,8 +373,14 @@ impl OnError {
     pub fn verdict(&self, stage: &str) -> Option<Verdict> {
         use crate::smtp::reply::Reply;
         match self {
-            OnError::Tempfail => Some(Verdict::Tempfail(Reply::new(451, "4.3.0", format!("Filter {stage} unavailable; try again later")))),
-            OnError::Reject => Some(Verdict::Reject(Reply::new(554, "5.7.0", format!("Message refused by filter {stage} policy")))),
+            OnError::Tempfail => Some(Verdict::Tempfail(Reply::new(
+                451,
+                "4.3.0",
+                format!("Filter {stage} unavailable; try again later"),
+            ))),
+            OnError::Reject => {
+                Some(Verdict::Reject(Reply::new(554, "5.7.0", format!("Message refused by filter {stage} policy"))))
+            }
             OnError::Accept => None,
         }
     }

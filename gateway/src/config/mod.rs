@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use units::{ByteSize, Span};
 use stages::{FlowConfig, StageConfig};
+pub use units::{ByteSize, Span};
 
 /// The config `sluice serve` runs when given no `--config`: loopback listener, local maildir.
 pub const EMBEDDED_DEFAULT: &str = include_str!("embedded_default.toml");

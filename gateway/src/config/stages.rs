@@ -199,8 +199,16 @@ pub(super) fn validate(flow: &FlowConfig, stages: &[StageConfig]) -> Result<(), 
             StageKind::Clamd => {
                 foreign(&wasm_keys, "wasm")?;
                 match stage.address.as_deref() {
-                    None => return fail(format!("stage[{i}].kind"), "a clamd stage needs address = \"127.0.0.1:3310\" or \"unix:/path\""),
-                    Some(a) if a.strip_prefix("unix:").is_none_or(str::is_empty) && a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() => {
+                    None => {
+                        return fail(
+                            format!("stage[{i}].kind"),
+                            "a clamd stage needs address = \"127.0.0.1:3310\" or \"unix:/path\"",
+                        )
+                    }
+                    Some(a)
+                        if a.strip_prefix("unix:").is_none_or(str::is_empty)
+                            && a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() =>
+                    {
                         return fail(format!("stage[{i}].address"), "must be host:port or unix:/path/to/socket");
                     }
                     Some(_) => {}
@@ -214,7 +222,9 @@ pub(super) fn validate(flow: &FlowConfig, stages: &[StageConfig]) -> Result<(), 
                 if stage.memory_limit.is_some_and(|m| m.0 < (1 << 20)) {
                     return fail(format!("stage[{i}].memory_limit"), "must be at least 1MiB");
                 }
-                if stage.cpu_limit.is_some_and(|c| c.0.is_zero()) || stage.message_timeout.is_some_and(|m| m.0.is_zero()) {
+                if stage.cpu_limit.is_some_and(|c| c.0.is_zero())
+                    || stage.message_timeout.is_some_and(|m| m.0.is_zero())
+                {
                     return fail(format!("stage[{i}].cpu_limit"), "limits must be greater than zero");
                 }
             }

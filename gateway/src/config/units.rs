@@ -43,17 +43,13 @@ impl ByteSize {
             "gib" => 1 << 30,
             _ => return Err(format!("invalid size {text:?}: {SIZE_HELP}")),
         };
-        number
-            .checked_mul(factor)
-            .map(ByteSize)
-            .ok_or_else(|| format!("size {text:?} is too large"))
+        number.checked_mul(factor).map(ByteSize).ok_or_else(|| format!("size {text:?} is too large"))
     }
 }
 
 impl Span {
     pub fn parse(text: &str) -> Result<Self, String> {
-        let (number, unit) =
-            split_number(text).ok_or_else(|| format!("invalid duration {text:?}: {DURATION_HELP}"))?;
+        let (number, unit) = split_number(text).ok_or_else(|| format!("invalid duration {text:?}: {DURATION_HELP}"))?;
         let duration = match unit {
             "ms" => Duration::from_millis(number),
             "s" => Duration::from_secs(number),

@@ -24,11 +24,21 @@ pub struct Watermarks {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowEvent {
     /// A message's content starts; `inboxes` stage inboxes (the last is the spool's).
-    MessageStart { inboxes: usize },
-    Queued { inbox: usize, bytes: u64 },
-    Drained { inbox: usize, bytes: u64 },
+    MessageStart {
+        inboxes: usize,
+    },
+    Queued {
+        inbox: usize,
+        bytes: u64,
+    },
+    Drained {
+        inbox: usize,
+        bytes: u64,
+    },
     /// The inbox's consumer is gone (task ended or died): its bytes will never drain.
-    InboxGone { inbox: usize },
+    InboxGone {
+        inbox: usize,
+    },
     /// The chain decided before the end: the rest of the body is read and discarded.
     EarlyVerdict,
     /// The client finished sending the content.
@@ -42,7 +52,9 @@ pub enum FlowEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowAction {
     /// Stop reading the client; `by` is the inbox holding the most bytes.
-    Pause { by: usize },
+    Pause {
+        by: usize,
+    },
     Resume,
 }
 
@@ -94,7 +106,14 @@ pub struct FlowController {
 
 impl FlowController {
     pub fn new(marks: Watermarks) -> FlowController {
-        FlowController { marks, inboxes: Vec::new(), phase: Phase::Idle, reader: Reader::Reading, pauses: 0, resumes: 0 }
+        FlowController {
+            marks,
+            inboxes: Vec::new(),
+            phase: Phase::Idle,
+            reader: Reader::Reading,
+            pauses: 0,
+            resumes: 0,
+        }
     }
 
     pub fn reader(&self) -> Reader {
@@ -115,7 +134,13 @@ impl FlowController {
 
     /// Bytes queued per inbox (0 for gone ones).
     pub fn queued(&self) -> Vec<u64> {
-        self.inboxes.iter().map(|inbox| match inbox { Inbox::Live(n) => *n, Inbox::Gone => 0 }).collect()
+        self.inboxes
+            .iter()
+            .map(|inbox| match inbox {
+                Inbox::Live(n) => *n,
+                Inbox::Gone => 0,
+            })
+            .collect()
     }
 
     /// Bytes queued in inboxes whose consumer can still drain them.

@@ -58,7 +58,10 @@ fn check_invariants(flow: &FlowController, event: FlowEvent) {
     // 2. pauses − resumes ∈ {0, 1} and equals the paused state.
     assert_eq!(flow.pauses() - flow.resumes(), paused as u64);
     // 3. never paused after end-of-message, an early verdict or the session's end.
-    if matches!(event, FlowEvent::EndOfMessage | FlowEvent::EarlyVerdict | FlowEvent::SessionEnd | FlowEvent::MessageDone) {
+    if matches!(
+        event,
+        FlowEvent::EndOfMessage | FlowEvent::EarlyVerdict | FlowEvent::SessionEnd | FlowEvent::MessageDone
+    ) {
         assert!(!paused, "paused after {event:?}");
     }
     // Hysteresis: reading in the receiving phase ⇒ below the high watermark.
@@ -147,7 +150,10 @@ fn seed_bug_final_chunk_crosses_high_water_then_end_of_message_then_drain() {
 fn dead_stage_releases_the_reader() {
     let mut flow = FlowController::new(MARKS);
     flow.handle(FlowEvent::MessageStart { inboxes: 2 }).unwrap();
-    assert!(matches!(flow.handle(FlowEvent::Queued { inbox: 1, bytes: 2000 }).unwrap(), Some(FlowAction::Pause { by: 1 })));
+    assert!(matches!(
+        flow.handle(FlowEvent::Queued { inbox: 1, bytes: 2000 }).unwrap(),
+        Some(FlowAction::Pause { by: 1 })
+    ));
     assert_eq!(flow.handle(FlowEvent::InboxGone { inbox: 1 }).unwrap(), Some(FlowAction::Resume));
     // Bytes sent to a gone inbox count for nothing.
     assert_eq!(flow.handle(FlowEvent::Queued { inbox: 1, bytes: 5000 }).unwrap(), None);
@@ -159,7 +165,10 @@ fn invalid_events_are_typed_errors() {
     assert_eq!(flow.handle(FlowEvent::Queued { inbox: 0, bytes: 1 }), Err(FlowError::UnknownInbox(0)));
     flow.handle(FlowEvent::MessageStart { inboxes: 1 }).unwrap();
     flow.handle(FlowEvent::Queued { inbox: 0, bytes: 10 }).unwrap();
-    assert_eq!(flow.handle(FlowEvent::Drained { inbox: 0, bytes: 11 }), Err(FlowError::Overdrained { inbox: 0, bytes: 11, held: 10 }));
+    assert_eq!(
+        flow.handle(FlowEvent::Drained { inbox: 0, bytes: 11 }),
+        Err(FlowError::Overdrained { inbox: 0, bytes: 11, held: 10 })
+    );
     flow.handle(FlowEvent::SessionEnd).unwrap();
     assert!(matches!(flow.handle(FlowEvent::EndOfMessage), Err(FlowError::AfterSessionEnd(_))));
 }

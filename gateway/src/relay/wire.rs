@@ -51,7 +51,12 @@ pub struct Wire {
 
 impl Wire {
     /// Connects, reads the greeting and introduces us with EHLO (HELO if EHLO is refused).
-    pub async fn open(address: &str, helo: &str, connect: Duration, reply_timeout: Duration) -> Result<Wire, RelayError> {
+    pub async fn open(
+        address: &str,
+        helo: &str,
+        connect: Duration,
+        reply_timeout: Duration,
+    ) -> Result<Wire, RelayError> {
         let stream = timeout(connect, TcpStream::connect(address))
             .await
             .map_err(|_| RelayError::Timeout("connect"))?
@@ -99,20 +104,15 @@ impl Wire {
 
     /// Reads one (possibly multi-line) reply within the reply timeout.
     pub async fn read_reply(&mut self, what: &'static str) -> Result<Reply, RelayError> {
-        timeout(self.reply_timeout, self.read_reply_lines())
-            .await
-            .map_err(|_| RelayError::Timeout(what))?
+        timeout(self.reply_timeout, self.read_reply_lines()).await.map_err(|_| RelayError::Timeout(what))?
     }
 
     async fn read_reply_lines(&mut self) -> Result<Reply, RelayError> {
         let mut lines = Vec::new();
         loop {
             let mut raw = Vec::new();
-            let n = (&mut self.reader)
-                .take(MAX_REPLY_LINE)
-                .read_until(b'\n', &mut raw)
-                .await
-                .map_err(RelayError::Io)?;
+            let n =
+                (&mut self.reader).take(MAX_REPLY_LINE).read_until(b'\n', &mut raw).await.map_err(RelayError::Io)?;
             if n == 0 {
                 return Err(RelayError::Closed);
             }

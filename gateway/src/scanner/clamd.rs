@@ -17,7 +17,9 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::chain::headers::HeaderSection;
-use crate::chain::stage::{EnvelopeEvent, Interests, MessageContext, Reaction, Stage, StageError, StageEvent, StageFactory, Verdict};
+use crate::chain::stage::{
+    EnvelopeEvent, Interests, MessageContext, Reaction, Stage, StageError, StageEvent, StageFactory, Verdict,
+};
 use crate::config::stages::{OversizeAction, VirusAction};
 use crate::smtp::reply::Reply;
 
@@ -89,8 +91,12 @@ pub async fn check(settings: &ClamdSettings) {
         Ok(pong) if pong == clamav_client::PONG => {
             info!(target: "sluice::scanner", stage = %settings.stage, address = ?settings.address, "clamd answers")
         }
-        Ok(other) => warn!(target: "sluice::scanner", stage = %settings.stage, reply = %String::from_utf8_lossy(&other), "clamd answered PING oddly"),
-        Err(err) => warn!(target: "sluice::scanner", stage = %settings.stage, address = ?settings.address, error = %err, "clamd is not reachable; messages get the stage's on_error answer until it is"),
+        Ok(other) => {
+            warn!(target: "sluice::scanner", stage = %settings.stage, reply = %String::from_utf8_lossy(&other), "clamd answered PING oddly")
+        }
+        Err(err) => {
+            warn!(target: "sluice::scanner", stage = %settings.stage, address = ?settings.address, error = %err, "clamd is not reachable; messages get the stage's on_error answer until it is")
+        }
     }
 }
 
@@ -258,23 +264,36 @@ impl Stage for ClamdStage {
                 _ => Reaction::carry_on(),
             },
             ScanResult::Infected(name) => match settings.action {
-                VirusAction::Reject => Reaction::verdict(Verdict::Reject(Reply::new(554, "5.7.1", format!("Virus found: {name}")))),
+                VirusAction::Reject => {
+                    Reaction::verdict(Verdict::Reject(Reply::new(554, "5.7.1", format!("Virus found: {name}"))))
+                }
                 VirusAction::Discard => Reaction::verdict(Verdict::Discard),
-                VirusAction::Tag => Reaction::carry_on().add_header("X-Virus-Status", "Infected").add_header("X-Virus-Name", &name),
+                VirusAction::Tag => {
+                    Reaction::carry_on().add_header("X-Virus-Status", "Infected").add_header("X-Virus-Name", &name)
+                }
             },
             ScanResult::TooLarge => {
                 warn!(target: "sluice::scanner", stage = %settings.stage, oversize = ?settings.oversize, "message too large to scan");
                 match settings.oversize {
-                    OversizeAction::Tempfail => Reaction::verdict(Verdict::Tempfail(Reply::new(451, "4.7.1", "Message too large to scan for viruses; try again later"))),
-                    OversizeAction::Reject => Reaction::verdict(Verdict::Reject(Reply::new(554, "5.7.1", "Message too large to scan for viruses"))),
-                    OversizeAction::Accept => Reaction::carry_on().add_header("X-Virus-Status", "Unscanned (too large)"),
+                    OversizeAction::Tempfail => Reaction::verdict(Verdict::Tempfail(Reply::new(
+                        451,
+                        "4.7.1",
+                        "Message too large to scan for viruses; try again later",
+                    ))),
+                    OversizeAction::Reject => Reaction::verdict(Verdict::Reject(Reply::new(
+                        554,
+                        "5.7.1",
+                        "Message too large to scan for viruses",
+                    ))),
+                    OversizeAction::Accept => {
+                        Reaction::carry_on().add_header("X-Virus-Status", "Unscanned (too large)")
+                    }
                 }
             }
             ScanResult::Error(why) => return Err(StageError::Failed(format!("clamd: {why}"))),
         })
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -283,9 +302,15 @@ mod tests {
     #[test]
     fn clamd_replies() {
         assert_eq!(ScanResult::parse(b"stream: OK\0"), ScanResult::Clean);
-        assert_eq!(ScanResult::parse(b"stream: Eicar-Test-Signature.UNOFFICIAL FOUND\0"), ScanResult::Infected("Eicar-Test-Signature.UNOFFICIAL".into()));
+        assert_eq!(
+            ScanResult::parse(b"stream: Eicar-Test-Signature.UNOFFICIAL FOUND\0"),
+            ScanResult::Infected("Eicar-Test-Signature.UNOFFICIAL".into())
+        );
         assert_eq!(ScanResult::parse(b"INSTREAM size limit exceeded. ERROR\0"), ScanResult::TooLarge);
-        assert_eq!(ScanResult::parse(b"stream: Can't allocate memory ERROR\0"), ScanResult::Error("Can't allocate memory ERROR".into()));
+        assert_eq!(
+            ScanResult::parse(b"stream: Can't allocate memory ERROR\0"),
+            ScanResult::Error("Can't allocate memory ERROR".into())
+        );
         assert_eq!(ScanResult::parse(b""), ScanResult::Error("empty reply".into()));
         assert_eq!(ClamdAddress::parse("unix:/run/clamd.ctl"), ClamdAddress::Unix("/run/clamd.ctl".into()));
         assert_eq!(ClamdAddress::parse("127.0.0.1:3310"), ClamdAddress::Tcp("127.0.0.1:3310".into()));

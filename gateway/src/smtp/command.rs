@@ -7,10 +7,18 @@ use super::reply::Reply;
 pub enum Command {
     Ehlo(String),
     Helo(String),
-    Mail { from: String, params: MailParams },
-    Rcpt { to: String },
+    Mail {
+        from: String,
+        params: MailParams,
+    },
+    Rcpt {
+        to: String,
+    },
     Data,
-    Bdat { size: u64, last: bool },
+    Bdat {
+        size: u64,
+        last: bool,
+    },
     Rset,
     Noop,
     Quit,
@@ -58,9 +66,7 @@ impl SyntaxError {
             SyntaxError::Sender => Reply::new(501, "5.1.7", "Bad sender address syntax"),
             SyntaxError::Recipient => Reply::new(501, "5.1.3", "Bad recipient address syntax"),
             SyntaxError::Parameter(p) => Reply::new(555, "5.5.4", format!("Unsupported option: {p}")),
-            SyntaxError::NeedsSmtpUtf8 => {
-                Reply::new(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter")
-            }
+            SyntaxError::NeedsSmtpUtf8 => Reply::new(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter"),
         }
     }
 }
@@ -73,12 +79,20 @@ pub fn parse(line: &[u8]) -> Result<Command, SyntaxError> {
         None => (line.trim_end(), ""),
     };
     let no_args = |command: Command, usage: &'static str| {
-        if args.is_empty() { Ok(command) } else { Err(SyntaxError::Arguments(usage)) }
+        if args.is_empty() {
+            Ok(command)
+        } else {
+            Err(SyntaxError::Arguments(usage))
+        }
     };
     match verb.to_ascii_uppercase().as_str() {
         "EHLO" | "HELO" => {
             let domain = args.split_whitespace().next().ok_or(SyntaxError::Arguments("EHLO hostname"))?;
-            Ok(if verb.eq_ignore_ascii_case("EHLO") { Command::Ehlo(domain.into()) } else { Command::Helo(domain.into()) })
+            Ok(if verb.eq_ignore_ascii_case("EHLO") {
+                Command::Ehlo(domain.into())
+            } else {
+                Command::Helo(domain.into())
+            })
         }
         "MAIL" => parse_mail(args),
         "RCPT" => parse_rcpt(args),
@@ -89,7 +103,9 @@ pub fn parse(line: &[u8]) -> Result<Command, SyntaxError> {
         "QUIT" => no_args(Command::Quit, "QUIT"),
         "VRFY" => Ok(Command::Vrfy),
         "HELP" => Ok(Command::Help),
-        "STARTTLS" | "AUTH" | "EXPN" | "ETRN" | "TURN" | "ATRN" => Ok(Command::NotImplemented(verb.to_ascii_uppercase())),
+        "STARTTLS" | "AUTH" | "EXPN" | "ETRN" | "TURN" | "ATRN" => {
+            Ok(Command::NotImplemented(verb.to_ascii_uppercase()))
+        }
         _ => Err(SyntaxError::Unrecognized),
     }
 }
@@ -131,9 +147,8 @@ fn mailbox(path: &str, utf8_allowed: bool) -> Option<String> {
         false => path,
     };
     let (local, domain) = path.rsplit_once('@')?;
-    let local_ok = !local.is_empty()
-        && local.chars().all(|c| !c.is_control())
-        && (local.starts_with('"') || !local.contains(' '));
+    let local_ok =
+        !local.is_empty() && local.chars().all(|c| !c.is_control()) && (local.starts_with('"') || !local.contains(' '));
     let domain_ok = !domain.is_empty() && domain.chars().all(|c| c.is_alphanumeric() || "-.[]:".contains(c));
     if !local_ok || !domain_ok || local.len() > 64 || domain.len() > 255 {
         return None;

@@ -237,7 +237,8 @@ impl Connection {
     /// The per-message log line: envelope, size, result, reply, duration.
     fn log_message(&self, envelope: Option<&Envelope>, size: u64, result: &str, reply: &Reply) {
         self.context.metrics.transaction(result);
-        let (from, rcpts) = envelope.map_or((String::new(), String::new()), |e| (e.mail_from.clone(), e.rcpt_to.join(",")));
+        let (from, rcpts) =
+            envelope.map_or((String::new(), String::new()), |e| (e.mail_from.clone(), e.rcpt_to.join(",")));
         info!(
             target: "sluice::smtp",
             from = %from,

@@ -2,7 +2,7 @@
 //! async loop per connection that drives it (`conn`).
 
 pub mod command;
+pub mod conn;
 pub mod parser;
 pub mod reply;
 pub mod session;
-pub mod conn;

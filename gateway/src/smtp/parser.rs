@@ -160,7 +160,11 @@ impl BodyDecoder {
             // to add at the end".
             (Start | Middle, b'\n') => {
                 self.bare(out);
-                if dots { Middle } else { Start }
+                if dots {
+                    Middle
+                } else {
+                    Start
+                }
             }
             (Start | Middle, _) => {
                 out.push(byte);

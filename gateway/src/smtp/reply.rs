@@ -105,11 +105,8 @@ mod tests {
 
     #[test]
     fn renders_multiline() {
-        let reply = Reply {
-            code: 250,
-            enhanced: None,
-            lines: vec!["gw Hello".into(), "PIPELINING".into(), "CHUNKING".into()],
-        };
+        let reply =
+            Reply { code: 250, enhanced: None, lines: vec!["gw Hello".into(), "PIPELINING".into(), "CHUNKING".into()] };
         assert_eq!(reply.to_wire(), b"250-gw Hello\r\n250-PIPELINING\r\n250 CHUNKING\r\n");
         assert_eq!(Reply::new(550, "5.1.1", "no").to_wire(), b"550 5.1.1 no\r\n");
     }

@@ -61,8 +61,14 @@ pub enum Step {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// MAIL, with the HELO/EHLO name the transaction's stages are told about.
-    Mail { helo: String, from: String, params: MailParams },
-    Rcpt { to: String },
+    Mail {
+        helo: String,
+        from: String,
+        params: MailParams,
+    },
+    Rcpt {
+        to: String,
+    },
     /// The content is complete and spooled: deliver it to the next hop.
     Deliver(Envelope),
 }
@@ -101,9 +107,18 @@ enum State {
     /// Between BDAT chunks of one message.
     Chunking(Envelope, Content),
     /// Inside a BDAT chunk.
-    Chunk { envelope: Envelope, content: Content, remaining: u64, last: bool },
+    Chunk {
+        envelope: Envelope,
+        content: Content,
+        remaining: u64,
+        last: bool,
+    },
     /// Consuming the octets of a refused BDAT so framing survives, then replying.
-    SkipChunk { remaining: u64, reply: Reply, resume: Box<State> },
+    SkipChunk {
+        remaining: u64,
+        reply: Reply,
+        resume: Box<State>,
+    },
     Closed,
 }
 
@@ -454,7 +469,8 @@ impl Session {
     /// The refusal is chosen from the final totals, so it never depends on how reads were split.
     fn end_content(&mut self, envelope: Envelope, content: Content) {
         self.state = State::Ready;
-        let bare_refused = self.config.bare_line_endings == BareLineEndings::Reject && content.decoder.bare_line_endings() > 0;
+        let bare_refused =
+            self.config.bare_line_endings == BareLineEndings::Reject && content.decoder.bare_line_endings() > 0;
         let refusal = match (content.size > self.config.max_message_size, bare_refused) {
             (true, _) => Reply::new(552, "5.3.4", "Message size exceeds fixed limit"),
             (false, true) => Reply::new(550, "5.6.0", "Message contains bare CR or LF; send CRLF line endings"),

@@ -97,7 +97,9 @@ fn pipelined_commands_after_end_of_data() {
 
 #[test]
 fn sequence_errors() {
-    let r = run(b"MAIL FROM:<a@b>\r\nEHLO c\r\nRCPT TO:<d@e>\r\nDATA\r\nMAIL FROM:<a@b>\r\nMAIL FROM:<a@b>\r\nDATA\r\nQUIT\r\n");
+    let r = run(
+        b"MAIL FROM:<a@b>\r\nEHLO c\r\nRCPT TO:<d@e>\r\nDATA\r\nMAIL FROM:<a@b>\r\nMAIL FROM:<a@b>\r\nDATA\r\nQUIT\r\n",
+    );
     assert_eq!(r.replies, vec![503, 250, 503, 503, 250, 503, 554, 221]);
     assert_eq!(r.abandoned, 1, "QUIT inside a transaction abandons it");
 }
@@ -187,14 +189,17 @@ fn too_many_errors_close_the_session() {
 
 #[test]
 fn rset_and_ehlo_abandon_transactions() {
-    let r = run(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<d@e>\r\nRSET\r\nMAIL FROM:<a@b>\r\nEHLO again\r\nRCPT TO:<d@e>\r\n");
+    let r = run(
+        b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<d@e>\r\nRSET\r\nMAIL FROM:<a@b>\r\nEHLO again\r\nRCPT TO:<d@e>\r\n",
+    );
     assert_eq!(r.replies, vec![250, 250, 250, 250, 250, 250, 503]);
     assert_eq!(r.abandoned, 2);
 }
 
 #[test]
 fn smtputf8_recipients_need_the_parameter() {
-    let r = run("EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<ü@e>\r\nRSET\r\nMAIL FROM:<a@b> SMTPUTF8\r\nRCPT TO:<ü@e>\r\n".as_bytes());
+    let r = run("EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<ü@e>\r\nRSET\r\nMAIL FROM:<a@b> SMTPUTF8\r\nRCPT TO:<ü@e>\r\n"
+        .as_bytes());
     assert_eq!(r.replies, vec![250, 250, 553, 250, 250, 250]);
 }
 

@@ -59,7 +59,12 @@ pub struct WasmFilter {
 
 impl WasmFilter {
     /// Compiles and links the component, then asks it which events it wants.
-    pub async fn load(stage: &str, path: &Path, config: Vec<(String, String)>, limits: WasmLimits) -> Result<WasmFilter, LoadError> {
+    pub async fn load(
+        stage: &str,
+        path: &Path,
+        config: Vec<(String, String)>,
+        limits: WasmLimits,
+    ) -> Result<WasmFilter, LoadError> {
         let engine = engine::engine().map_err(LoadError::Engine)?;
         let shown = path.display().to_string();
         let invalid = |reason: String| LoadError::Invalid { path: shown.clone(), reason };

@@ -86,14 +86,17 @@ fn arm(store: &mut Store<State>) {
 fn failure(store: &Store<State>, err: wasmtime::Error) -> StageError {
     let state = store.data();
     let what = match err.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => format!("exceeded its CPU limit ({} ms per call)", state.tick_budget * TICK.as_millis() as u64),
+        Some(Trap::Interrupt) => {
+            format!("exceeded its CPU limit ({} ms per call)", state.tick_budget * TICK.as_millis() as u64)
+        }
         Some(trap) => format!("trapped: {trap}"),
         None => err.root_cause().to_string(),
     };
     tracing::debug!(target: "sluice::filters", stage = %state.stage, error = ?err, "filter failure in detail");
     let stderr = state.stderr.contents();
     let stderr = String::from_utf8_lossy(&stderr);
-    let stderr: Vec<&str> = stderr.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("note:")).collect();
+    let stderr: Vec<&str> =
+        stderr.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("note:")).collect();
     match stderr.is_empty() {
         true => StageError::Failed(what),
         false => StageError::Failed(format!("{what} ({})", stderr.join(" "))),
@@ -124,7 +127,10 @@ impl WasmStage {
     /// Runs one call with the message's remaining time; any failure poisons the instance.
     async fn run<T>(
         &mut self,
-        call: impl for<'a> FnOnce(&'a mut Instance, ResourceAny) -> futures_util::future::BoxFuture<'a, Result<T, StageError>>,
+        call: impl for<'a> FnOnce(
+            &'a mut Instance,
+            ResourceAny,
+        ) -> futures_util::future::BoxFuture<'a, Result<T, StageError>>,
     ) -> Result<T, StageError> {
         let deadline = *self.deadline.get_or_insert_with(|| Instant::now() + self.filter.limits.per_message);
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -167,9 +173,13 @@ impl Stage for WasmStage {
                     let calls = handler.message();
                     let store = &mut instance.store;
                     let result = match &event {
-                        EnvelopeEvent::Connect { peer } => calls.call_on_connect(&mut *store, message, &peer.to_string()).await,
+                        EnvelopeEvent::Connect { peer } => {
+                            calls.call_on_connect(&mut *store, message, &peer.to_string()).await
+                        }
                         EnvelopeEvent::Helo { name } => calls.call_on_helo(&mut *store, message, name).await,
-                        EnvelopeEvent::MailFrom { address } => calls.call_on_mail_from(&mut *store, message, address).await,
+                        EnvelopeEvent::MailFrom { address } => {
+                            calls.call_on_mail_from(&mut *store, message, address).await
+                        }
                         EnvelopeEvent::RcptTo { address } => calls.call_on_rcpt_to(&mut *store, message, address).await,
                     };
                     result.map_err(|err| failure(store, err))
@@ -222,7 +232,8 @@ impl Stage for WasmStage {
 
 fn reply_from(reply: wit::SmtpReply) -> Reply {
     let enhanced = (!reply.enhanced.is_empty()).then_some(reply.enhanced);
-    let lines = reply.text.lines().map(|line| line.chars().filter(|c| !c.is_control()).collect()).collect::<Vec<String>>();
+    let lines =
+        reply.text.lines().map(|line| line.chars().filter(|c| !c.is_control()).collect()).collect::<Vec<String>>();
     Reply { code: reply.code, enhanced, lines: if lines.is_empty() { vec![String::new()] } else { lines } }
 }
 
@@ -243,7 +254,9 @@ fn reaction_from(reaction: wit::Reaction) -> Reaction {
         .map(|change| match change {
             wit::HeaderChange::Add(h) => HeaderChange::Add { name: h.name, value: h.value },
             wit::HeaderChange::Prepend(h) => HeaderChange::Prepend { name: h.name, value: h.value },
-            wit::HeaderChange::Change(h) => HeaderChange::Change { name: h.name, index: h.index.max(1), value: h.value },
+            wit::HeaderChange::Change(h) => {
+                HeaderChange::Change { name: h.name, index: h.index.max(1), value: h.value }
+            }
             wit::HeaderChange::Remove(h) => HeaderChange::Remove { name: h.name, index: h.index },
         })
         .collect();

@@ -38,7 +38,8 @@ impl Clamd {
             format!("Eicar-Test-Signature:0:*:{}\nSluice.Test.Marker:0:*:{}\n", hex(EICAR), hex(MARKER.as_bytes())),
         )
         .unwrap();
-        std::fs::write(db.join("sluice-test.hdb"), "44d88612fea8a8f36de82e1278abb02f:68:Eicar-Test-File-MD5\n").unwrap();
+        std::fs::write(db.join("sluice-test.hdb"), "44d88612fea8a8f36de82e1278abb02f:68:Eicar-Test-File-MD5\n")
+            .unwrap();
         let port = {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
@@ -86,7 +87,10 @@ impl Clamd {
         loop {
             if let Ok(mut stream) = TcpStream::connect(self.address()) {
                 let mut reply = Vec::new();
-                if stream.write_all(b"zPING\0").is_ok() && stream.read_to_end(&mut reply).is_ok() && reply.starts_with(b"PONG") {
+                if stream.write_all(b"zPING\0").is_ok()
+                    && stream.read_to_end(&mut reply).is_ok()
+                    && reply.starts_with(b"PONG")
+                {
                     return;
                 }
             }

@@ -56,7 +56,9 @@ impl GatewayBuilder {
     }
 
     pub fn relay_to(self, port: u16) -> Self {
-        self.section(&format!("[relay]\naddress = \"127.0.0.1:{port}\"\ncommand_timeout = \"20s\"\nconnect_timeout = \"5s\""))
+        self.section(&format!(
+            "[relay]\naddress = \"127.0.0.1:{port}\"\ncommand_timeout = \"20s\"\nconnect_timeout = \"5s\""
+        ))
     }
 
     pub fn start(self) -> Gateway {
@@ -459,7 +461,8 @@ pub fn http(address: &str, method: &str, path: &str, token: Option<&str>) -> (u1
     let mut stream = TcpStream::connect(address).expect("connect to the admin API");
     stream.set_read_timeout(Some(WAIT)).unwrap();
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("read the admin API's response");

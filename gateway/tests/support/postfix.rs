@@ -94,10 +94,8 @@ impl PostfixNextHop {
     /// prepended `Received:`. Oldest delivery first; concurrent deliveries are in no defined
     /// order, so tell messages apart by their content.
     pub fn messages(&self) -> Vec<Vec<u8>> {
-        let mut files: Vec<_> = self
-            .delivered()
-            .map(|path| (fs::metadata(&path).unwrap().modified().unwrap(), path))
-            .collect();
+        let mut files: Vec<_> =
+            self.delivered().map(|path| (fs::metadata(&path).unwrap().modified().unwrap(), path)).collect();
         files.sort();
         files.iter().map(|(_, p)| fs::read(p).unwrap()).collect()
     }
@@ -240,9 +238,7 @@ sinkpipe  unix  - n n -   - pipe
 fn deliver_script(root: &Path) -> String {
     let (tmp, new) = (root.join("mail/tmp"), root.join("mail/new"));
     let (tmp, new) = (tmp.display(), new.display());
-    format!(
-        "#!/bin/sh\nf=\"$1.$$\"\ncat > \"{tmp}/$f\" && mv \"{tmp}/$f\" \"{new}/$f\" || exit 75\n"
-    )
+    format!("#!/bin/sh\nf=\"$1.$$\"\ncat > \"{tmp}/$f\" && mv \"{tmp}/$f\" \"{new}/$f\" || exit 75\n")
 }
 
 /// Waits until `port` sends this instance's banner. A banner without the token means that
@@ -276,10 +272,7 @@ fn wait_ready(master: &mut Child, port: u16, token: &str) -> Result<(), String> 
 /// Once killed, no process of the group can write into the dir that is deleted next.
 fn stop_master(master: &mut Child) {
     let group = format!("-{}", master.id());
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &group])
-        .stderr(Stdio::null())
-        .status();
+    let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
     let _ = master.kill(); // in case it had not yet called setsid()
     let _ = master.wait();
 }
@@ -290,11 +283,7 @@ fn stop_master(master: &mut Child) {
 fn postfix_command(program: impl AsRef<Path>) -> Command {
     let in_sbin = Path::new("/usr/sbin").join(program);
     let program = in_sbin.file_name().unwrap();
-    let mut cmd = Command::new(if in_sbin.exists() {
-        in_sbin.as_os_str()
-    } else {
-        program
-    });
+    let mut cmd = Command::new(if in_sbin.exists() { in_sbin.as_os_str() } else { program });
     cmd.env_remove("LD_LIBRARY_PATH");
     cmd
 }
@@ -303,11 +292,7 @@ fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{stdout}{stderr}",
-        out.status
-    );
+    assert!(out.status.success(), "{cmd:?}: {}\n{stdout}{stderr}", out.status);
     stdout
 }
 

@@ -173,12 +173,9 @@ impl SmtpSink {
     /// longer open is finished, or was deleted (an aborted transaction) and fails to stat.
     fn finished_dumps(&self) -> Vec<PathBuf> {
         let listed = fs::read_dir(self.dump_dir.path()).unwrap().flatten();
-        let dumps: Vec<_> = listed
-            .filter(|e| e.file_name().to_string_lossy().starts_with(DUMP_PREFIX))
-            .collect();
+        let dumps: Vec<_> = listed.filter(|e| e.file_name().to_string_lossy().starts_with(DUMP_PREFIX)).collect();
         let pid = self.child.id();
-        let open = open_files(pid)
-            .unwrap_or_else(|e| panic!("read /proc/{pid}/fd to skip dumps in progress: {e}"));
+        let open = open_files(pid).unwrap_or_else(|e| panic!("read /proc/{pid}/fd to skip dumps in progress: {e}"));
         let mut done: Vec<_> = dumps
             .into_iter()
             .filter_map(|entry| {
@@ -234,10 +231,7 @@ fn parse_dump(mut rest: &[u8]) -> Result<SinkMessage, String> {
 }
 
 fn next_line(rest: &mut &[u8]) -> Result<String, String> {
-    let nl = rest
-        .iter()
-        .position(|&b| b == b'\n')
-        .ok_or("dump ends inside its header")?;
+    let nl = rest.iter().position(|&b| b == b'\n').ok_or("dump ends inside its header")?;
     let line = String::from_utf8_lossy(&rest[..nl]).into_owned();
     *rest = &rest[nl + 1..];
     Ok(line)
