@@ -2,7 +2,6 @@
 //! limits, same instance life), and prints every call's verdict and changes. It is how filter
 //! authors develop: edit, build, `sluice filter-test my.wasm --eml sample.eml`.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,7 +46,6 @@ impl FilterTest {
         let filter = Arc::new(filter);
         let (end_of_data, end_signal) = EndOfData::channel();
         let mut stage = filter.instantiate(&MessageContext { end_of_data: end_signal })?;
-        let mut out = String::new();
 
         let mut events = vec![
             EnvelopeEvent::Connect { peer: self.peer },
@@ -83,7 +81,7 @@ impl FilterTest {
             let reaction = stage.headers(&section).await?;
             let reaction = react(reaction)?;
             println!("{:<10} {} fields -> {}", "headers", section.fields().count(), describe(&reaction.verdict));
-            print_changes(&reaction.header_changes, &mut out);
+            print_changes(&reaction.header_changes);
             for change in &reaction.header_changes {
                 section.apply(change);
             }
@@ -119,7 +117,7 @@ impl FilterTest {
         if decided.is_none() && interests.wants(StageEvent::End) {
             let reaction = react(stage.end().await?)?;
             println!("{:<10} -> {}", "end", describe(&reaction.verdict));
-            print_changes(&reaction.header_changes, &mut out);
+            print_changes(&reaction.header_changes);
             if let BodyOutput::Replace(chunks) = reaction.body {
                 println!("  + appended {} bytes", chunks.iter().map(Bytes::len).sum::<usize>());
                 body_out.extend(chunks);
@@ -192,16 +190,14 @@ fn describe(verdict: &Verdict) -> String {
     }
 }
 
-fn print_changes(changes: &[HeaderChange], out: &mut String) {
+fn print_changes(changes: &[HeaderChange]) {
     for change in changes {
-        out.clear();
-        let _ = match change {
-            HeaderChange::Add { name, value } => write!(out, "  + add header {name}: {value}"),
-            HeaderChange::Prepend { name, value } => write!(out, "  + prepend header {name}: {value}"),
-            HeaderChange::Change { name, index, value } => write!(out, "  ~ change header {name}[{index}]: {value}"),
-            HeaderChange::Remove { name, index: 0 } => write!(out, "  - remove every header {name}"),
-            HeaderChange::Remove { name, index } => write!(out, "  - remove header {name}[{index}]"),
-        };
-        println!("{out}");
+        match change {
+            HeaderChange::Add { name, value } => println!("  + add header {name}: {value}"),
+            HeaderChange::Prepend { name, value } => println!("  + prepend header {name}: {value}"),
+            HeaderChange::Change { name, index, value } => println!("  ~ change header {name}[{index}]: {value}"),
+            HeaderChange::Remove { name, index: 0 } => println!("  - remove every header {name}"),
+            HeaderChange::Remove { name, index } => println!("  - remove header {name}[{index}]"),
+        }
     }
 }

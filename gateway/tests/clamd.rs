@@ -98,9 +98,7 @@ fn clamd_down_or_killed_mid_scan_is_451_and_nothing_is_lost() {
     let gateway = Gateway::builder().section(&clamd_stage(&clamd.address(), "")).start();
     let mut client = gateway.connect();
     client.hello();
-    client.cmd("MAIL FROM:<a@client.test>", 250);
-    client.cmd("RCPT TO:<b@dest.test>", 250);
-    client.cmd("DATA", 354);
+    client.begin_data();
     client.send(&message("killed", 200_000));
     // The scan is under way once clamd has our connection; kill it mid-stream.
     support::poll_until(|| support::open_tcp_connections(clamd.port) > 0, "a scan connection to clamd");

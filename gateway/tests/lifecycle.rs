@@ -58,9 +58,7 @@ fn sigterm_closes_idle_sessions_and_lets_transactions_finish() {
     idle.hello();
     let mut busy = gateway.connect();
     busy.hello();
-    busy.cmd("MAIL FROM:<a@client.test>", 250);
-    busy.cmd("RCPT TO:<b@dest.test>", 250);
-    busy.cmd("DATA", 354);
+    busy.begin_data();
     busy.send(b"Subject: in flight\r\n\r\n");
     let pid = gateway.pid().to_string();
     run_tool("kill", &["-TERM", &pid], None);
@@ -82,9 +80,7 @@ fn sigterm_deadline_closes_stalled_transactions_with_421() {
     let mut gateway = Gateway::builder().server("shutdown_timeout = \"1s\"").start();
     let mut stalled = gateway.connect();
     stalled.hello();
-    stalled.cmd("MAIL FROM:<a@client.test>", 250);
-    stalled.cmd("RCPT TO:<b@dest.test>", 250);
-    stalled.cmd("DATA", 354);
+    stalled.begin_data();
     stalled.send(&message("stalled", 10_000));
     let status = gateway.terminate();
     assert!(status.success(), "{status:?}");

@@ -174,9 +174,7 @@ fn bare_line_feeds_are_normalized_by_default() {
     let gateway = Gateway::start();
     let mut client = gateway.connect();
     client.hello();
-    client.cmd("MAIL FROM:<a@client.test>", 250);
-    client.cmd("RCPT TO:<b@dest.test>", 250);
-    client.cmd("DATA", 354);
+    client.begin_data();
     // "\n.\n" is the smuggling shape: it must neither end DATA nor reach the next hop as is.
     client.send(b"Subject: s\r\n\r\nbefore\n.\nMAIL FROM:<evil@x.test>\r\nafter\r\n.\r\n");
     assert_eq!(client.reply().code, 250);
@@ -190,9 +188,7 @@ fn bare_line_feeds_rejected_when_configured() {
     let gateway = Gateway::builder().server("bare_line_endings = \"reject\"").start();
     let mut client = gateway.connect();
     client.hello();
-    client.cmd("MAIL FROM:<a@client.test>", 250);
-    client.cmd("RCPT TO:<b@dest.test>", 250);
-    client.cmd("DATA", 354);
+    client.begin_data();
     client.send(b"Subject: s\r\n\r\nbare\nlf\r\n.\r\n");
     let reply = client.reply();
     assert_eq!(reply.code, 550, "{}", reply.text());
@@ -210,9 +206,7 @@ fn command_and_data_timeouts_answer_421_and_close() {
     idle.expect_closed();
     let mut stalled = gateway.connect();
     stalled.hello();
-    stalled.cmd("MAIL FROM:<a@client.test>", 250);
-    stalled.cmd("RCPT TO:<b@dest.test>", 250);
-    stalled.cmd("DATA", 354);
+    stalled.begin_data();
     stalled.send(b"Subject: half\r\n");
     assert_eq!(stalled.reply().code, 421);
     stalled.expect_closed();
@@ -250,9 +244,7 @@ fn client_vanishing_mid_data_frees_everything() {
     {
         let mut client = gateway.connect();
         client.hello();
-        client.cmd("MAIL FROM:<a@client.test>", 250);
-        client.cmd("RCPT TO:<b@dest.test>", 250);
-        client.cmd("DATA", 354);
+        client.begin_data();
         client.send(&message("vanish", 200_000));
         // Socket plus spilled spool file: the bytes were read.
         gateway.wait_for_fds_above(baseline + 1);

@@ -123,9 +123,7 @@ fn a_looping_filter_does_not_stall_other_sessions() {
         Gateway::builder().section(&faults("mode = \"loop\"", "cpu_limit = \"3s\"\nmessage_timeout = \"20s\"")).start();
     let mut looping = gateway.connect();
     looping.hello();
-    looping.cmd("MAIL FROM:<a@client.test>", 250);
-    looping.cmd("RCPT TO:<b@dest.test>", 250);
-    looping.cmd("DATA", 354);
+    looping.begin_data();
     looping.send(&message("loop", 5000));
     looping.send(b".\r\n");
     // While the filter spins, plain sessions are served (each NOOP is a round trip).

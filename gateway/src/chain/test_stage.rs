@@ -89,7 +89,7 @@ impl Stage for TestStage {
             reaction.header_changes.push(HeaderChange::Remove { name: name.clone(), index: 0 });
         }
         if let Some((name, value)) = self.config.add_header.as_deref().and_then(field) {
-            reaction.header_changes.push(HeaderChange::Add { name, value });
+            reaction = reaction.add_header(&name, &value);
         }
         Ok(reaction)
     }
@@ -107,7 +107,7 @@ impl Stage for TestStage {
     async fn end(&mut self) -> Result<Reaction, StageError> {
         let mut reaction = Reaction::verdict(self.at(StageEvent::End, None).await?);
         if let Some((name, value)) = self.config.end_header.as_deref().and_then(field) {
-            reaction.header_changes.push(HeaderChange::Add { name, value });
+            reaction = reaction.add_header(&name, &value);
         }
         if let Some(text) = &self.config.append {
             reaction.body = BodyOutput::Replace(vec![Bytes::from(text.clone())]);

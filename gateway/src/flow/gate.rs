@@ -1,11 +1,10 @@
 //! The shared side of flow control: `FlowHandle` wraps one session's `FlowController` for the
 //! stage tasks that report into it and the reader that waits on it. The read gate is written only
 //! here, from the controller's actions; everything else can only wait for it to open.
-//! `FlowRegistry` keeps the gateway-wide counters and every live session's flow state for the
-//! admin API and logs.
+//! `FlowRegistry` makes the handles and keeps the gateway-wide counters; the session book
+//! (`crate::sessions`) lists each session's flow state for the admin API.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::counter::Counter;
 
@@ -47,7 +46,6 @@ pub struct FlowReport {
     pub pauses: u64,
     pub resumes: u64,
     pub paused_now: u64,
-    pub sessions: Vec<SessionFlow>,
 }
 
 struct Inner {
@@ -166,42 +164,34 @@ impl Drop for FlowHandle {
     }
 }
 
-/// All sessions' flow state plus the gateway-wide counters.
+/// Makes the sessions' flow handles and keeps the gateway-wide counters. Each session's state
+/// (`FlowHandle::snapshot`) is listed by the session book (`crate::sessions`).
 #[derive(Default)]
 pub struct FlowRegistry {
     stats: Arc<FlowStats>,
-    sessions: Mutex<BTreeMap<u64, Weak<FlowHandle>>>,
 }
 
 impl FlowRegistry {
     /// A registry counting into these (shared) counters.
     pub fn with_stats(stats: FlowStats) -> FlowRegistry {
-        FlowRegistry { stats: Arc::new(stats), sessions: Mutex::default() }
+        FlowRegistry { stats: Arc::new(stats) }
     }
 
-    /// A flow handle for a new session, registered until it is dropped.
+    /// A flow handle for a new session.
     pub fn open(&self, session: u64, marks: Watermarks) -> Arc<FlowHandle> {
-        let handle = Arc::new(FlowHandle {
+        Arc::new(FlowHandle {
             session,
             inner: Mutex::new(Inner { controller: FlowController::new(marks), inbox_names: Vec::new(), generation: 0 }),
             gate: watch::Sender::new(Gate::Open),
             stats: self.stats.clone(),
-        });
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.retain(|_, weak| weak.strong_count() > 0);
-        sessions.insert(session, Arc::downgrade(&handle));
-        handle
+        })
     }
 
-    /// The counters and every live session's state: what the admin API serves.
+    /// The gateway-wide counters.
     pub fn report(&self) -> FlowReport {
-        let sessions: Vec<SessionFlow> = {
-            let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-            sessions.values().filter_map(Weak::upgrade).map(|handle| handle.snapshot()).collect()
-        };
         let pauses = self.stats.pauses.get();
         let resumes = self.stats.resumes.get();
-        FlowReport { pauses, resumes, paused_now: pauses.saturating_sub(resumes), sessions }
+        FlowReport { pauses, resumes, paused_now: pauses.saturating_sub(resumes) }
     }
 }
 
@@ -217,8 +207,8 @@ mod tests {
         message.report(FlowEvent::Queued { inbox: 0, bytes: 150 });
         let report = registry.report();
         assert_eq!((report.pauses, report.resumes, report.paused_now), (1, 0, 1));
-        assert_eq!(report.sessions[0].paused_by.as_deref(), Some("slow"));
-        assert_eq!(report.sessions[0].queued, vec![("slow".to_string(), 150), ("spool".to_string(), 0)]);
+        assert_eq!(flow.snapshot().paused_by.as_deref(), Some("slow"));
+        assert_eq!(flow.snapshot().queued, vec![("slow".to_string(), 150), ("spool".to_string(), 0)]);
         let waiter = {
             let flow = flow.clone();
             tokio::spawn(async move { flow.wait_readable().await })
@@ -234,7 +224,7 @@ mod tests {
         message.report(FlowEvent::Queued { inbox: 1, bytes: 1 << 20 });
         message.report(FlowEvent::InboxGone { inbox: 0 });
         next.report(FlowEvent::Queued { inbox: 0, bytes: 10 });
-        assert_eq!(registry.report().sessions[0].queued, vec![("spool".to_string(), 10)]);
+        assert_eq!(flow.snapshot().queued, vec![("spool".to_string(), 10)]);
     }
 
     #[test]
@@ -247,6 +237,5 @@ mod tests {
         drop((flow, message));
         let report = registry.report();
         assert_eq!((report.pauses, report.resumes, report.paused_now), (1, 1, 0));
-        assert!(report.sessions.is_empty());
     }
 }

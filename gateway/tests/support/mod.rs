@@ -334,6 +334,13 @@ impl SmtpClient {
         self.cmd("EHLO client.test", 250);
     }
 
+    /// MAIL a@client.test, RCPT b@dest.test, DATA: ready for content.
+    pub fn begin_data(&mut self) {
+        self.cmd("MAIL FROM:<a@client.test>", 250);
+        self.cmd("RCPT TO:<b@dest.test>", 250);
+        self.cmd("DATA", 354);
+    }
+
     /// A full DATA transaction; returns the final reply.
     pub fn send_message(&mut self, from: &str, to: &[&str], content: &[u8]) -> ClientReply {
         self.cmd(&format!("MAIL FROM:<{from}>"), 250);
