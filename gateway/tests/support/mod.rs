@@ -6,6 +6,7 @@
 
 pub mod clamd;
 pub mod postfix;
+pub mod scripted_hop;
 pub mod sink;
 
 use std::io::{BufRead, BufReader, Read, Write};
