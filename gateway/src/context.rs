@@ -79,6 +79,7 @@ impl Context {
                 Some(Arc::new(maildir))
             }
         };
+        let relay_pool = Arc::new(RelayPool::new(metrics.relay_idle.clone()));
         let flow_stats = FlowStats { pauses: metrics.flow_pauses.clone(), resumes: metrics.flow_resumes.clone() };
         Ok(Context {
             session: SessionConfig {
@@ -98,7 +99,7 @@ impl Context {
             loaded: RwLock::new(Loaded { chain: Arc::new(chain), generation: 1 }),
             reloading: tokio::sync::Mutex::new(()),
             relay,
-            relay_pool: Arc::default(),
+            relay_pool,
             maildir,
             spool_memory: usize::try_from(config.spool.memory_limit.0).unwrap_or(usize::MAX),
             spool_directory: config.spool.directory.clone(),
@@ -150,6 +151,11 @@ impl Context {
             (None, Some(maildir)) => NextHop::Maildir(maildir.clone()),
             (None, None) => unreachable!("Context::from_config sets a relay or a maildir"),
         }
+    }
+
+    /// At shutdown, after the last session: idle next-hop connections say QUIT and close.
+    pub async fn close_relay_pool(&self) {
+        self.relay_pool.close().await;
     }
 
     pub fn spool(&self) -> Spool {

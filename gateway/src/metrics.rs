@@ -1,6 +1,6 @@
 //! The gateway's metrics, in one Prometheus registry (`prometheus-client`): sessions,
 //! transactions by result, bytes, per-stage calls / verdicts / failures / latency, flow pauses and
-//! resumes, relay replies and latency, chain generation, wasm instantiation time. The same
+//! resumes, relay replies and latency, idle next-hop connections, chain generation, wasm instantiation time. The same
 //! counters feed `/stats`.
 
 use std::time::Duration;
@@ -60,6 +60,7 @@ pub struct Metrics {
     pub flow_paused_now: Gauge,
     pub relay_replies: Family<ClassLabel, Counter>,
     pub relay_latency: Histogram,
+    pub relay_idle: Gauge,
     pub chain_generation: Gauge,
     pub wasm_instantiation: Histogram,
 }
@@ -82,6 +83,7 @@ impl Default for Metrics {
             flow_paused_now: Gauge::default(),
             relay_replies: Family::default(),
             relay_latency: latency(),
+            relay_idle: Gauge::default(),
             chain_generation: Gauge::default(),
             wasm_instantiation: latency(),
             registry: Registry::default(),
@@ -100,6 +102,11 @@ impl Default for Metrics {
         registry.register("flow_paused_now", "Sessions paused now", metrics.flow_paused_now.clone());
         registry.register("relay_replies", "Next-hop final replies by class", metrics.relay_replies.clone());
         registry.register("relay_seconds", "Time to deliver to the next hop", metrics.relay_latency.clone());
+        registry.register(
+            "relay_idle_connections",
+            "Idle next-hop connections kept for reuse now",
+            metrics.relay_idle.clone(),
+        );
         registry.register(
             "chain_generation",
             "Generation of the loaded chain (1 at start, +1 per reload)",
@@ -183,6 +190,7 @@ mod tests {
             "sluice_stage_calls_total{stage=\"av\"} 1",
             "sluice_stage_failures_total{stage=\"av\",cause=\"timeout\"} 1",
             "sluice_relay_replies_total{class=\"2xx\"} 1",
+            "sluice_relay_idle_connections 0",
             "sluice_stage_call_seconds_bucket",
             "# EOF",
         ] {

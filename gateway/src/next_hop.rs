@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::maildir::Maildir;
+pub use crate::relay::Delivery;
 use crate::relay::RelayClient;
 use crate::smtp::command::MailParams;
 use crate::smtp::reply::Reply;
@@ -29,17 +32,20 @@ impl NextHop {
         }
     }
 
-    /// Delivers the spooled content; the reply is final for the message.
-    pub async fn deliver(&mut self, mail_from: &str, spool: &mut Spool) -> Reply {
+    /// Delivers the spooled content. `abandon` (the shutdown deadline) may cut a relay transfer
+    /// before its final dot (see `RelayClient::data`); a maildir delivery is local and
+    /// all-or-nothing (a rename), so it is never cut: cutting it could lose the reply to a
+    /// message already delivered.
+    pub async fn deliver(&mut self, mail_from: &str, spool: &mut Spool, abandon: &CancellationToken) -> Delivery {
         match self {
-            NextHop::Relay(relay) => relay.data(spool).await,
-            NextHop::Maildir(maildir) => match maildir.deliver(mail_from, spool).await {
+            NextHop::Relay(relay) => relay.data(spool, abandon).await,
+            NextHop::Maildir(maildir) => Delivery::Answered(match maildir.deliver(mail_from, spool).await {
                 Ok(name) => Reply::new(250, "2.0.0", format!("Ok: delivered as {name}")),
                 Err(err) => {
                     tracing::error!(target: "sluice::relay", error = %err, "maildir delivery failed; check the [maildir] path and free space");
                     Reply::new(451, "4.3.0", "Local delivery failed; try again later")
                 }
-            },
+            }),
         }
     }
 
@@ -49,7 +55,7 @@ impl NextHop {
         }
     }
 
-    /// The client session ended (its transaction, if any, was reset).
+    /// The client session ended; a transaction still open is dropped with the connection.
     pub fn release(&mut self) {
         if let NextHop::Relay(relay) = self {
             relay.release();

@@ -71,9 +71,16 @@ pub struct Server {
     max_sessions_per_ip: usize,
     per_ip: Arc<PerIpLimit>,
     shutdown_timeout: Duration,
+    /// After the shutdown deadline: what a session may still need — a delivery past its final
+    /// dot waits for the next hop's answer (bounded by relay.command_timeout), then writes it.
+    last_delivery: Duration,
     shutdown: Shutdown,
     tasks: TaskTracker,
 }
+
+/// Beyond the next hop's answer, the time a session gets after the deadline to write its last
+/// reply to the client.
+const LAST_REPLY_WRITE: Duration = Duration::from_secs(10);
 
 impl Server {
     pub async fn bind(config: &Config, context: Arc<Context>) -> anyhow::Result<Server> {
@@ -92,6 +99,8 @@ impl Server {
             max_sessions_per_ip: config.server.max_sessions_per_ip,
             per_ip: Arc::default(),
             shutdown_timeout: config.server.shutdown_timeout.0,
+            last_delivery: config.relay.as_ref().map_or(Duration::ZERO, |relay| relay.command_timeout.0)
+                + LAST_REPLY_WRITE,
             shutdown: Shutdown::default(),
             tasks: TaskTracker::new(),
         })
@@ -103,7 +112,9 @@ impl Server {
     }
 
     /// Serves until `stop` resolves, then drains: idle sessions close at once, the rest get
-    /// `shutdown_timeout` to finish before they are closed with 421.
+    /// `shutdown_timeout` to finish before they are closed with 421 — all but deliveries past
+    /// their final dot, which get the next hop's answer first (`RelayClient::data`). So the
+    /// process exits within `shutdown_timeout` plus one bounded delivery, enforced here too.
     pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
         // Each accept task owns its listener, so the port closes as soon as draining begins.
         let listeners = std::mem::take(&mut self.listeners);
@@ -141,8 +152,12 @@ impl Server {
         if timeout(server.shutdown_timeout, server.tasks.wait()).await.is_err() {
             warn!(target: "sluice::smtp", sessions = server.tasks.len(), "grace period over; closing remaining sessions with 421");
             server.shutdown.deadline.cancel();
-            server.tasks.wait().await;
+            if timeout(server.last_delivery, server.tasks.wait()).await.is_err() {
+                // Every wait of a session is bounded, so this is a bug's safety net.
+                warn!(target: "sluice::smtp", sessions = server.tasks.len(), "sessions still running past every bound; stopping anyway");
+            }
         }
+        server.context.close_relay_pool().await;
         let flow = server.context.flows.report();
         info!(target: "sluice::smtp", flow_pauses = flow.pauses, flow_resumes = flow.resumes, "stopped");
     }

@@ -2,16 +2,22 @@
 //! transaction: MAIL and RCPT are passed on as they arrive (so the next hop's per-recipient answers
 //! reach the client), and the content is sent at end of data; the client's 250 is the next hop's.
 //! Any failure to reach or hear the next hop becomes 451 4.4.1: the client keeps the message.
+//! The connection's state is a `Link` (ready / in flight / broken); the shutdown deadline's rule
+//! for deliveries lives in `RelayClient::data`.
 
+mod link;
 mod pool;
 mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::smtp::command::{BodyType, MailParams};
 use crate::smtp::reply::Reply;
 use crate::spool::Spool;
+use link::{Exchange, Link};
 pub use pool::RelayPool;
 use wire::Wire;
 
@@ -21,6 +27,8 @@ pub enum RelayError {
     Connect(std::io::Error),
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
+    #[error("next hop stopped reading while we sent {0}")]
+    Stalled(&'static str),
     #[error("connection error: {0}")]
     Io(std::io::Error),
     #[error("connection closed by next hop")]
@@ -48,16 +56,42 @@ struct Accepted {
     rcpts: Vec<String>,
 }
 
+/// How a delivery ended.
+#[derive(Debug)]
+pub enum Delivery {
+    /// The final answer for the message: the next hop's, or ours for it (451 when it could not
+    /// be reached or heard, or answered out of protocol).
+    Answered(Reply),
+    /// The shutdown deadline came before the final dot: the next hop has nothing, and the
+    /// connection was dropped mid-stream.
+    Abandoned,
+}
+
+/// Where the DATA command left the transfer.
+enum Started {
+    /// 354: the data stream is open on this connection.
+    Streaming(Wire),
+    /// Anything else: the message's answer, and the connection is gone.
+    Refused(Reply),
+}
+
+/// Where sending the message left the transfer.
+enum Sent {
+    /// The final dot is out on this connection: only its reply is missing.
+    Dot(Wire),
+    Refused(Reply),
+}
+
 pub struct RelayClient {
     settings: RelaySettings,
     pool: Arc<RelayPool>,
-    wire: Option<Wire>,
+    link: Link<Wire>,
     accepted: Accepted,
 }
 
 impl RelayClient {
     pub fn new(settings: RelaySettings, pool: Arc<RelayPool>) -> RelayClient {
-        RelayClient { settings, pool, wire: None, accepted: Accepted::default() }
+        RelayClient { settings, pool, link: Link::Broken, accepted: Accepted::default() }
     }
 
     fn unavailable(&self, err: &RelayError) -> Reply {
@@ -92,7 +126,12 @@ impl RelayClient {
     /// Passes MAIL FROM on, on this session's connection, a parked one, or a new one.
     pub async fn mail(&mut self, from: &str, params: &MailParams) -> Reply {
         self.accepted = Accepted::default();
-        if let Some(wire) = self.wire.take().or_else(|| self.pool.take()) {
+        // A transaction still open here was never ended: its connection is not reused.
+        let kept = match self.link.take() {
+            Link::Ready(wire) => Some(wire),
+            Link::InFlight(_) | Link::Broken => self.pool.take().await,
+        };
+        if let Some(wire) = kept {
             // A kept connection may have been closed by the next hop meanwhile: then start over.
             match self.mail_on(wire, from, params).await {
                 Err(RelayError::Io(_) | RelayError::Closed) => {
@@ -114,12 +153,12 @@ impl RelayClient {
         }
     }
 
-    /// Sends MAIL on `wire`, keeping the connection unless it failed or is closing.
+    /// Sends MAIL on `wire` and moves the link on.
     async fn mail_on(&mut self, mut wire: Wire, from: &str, params: &MailParams) -> Result<Reply, RelayError> {
         let line = match Self::mail_line(&wire, from, params) {
             Ok(line) => line,
             Err(reply) => {
-                self.wire = Some(wire);
+                self.link = Link::Ready(wire);
                 return Ok(reply);
             }
         };
@@ -127,15 +166,17 @@ impl RelayClient {
         if reply.is_positive() {
             self.accepted.mail = Some(line);
         }
-        if reply.code != 421 {
-            self.wire = Some(wire);
-        }
+        self.link = Link::after(Exchange::Mail, wire, &reply);
         Ok(reply)
     }
 
     pub async fn rcpt(&mut self, to: &str) -> Reply {
-        let Some(wire) = self.wire.as_mut() else {
-            return self.unavailable(&RelayError::Closed);
+        let mut wire = match self.link.take() {
+            Link::InFlight(wire) => wire,
+            other => {
+                self.link = other;
+                return self.unavailable(&RelayError::Closed);
+            }
         };
         let line = format!("RCPT TO:<{to}>");
         match wire.command(&line, "RCPT").await {
@@ -143,106 +184,141 @@ impl RelayClient {
                 if reply.is_positive() {
                     self.accepted.rcpts.push(line);
                 }
+                self.link = Link::after(Exchange::Rcpt, wire, &reply);
                 reply
             }
-            Err(err) => {
-                self.wire = None;
-                self.unavailable(&err)
-            }
+            Err(err) => self.unavailable(&err),
         }
     }
 
-    /// Sends the content; the reply is the next hop's final answer for the message.
-    pub async fn data(&mut self, spool: &mut Spool) -> Reply {
-        let result = match self.start_data().await {
-            Ok(Ok(())) => match self.wire.as_mut() {
-                Some(wire) => wire.send_content(spool).await,
-                None => Err(RelayError::Closed),
-            },
-            Ok(Err(reply)) => Ok(reply),
-            Err(err) => Err(err),
+    /// Sends the content; the answer is final for the message. This is where the shutdown
+    /// deadline (`abandon`) meets a delivery, and the rule is: until the final dot is sent the
+    /// transfer is abandoned when it fires — the connection, mid-stream, is dropped with it and
+    /// the next hop has nothing (never RSET inside a data stream). Once the dot is sent the next
+    /// hop may have the message, so its answer is awaited whatever the deadline (bounded by
+    /// `command_timeout`) and passed on: a 421 there would make the client send it twice.
+    pub async fn data(&mut self, spool: &mut Spool, abandon: &CancellationToken) -> Delivery {
+        let sent = tokio::select! {
+            sent = self.send_message(spool) => Some(sent),
+            _ = abandon.cancelled() => None,
         };
         self.accepted = Accepted::default();
-        match result {
-            Ok(reply) => {
-                if reply.code == 421 {
-                    self.wire = None;
+        let reply = match sent {
+            None => {
+                tracing::info!(target: "sluice::relay", "shutdown deadline before the final dot: next-hop connection dropped");
+                return Delivery::Abandoned;
+            }
+            Some(Ok(Sent::Dot(mut wire))) => match wire.read_reply("end of data").await {
+                Ok(reply) => {
+                    self.link = Link::after(Exchange::EndOfData, wire, &reply);
+                    reply
                 }
-                reply
-            }
-            Err(err) => {
-                self.wire = None;
-                self.unavailable(&err)
-            }
-        }
+                Err(err) => self.unavailable(&err),
+            },
+            Some(Ok(Sent::Refused(reply))) => reply,
+            Some(Err(err)) => self.unavailable(&err),
+        };
+        Delivery::Answered(reply)
+    }
+
+    /// DATA, the content and the final dot. The connection is owned here while the stream is
+    /// open, so dropping this future (the deadline) drops the connection.
+    async fn send_message(&mut self, spool: &mut Spool) -> Result<Sent, RelayError> {
+        let mut wire = match self.start_data().await? {
+            Started::Streaming(wire) => wire,
+            Started::Refused(reply) => return Ok(Sent::Refused(reply)),
+        };
+        wire.send_content(spool).await?;
+        Ok(Sent::Dot(wire))
     }
 
     /// Sends DATA; if the connection died while the client was sending (idle timeouts of the next
     /// hop), reconnects once and replays the accepted envelope, pipelined when offered.
-    async fn start_data(&mut self) -> Result<Result<(), Reply>, RelayError> {
-        if let Some(wire) = self.wire.as_mut() {
+    async fn start_data(&mut self) -> Result<Started, RelayError> {
+        if let Link::InFlight(mut wire) = self.link.take() {
             match wire.command("DATA", "DATA").await {
-                Ok(reply) if reply.code == 354 => return Ok(Ok(())),
-                Ok(reply) if reply.code != 421 => return Ok(Err(reply)),
+                Ok(reply) if reply.code != 421 => return Ok(self.data_answer(wire, reply)),
                 Ok(_) | Err(RelayError::Io(_) | RelayError::Closed) => {
                     tracing::info!(target: "sluice::relay", "next hop connection lost before DATA; reconnecting");
                 }
                 Err(err) => return Err(err),
             }
         }
-        self.wire = None;
         let mut wire = self.connect().await?;
         let mail = self.accepted.mail.clone().ok_or(RelayError::Closed)?;
         let mut lines = vec![mail];
         lines.extend(self.accepted.rcpts.iter().cloned());
-        lines.push("DATA".into());
         if wire.extensions.pipelining {
             for line in &lines {
                 wire.send(line).await?;
             }
+            wire.send("DATA").await?;
             wire.flush().await?;
         }
-        let mut failure = None;
-        for (i, line) in lines.iter().enumerate() {
+        let mut changed = None;
+        for line in &lines {
             if !wire.extensions.pipelining {
-                if failure.is_some() {
+                if changed.is_some() {
                     break;
                 }
                 wire.send(line).await?;
                 wire.flush().await?;
             }
             let reply = wire.read_reply("replayed envelope").await?;
-            let expected = if i + 1 == lines.len() { 354 } else { 250 };
-            if reply.code != expected && failure.is_none() {
-                failure = Some(reply);
+            if reply.code != 250 && changed.is_none() {
+                changed = Some(reply);
             }
         }
-        if let Some(reply) = failure {
+        if let Some(reply) = changed {
+            // The connection is dropped here, whatever the pipelined DATA got.
             tracing::warn!(target: "sluice::relay", reply = %reply, "next hop refused the replayed envelope");
-            self.wire = None;
-            return Ok(Err(Reply::new(451, "4.4.1", "Next hop changed its answer; try again later")));
+            return Ok(Started::Refused(Reply::new(451, "4.4.1", "Next hop changed its answer; try again later")));
         }
-        self.wire = Some(wire);
-        Ok(Ok(()))
+        let reply = match wire.extensions.pipelining {
+            true => wire.read_reply("DATA").await?,
+            false => wire.command("DATA", "DATA").await?,
+        };
+        Ok(self.data_answer(wire, reply))
     }
 
-    /// Abandons the next hop's transaction (client RSET, refused content, vanished client).
+    /// The answer to DATA: 354 opens the stream; any other is never the message's answer. A
+    /// refusal (4xx/5xx) is passed on, anything else is a protocol error (451 4.4.0); either way
+    /// the link is broken and the connection dropped, never pooled.
+    fn data_answer(&self, wire: Wire, reply: Reply) -> Started {
+        if let Link::InFlight(wire) = Link::after(Exchange::Data, wire, &reply) {
+            return Started::Streaming(wire);
+        }
+        tracing::warn!(target: "sluice::relay", reply = %reply, "next hop did not answer DATA with 354; connection dropped");
+        Started::Refused(match reply.code {
+            // Its "closing" is about its connection, not about our session with the client.
+            421 => self.unavailable(&RelayError::Closed),
+            400..=599 => reply,
+            _ => Reply::new(451, "4.4.0", "Next hop protocol error; try again later"),
+        })
+    }
+
+    /// Ends the next hop's transaction between commands (client RSET, content refused by the
+    /// chain) with RSET, so the connection serves the next one. Never used inside a data stream:
+    /// those are owned by `data` and dropped if abandoned.
     pub async fn reset(&mut self) {
         self.accepted = Accepted::default();
-        if let Some(wire) = self.wire.as_mut() {
-            match wire.command("RSET", "RSET").await {
-                Ok(reply) if reply.is_positive() => {}
-                _ => self.wire = None,
+        match self.link.take() {
+            Link::InFlight(mut wire) => {
+                if let Ok(reply) = wire.command("RSET", "RSET").await {
+                    self.link = Link::after(Exchange::Rset, wire, &reply);
+                }
             }
+            other => self.link = other,
         }
     }
 
-    /// The client session ended: park the connection for another session.
+    /// The client session ended. A connection between transactions is parked for another
+    /// session; one with a transaction still open (the session was cut short: client gone,
+    /// shutdown deadline) is closed rather than reset, so ending a session never waits on the
+    /// next hop.
     pub fn release(&mut self) {
-        if let Some(wire) = self.wire.take() {
-            if self.accepted.mail.is_none() {
-                self.pool.give(wire);
-            }
+        if let Link::Ready(wire) = self.link.take() {
+            self.pool.give(wire);
         }
     }
 }

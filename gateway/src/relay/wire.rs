@@ -15,6 +15,8 @@ use crate::spool::Spool;
 /// A reply line longer than this, or a reply with more lines, is a protocol error.
 const MAX_REPLY_LINE: u64 = 4096;
 const MAX_REPLY_LINES: usize = 200;
+/// Largest single write call: each one is bounded by the command timeout.
+const WRITE_PIECE: usize = 64 * 1024;
 
 /// What the next hop offered in its EHLO reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -45,30 +47,36 @@ impl Extensions {
 pub struct Wire {
     reader: BufReader<OwnedReadHalf>,
     writer: BufWriter<OwnedWriteHalf>,
-    reply_timeout: Duration,
+    /// Bound on each reply and on each write call: a next hop that makes no progress for this
+    /// long (silent, or no longer reading) fails the exchange.
+    command_timeout: Duration,
     pub extensions: Extensions,
 }
 
 impl Wire {
+    fn new(stream: TcpStream, command_timeout: Duration) -> Wire {
+        let (read, write) = stream.into_split();
+        Wire {
+            reader: BufReader::with_capacity(16 * 1024, read),
+            writer: BufWriter::with_capacity(64 * 1024, write),
+            command_timeout,
+            extensions: Extensions::default(),
+        }
+    }
+
     /// Connects, reads the greeting and introduces us with EHLO (HELO if EHLO is refused).
     pub async fn open(
         address: &str,
         helo: &str,
         connect: Duration,
-        reply_timeout: Duration,
+        command_timeout: Duration,
     ) -> Result<Wire, RelayError> {
         let stream = timeout(connect, TcpStream::connect(address))
             .await
             .map_err(|_| RelayError::Timeout("connect"))?
             .map_err(RelayError::Connect)?;
         stream.set_nodelay(true).map_err(RelayError::Io)?;
-        let (read, write) = stream.into_split();
-        let mut wire = Wire {
-            reader: BufReader::with_capacity(16 * 1024, read),
-            writer: BufWriter::with_capacity(64 * 1024, write),
-            reply_timeout,
-            extensions: Extensions::default(),
-        };
+        let mut wire = Wire::new(stream, command_timeout);
         let greeting = wire.read_reply("greeting").await?;
         if greeting.code != 220 {
             return Err(RelayError::Refused(greeting));
@@ -85,14 +93,28 @@ impl Wire {
         Ok(wire)
     }
 
+    /// Writes `bytes` in pieces, each bounded by the command timeout: "no progress for
+    /// command_timeout" fails, however long the whole transfer takes.
+    async fn write(&mut self, bytes: &[u8], what: &'static str) -> Result<(), RelayError> {
+        for piece in bytes.chunks(WRITE_PIECE) {
+            timeout(self.command_timeout, self.writer.write_all(piece))
+                .await
+                .map_err(|_| RelayError::Stalled(what))?
+                .map_err(RelayError::Io)?;
+        }
+        Ok(())
+    }
+
     /// Queues a command line without flushing (for pipelining).
     pub async fn send(&mut self, line: &str) -> Result<(), RelayError> {
-        self.writer.write_all(line.as_bytes()).await.map_err(RelayError::Io)?;
-        self.writer.write_all(b"\r\n").await.map_err(RelayError::Io)
+        self.write(format!("{line}\r\n").as_bytes(), "a command").await
     }
 
     pub async fn flush(&mut self) -> Result<(), RelayError> {
-        self.writer.flush().await.map_err(RelayError::Io)
+        timeout(self.command_timeout, self.writer.flush())
+            .await
+            .map_err(|_| RelayError::Stalled("a flush"))?
+            .map_err(RelayError::Io)
     }
 
     /// Sends one command and waits for its reply.
@@ -102,9 +124,9 @@ impl Wire {
         self.read_reply(what).await
     }
 
-    /// Reads one (possibly multi-line) reply within the reply timeout.
+    /// Reads one (possibly multi-line) reply within the command timeout.
     pub async fn read_reply(&mut self, what: &'static str) -> Result<Reply, RelayError> {
-        timeout(self.reply_timeout, self.read_reply_lines()).await.map_err(|_| RelayError::Timeout(what))?
+        timeout(self.command_timeout, self.read_reply_lines()).await.map_err(|_| RelayError::Timeout(what))?
     }
 
     async fn read_reply_lines(&mut self) -> Result<Reply, RelayError> {
@@ -128,37 +150,76 @@ impl Wire {
         }
     }
 
-    /// Sends the spooled content dot-stuffed, then the terminating `.`; returns the final reply.
-    pub async fn send_content(&mut self, spool: &mut Spool) -> Result<Reply, RelayError> {
+    /// Sends the spooled content dot-stuffed, then the terminating `.`, and flushes. The reply
+    /// is read by the caller: from here on the next hop may have the message.
+    pub async fn send_content(&mut self, spool: &mut Spool) -> Result<(), RelayError> {
         let mut stuffer = DotStuffer::default();
         let mut reader = spool.reader().await.map_err(RelayError::Spool)?;
         let mut out = Vec::with_capacity(80 * 1024);
         while let Some(chunk) = reader.next_chunk().await.map_err(RelayError::Spool)? {
             out.clear();
             stuffer.stuff(chunk, &mut out);
-            self.writer.write_all(&out).await.map_err(RelayError::Io)?;
+            self.write(&out, "the content").await?;
         }
-        let terminator: &[u8] = if stuffer.at_line_start { b".\r\n" } else { b"\r\n.\r\n" };
-        self.writer.write_all(terminator).await.map_err(RelayError::Io)?;
-        self.flush().await?;
-        self.read_reply("end of data").await
+        self.write(stuffer.terminator(), "the content").await?;
+        self.flush().await
+    }
+
+    /// Resolves when the next hop closes the connection or sends anything unasked (an MTA's idle
+    /// timeout is a 421, then a close): either way the connection is done. Consumes nothing, so
+    /// it can be raced with other events and the connection used afterwards.
+    pub async fn hung_up(&mut self) {
+        let _ = self.reader.fill_buf().await;
+    }
+
+    /// Ends the session politely: QUIT, and its reply awaited (RFC 5321 4.1.1.10), both bounded.
+    pub async fn quit(mut self) -> Result<Reply, RelayError> {
+        self.command("QUIT", "QUIT").await
+    }
+
+    /// QUIT without waiting for the reply: for when the gateway itself is stopping.
+    pub async fn quit_now(mut self) -> Result<(), RelayError> {
+        self.send("QUIT").await?;
+        self.flush().await
     }
 }
 
-/// Adds the transparency dot (RFC 5321 §4.5.2) to lines starting with '.', across chunk edges.
+/// Adds the transparency dot (RFC 5321 §4.5.2) to lines starting with '.', across chunk edges,
+/// and picks the terminator that makes the stream end in CRLF.CRLF whatever the content's end.
 #[derive(Debug)]
 struct DotStuffer {
     at_line_start: bool,
+    /// The stream so far ends in CRLF (at first: the DATA command's).
+    after_crlf: bool,
+    last_was_cr: bool,
 }
 
 impl Default for DotStuffer {
     fn default() -> Self {
-        DotStuffer { at_line_start: true }
+        DotStuffer { at_line_start: true, after_crlf: true, last_was_cr: false }
     }
 }
 
 impl DotStuffer {
-    fn stuff(&mut self, mut chunk: &[u8], out: &mut Vec<u8>) {
+    /// `.CRLF` after content ending in CRLF; otherwise (a bare LF or CR, or no line end at all)
+    /// CRLF first, so a lenient next hop cannot see the end of data anywhere else.
+    fn terminator(&self) -> &'static [u8] {
+        if self.after_crlf {
+            b".\r\n"
+        } else {
+            b"\r\n.\r\n"
+        }
+    }
+
+    fn stuff(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        if let Some(&last) = chunk.last() {
+            self.after_crlf = chunk.ends_with(b"\r\n") || (chunk == b"\n" && self.last_was_cr);
+            self.last_was_cr = last == b'\r';
+        }
+        self.stuff_dots(chunk, out);
+    }
+
+    fn stuff_dots(&mut self, mut chunk: &[u8], out: &mut Vec<u8>) {
         while !chunk.is_empty() {
             if self.at_line_start && chunk[0] == b'.' {
                 out.push(b'.');
@@ -197,6 +258,50 @@ mod tests {
         assert_eq!(stuff(&[b".a\r\n.\r\n..\r\nx.\r\n"]), b"..a\r\n..\r\n...\r\nx.\r\n");
         assert_eq!(stuff(&[b"a\r", b"\n", b".b\r\n"]), b"a\r\n..b\r\n");
         assert_eq!(stuff(&[b"a\r\n", b".", b".\r\n"]), b"a\r\n...\r\n");
+    }
+
+    #[tokio::test]
+    async fn content_ending_in_a_bare_lf_is_terminated_with_crlf_dot_crlf() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let hop = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.ends_with(b".\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed before the dot");
+                got.extend_from_slice(&buf[..n]);
+            }
+            stream.write_all(b"250 2.0.0 Ok\r\n").await.unwrap();
+            got
+        });
+        let stream = TcpStream::connect(address).await.unwrap();
+        let mut wire = Wire::new(stream, Duration::from_secs(30));
+        let mut spool = Spool::new(1024, None);
+        spool.write(b"Subject: x\r\n\r\nbare lf\n").await.unwrap();
+        wire.send_content(&mut spool).await.unwrap();
+        assert_eq!(wire.read_reply("end of data").await.unwrap().code, 250);
+        assert_eq!(hop.await.unwrap(), b"Subject: x\r\n\r\nbare lf\n\r\n.\r\n");
+    }
+
+    #[test]
+    fn the_terminator_always_completes_crlf_dot_crlf() {
+        let terminator = |pieces: &[&[u8]]| {
+            let mut stuffer = DotStuffer::default();
+            for piece in pieces {
+                stuffer.stuff(piece, &mut Vec::new());
+            }
+            stuffer.terminator()
+        };
+        assert_eq!(terminator(&[]), b".\r\n");
+        assert_eq!(terminator(&[b"a\r\n"]), b".\r\n");
+        assert_eq!(terminator(&[b"a\r", b"\n", b""]), b".\r\n");
+        assert_eq!(terminator(&[b"a\n"]), b"\r\n.\r\n");
+        assert_eq!(terminator(&[b"a\r\n", b"\n"]), b"\r\n.\r\n");
+        assert_eq!(terminator(&[b"a\r"]), b"\r\n.\r\n");
+        assert_eq!(terminator(&[b"a"]), b"\r\n.\r\n");
     }
 
     #[test]

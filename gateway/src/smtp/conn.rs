@@ -3,6 +3,7 @@
 //! input: RFC 2920 pipelining), runs envelope commands through the chain and the next hop, and
 //! feeds message bytes into the chain. It decides nothing about the protocol or about flow.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,8 +12,10 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::command::MailParams;
 use super::reply::Reply;
 use super::session::{Envelope, Phase, Request, Session, Step};
 use crate::chain::runner::{ContentOutcome, ContentRun};
@@ -20,7 +23,7 @@ use crate::chain::stage::Verdict;
 use crate::chain::{Chain, EnvelopeOutcome, Transaction};
 use crate::context::Context;
 use crate::flow::gate::FlowHandle;
-use crate::next_hop::NextHop;
+use crate::next_hop::{Delivery, NextHop};
 use crate::server::Shutdown;
 use crate::sessions::Listing;
 
@@ -94,12 +97,7 @@ impl Connection {
                     None => warn!(target: "sluice::smtp", "message bytes outside a transaction dropped"),
                 },
                 Step::Request(request) => {
-                    let deadline = self.shutdown.deadline.clone();
-                    let answered = tokio::select! {
-                        reply = self.handle(request) => Some(reply),
-                        _ = deadline.cancelled() => None,
-                    };
-                    let Some(reply) = answered else {
+                    let Some(reply) = self.handle(request).await else {
                         self.close_with(shutting_down(&self.context)).await;
                         break;
                     };
@@ -141,9 +139,9 @@ impl Connection {
                 }
             }
         }
-        if !self.session.is_idle() || !matches!(self.chained, Chained::None) {
-            self.abandon().await;
-        }
+        // A transaction cut short (client gone, timeout, shutdown) ends here: its stages stop,
+        // and `release` closes its next-hop connection rather than resetting it.
+        self.chained = Chained::None;
         self.next_hop.release();
         let flow = self.flow.snapshot();
         info!(target: "sluice::smtp", pauses = flow.pauses, resumes = flow.resumes, "session closed");
@@ -163,44 +161,60 @@ impl Connection {
         }
     }
 
-    async fn handle(&mut self, request: Request) -> Reply {
+    /// Runs a request; None if the shutdown deadline cut it short (the client gets 421).
+    async fn handle(&mut self, request: Request) -> Option<Reply> {
+        let deadline = self.shutdown.deadline.clone();
         match request {
-            Request::Mail { helo, from, params } => {
-                self.transaction_start = Instant::now();
-                let (transaction, outcome) = self.chain.begin(self.peer, &helo, &from).await;
-                if let EnvelopeOutcome::Refuse(reply) = outcome {
-                    return reply;
-                }
-                let reply = self.next_hop.mail(&from, &params).await;
-                if reply.is_positive() {
-                    self.chained = Chained::Envelope(transaction);
-                }
-                reply
-            }
-            Request::Rcpt { to } => {
-                if let Chained::Envelope(transaction) = &mut self.chained {
-                    if let EnvelopeOutcome::Refuse(reply) = transaction.rcpt(&to).await {
-                        return reply;
-                    }
-                }
-                self.next_hop.rcpt(&to).await
-            }
-            Request::Deliver(envelope) => self.deliver(envelope).await,
+            Request::Mail { helo, from, params } => unless(&deadline, self.mail(&helo, &from, &params)).await,
+            Request::Rcpt { to } => unless(&deadline, self.rcpt(&to)).await,
+            Request::Deliver(envelope) => self.deliver(envelope, &deadline).await,
         }
     }
 
-    /// End of data: waits for the chain, then delivers or answers with the chain's verdict.
-    async fn deliver(&mut self, envelope: Envelope) -> Reply {
+    async fn mail(&mut self, helo: &str, from: &str, params: &MailParams) -> Reply {
+        self.transaction_start = Instant::now();
+        let (transaction, outcome) = self.chain.begin(self.peer, helo, from).await;
+        if let EnvelopeOutcome::Refuse(reply) = outcome {
+            return reply;
+        }
+        let reply = self.next_hop.mail(from, params).await;
+        if reply.is_positive() {
+            self.chained = Chained::Envelope(transaction);
+        }
+        reply
+    }
+
+    async fn rcpt(&mut self, to: &str) -> Reply {
+        if let Chained::Envelope(transaction) = &mut self.chained {
+            if let EnvelopeOutcome::Refuse(reply) = transaction.rcpt(to).await {
+                return reply;
+            }
+        }
+        self.next_hop.rcpt(to).await
+    }
+
+    /// End of data: waits for the chain, then delivers or answers with the chain's verdict. The
+    /// shutdown deadline cuts the wait for the chain, and the delivery as far as the next hop
+    /// lets it (`NextHop::deliver`): None then.
+    async fn deliver(&mut self, envelope: Envelope, deadline: &CancellationToken) -> Option<Reply> {
         self.content();
         let Chained::Content(run) = std::mem::replace(&mut self.chained, Chained::None) else {
             warn!(target: "sluice::smtp", "end of data outside a transaction");
-            return Reply::new(451, "4.3.0", "Local error; try again later");
+            return Some(Reply::new(451, "4.3.0", "Local error; try again later"));
         };
-        let (result, reply, size) = match run.finish().await {
+        let Some(outcome) = unless(deadline, run.finish()).await else {
+            self.log_message(Some(&envelope), 0, "tempfailed", &shutting_down(&self.context));
+            return None;
+        };
+        let (result, reply, size) = match outcome {
             ContentOutcome::Deliver(mut spool) => {
                 let size = spool.len();
                 let started = Instant::now();
-                let reply = self.next_hop.deliver(&envelope.mail_from, &mut spool).await;
+                let delivery = self.next_hop.deliver(&envelope.mail_from, &mut spool, deadline).await;
+                let Delivery::Answered(reply) = delivery else {
+                    self.log_message(Some(&envelope), size, "tempfailed", &shutting_down(&self.context));
+                    return None;
+                };
                 self.context.metrics.relay_reply(reply.code, started.elapsed());
                 let result = match reply.code {
                     200..=299 => "accepted",
@@ -210,7 +224,8 @@ impl Connection {
                 (result, reply, size)
             }
             ContentOutcome::Decided(stage, verdict) => {
-                self.next_hop.reset().await;
+                // Cut by the deadline, the reset leaves the connection dropped instead.
+                unless(deadline, self.next_hop.reset()).await;
                 info!(target: "sluice::filters", stage, verdict = verdict.kind(), "message decided by the chain");
                 match verdict {
                     Verdict::Reject(reply) => ("rejected", reply, 0),
@@ -219,13 +234,13 @@ impl Connection {
                 }
             }
             ContentOutcome::Failed(why) => {
-                self.next_hop.reset().await;
+                unless(deadline, self.next_hop.reset()).await;
                 warn!(target: "sluice::filters", error = %why, "chain failed; the client will retry");
                 ("tempfailed", Reply::new(451, "4.3.0", "Local error in the filter chain; try again later"), 0)
             }
         };
         self.log_message(Some(&envelope), size, result, &reply);
-        reply
+        Some(reply)
     }
 
     /// Drops the transaction (stage tasks are stopped, the spool freed) and resets the next hop.
@@ -312,6 +327,14 @@ impl Connection {
     async fn close_with(&mut self, reply: Reply) {
         self.output.extend_from_slice(&reply.to_wire());
         self.flush().await;
+    }
+}
+
+/// Runs `work` unless the shutdown deadline comes first (None then; `work` is dropped).
+async fn unless<T>(deadline: &CancellationToken, work: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        done = work => Some(done),
+        _ = deadline.cancelled() => None,
     }
 }
 
