@@ -184,5 +184,7 @@ fn a_kept_connection_closed_by_the_next_hop_is_replaced() {
     client.hello();
     assert_eq!(client.send_message("a@client.test", &["b@dest.test"], &message("second", 3000)).code, 250);
     assert_eq!(sink.wait_for_messages(1).len(), 1);
-    assert_eq!(gateway.log().matches("connected to next hop").count(), 2);
+    // The log is read by a thread: wait for the line rather than race it.
+    gateway.wait_for_log_count("connected to next hop", 2);
+    assert_eq!(gateway.log().matches("connected to next hop").count(), 2, "{}", gateway.log());
 }

@@ -86,9 +86,9 @@ mod tests {
 
     #[test]
     fn an_exchange_that_never_finishes_leaves_the_link_broken() {
-        let mut link = Link::InFlight("connection");
+        let mut link = Link::InFlight(String::from("connection"));
         let taken = link.take();
-        assert_eq!(taken, Link::InFlight("connection"));
+        assert_eq!(taken, Link::InFlight(String::from("connection")));
         // The exchange is dropped here (cancelled) without calling `after`.
         drop(taken);
         assert_eq!(link, Link::Broken);
