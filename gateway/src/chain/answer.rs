@@ -80,7 +80,7 @@ fn reply_of(verdict: &'static str, class: u16, reply: Reply) -> Result<Reply, Ma
         if !(parts.len() == 3 && digits(parts[0], 1) && digits(parts[1], 3) && digits(parts[2], 3)) {
             return Err(Malformed::EnhancedSyntax(enhanced.clone()));
         }
-        if parts[0] != (class).to_string() {
+        if parts[0] != class.to_string() {
             return Err(Malformed::EnhancedClass { code, enhanced: enhanced.clone() });
         }
     }

@@ -5,6 +5,7 @@
 //! checked at the host boundary (`answer`) before it counts; a malformed one is a failure.
 
 pub mod answer;
+mod field;
 pub mod headers;
 pub mod runner;
 pub mod stage;
