@@ -5,8 +5,9 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub code: u16,
-    /// Enhanced status code such as "5.7.1" (RFC 3463); empty for none.
+    /// Enhanced status code such as "5.7.1" (RFC 3463), of the code's class; empty for none.
     pub enhanced: String,
+    /// Line breaks start new reply lines; the host drops control characters and cuts long text.
     pub text: String,
 }
 

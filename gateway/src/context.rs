@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tracing::{info, warn};
 
+use crate::chain::answer::{self, ContentRules};
 use crate::chain::stage::StageFactory;
 use crate::chain::test_stage::TestStageFactory;
-use crate::chain::{Chain, StageSpec};
+use crate::chain::{Chain, OnError, StageSpec};
 use crate::config::stages::{StageConfig, StageKind};
 use crate::config::{self, Config};
 use crate::flow::gate::{FlowRegistry, FlowStats};
@@ -61,9 +62,11 @@ impl Context {
         hostname: String,
     ) -> anyhow::Result<Context> {
         let metrics = Arc::new(Metrics::default());
-        let chain = chain_from_config(config, &metrics).await?;
-        metrics.chain_generation.set(1);
         let server = &config.server;
+        let content =
+            ContentRules { max_message_size: server.max_message_size.0, bare_line_endings: server.bare_line_endings };
+        let chain = chain_from_config(config, content, &metrics).await?;
+        metrics.chain_generation.set(1);
         let relay = config.relay.as_ref().map(|relay| RelaySettings {
             address: relay.address.clone(),
             helo_name: relay.helo_name.clone().unwrap_or_else(|| hostname.clone()),
@@ -125,7 +128,12 @@ impl Context {
                 Some(path) => config::load_file(path)?,
                 None => config::embedded_default()?,
             };
-            chain_from_config(&config, &self.metrics).await
+            // The server's limits are not reloaded: the chain keeps to those the sessions use.
+            let content = ContentRules {
+                max_message_size: self.session.max_message_size,
+                bare_line_endings: self.session.bare_line_endings,
+            };
+            chain_from_config(&config, content, &self.metrics).await
         }
         .await;
         match result {
@@ -166,7 +174,11 @@ impl Context {
 /// Builds the chain's stages from `[[stage]]` tables (already validated): wasm filters are
 /// compiled and linked here, so a broken filter stops the start (or the reload) with an error
 /// naming it.
-pub async fn chain_from_config(config: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Chain> {
+pub async fn chain_from_config(
+    config: &Config,
+    content: ContentRules,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Chain> {
     let mut specs = Vec::new();
     for stage in &config.stage {
         let factory: Box<dyn StageFactory> = match stage.kind {
@@ -188,6 +200,7 @@ pub async fn chain_from_config(config: &Config, metrics: &Arc<Metrics>) -> anyho
             name: stage.name.clone(),
             on_error: stage.on_error,
             timeout: stage.timeout.0,
+            content,
             factory,
             metrics: metrics.clone(),
         });
@@ -206,6 +219,14 @@ async fn load_wasm(config: &Config, stage: &StageConfig, metrics: &Arc<Metrics>)
     let mut filter = WasmFilter::load(&stage.name, &path, stage.filter_config(), limits)
         .await
         .with_context(|| format!("stage {:?}: cannot load its wasm filter", stage.name))?;
+    if stage.on_error == OnError::Accept && !answer::can_fail_open(filter.interests()) {
+        anyhow::bail!(
+            "stage {:?}: on_error = \"accept\" would relay the message half-edited if the filter failed after \
+             changing it, since the filter wants body chunks (or both the header section and the end); \
+             use \"tempfail\" or \"reject\"",
+            stage.name
+        );
+    }
     filter.observe_instantiation(metrics.wasm_instantiation.clone());
     info!(target: "sluice::filters", stage = %stage.name, path = %path.display(), compile_ms = filter.compile_time.as_millis() as u64, "filter loaded");
     Ok(filter)

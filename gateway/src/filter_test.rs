@@ -9,10 +9,11 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use bytes::Bytes;
 
-use crate::chain::checked;
-use crate::chain::headers::{HeaderChange, HeaderSplitter};
+use crate::chain::answer::{self, ContentAnswers, ContentRules};
+use crate::chain::headers::{BodyOpening, HeaderChange, HeaderSplitter};
 use crate::chain::runner::EndOfData;
 use crate::chain::stage::{BodyOutput, EnvelopeEvent, MessageContext, Reaction, StageEvent, StageFactory, Verdict};
+use crate::config::ServerConfig;
 use crate::wasm::{WasmFilter, WasmLimits};
 
 /// Body pieces handed to the filter, as the gateway's reads would.
@@ -58,7 +59,7 @@ impl FilterTest {
             if !interests.wants(event.kind()) {
                 continue;
             }
-            let verdict = checked(stage.envelope(event).await?)?;
+            let verdict = answer::verdict(stage.envelope(event).await?)?;
             println!("{:<10} {} -> {}", name(event.kind()), describe_event(event), describe(&verdict));
             match (&verdict, event) {
                 (Verdict::Reject(_) | Verdict::Tempfail(_), EnvelopeEvent::RcptTo { .. }) => refused_rcpts += 1,
@@ -72,19 +73,22 @@ impl FilterTest {
             return Ok(Fate::Refused);
         }
 
+        // Answers are checked as the gateway checks them, under its default limits.
+        let server = ServerConfig::default();
+        let mut answers = ContentAnswers::new(ContentRules {
+            max_message_size: server.max_message_size.0,
+            bare_line_endings: server.bare_line_endings,
+        });
         let mut splitter = HeaderSplitter::default();
         let (mut section, body) = splitter.push(&content).unwrap_or_else(|| splitter.finish());
         let mut late_changes = Vec::new();
         let mut body_out: Vec<Bytes> = Vec::new();
         let mut decided = None;
         if interests.wants(StageEvent::Headers) {
-            let reaction = stage.headers(&section).await?;
-            let reaction = react(reaction)?;
+            let (reaction, changed) = answers.headers(stage.headers(&section).await?, &section)?;
             println!("{:<10} {} fields -> {}", "headers", section.fields().count(), describe(&reaction.verdict));
             print_changes(&reaction.header_changes);
-            for change in &reaction.header_changes {
-                section.apply(change);
-            }
+            section = changed;
             decided = final_verdict(reaction.verdict);
         }
         for (index, chunk) in body.chunks(CHUNK).enumerate() {
@@ -93,7 +97,7 @@ impl FilterTest {
                 body_out.push(chunk);
                 continue;
             }
-            let reaction = react(stage.body(chunk.clone()).await?)?;
+            let reaction = answers.body(&chunk, stage.body(chunk.clone()).await?)?;
             let shown = match &reaction.body {
                 BodyOutput::Pass => "pass".to_string(),
                 BodyOutput::Replace(chunks) => {
@@ -114,10 +118,17 @@ impl FilterTest {
             decided = final_verdict(reaction.verdict);
         }
         end_of_data.send_replace(true);
-        if decided.is_none() && interests.wants(StageEvent::End) {
-            let reaction = react(stage.end().await?)?;
-            println!("{:<10} -> {}", "end", describe(&reaction.verdict));
-            print_changes(&reaction.header_changes);
+        if decided.is_none() {
+            let reaction = match interests.wants(StageEvent::End) {
+                true => {
+                    let reaction = answers.end(stage.end().await?)?;
+                    println!("{:<10} -> {}", "end", describe(&reaction.verdict));
+                    print_changes(&reaction.header_changes);
+                    reaction
+                }
+                // Not called, but a body it changed still gets its last line ended.
+                false => answers.end(Reaction::carry_on())?,
+            };
             if let BodyOutput::Replace(chunks) = reaction.body {
                 println!("  + appended {} bytes", chunks.iter().map(Bytes::len).sum::<usize>());
                 body_out.extend(chunks);
@@ -128,9 +139,10 @@ impl FilterTest {
         if let Some(verdict) = decided {
             return Ok(self.verdict_result(&verdict));
         }
-        for change in &late_changes {
-            section.apply(change);
-        }
+        section.apply(&late_changes);
+        let mut opening = BodyOpening::default();
+        body_out.iter().for_each(|chunk| opening.see(chunk));
+        section.close_before(&opening);
         let mut message = section.to_bytes();
         body_out.iter().for_each(|chunk| message.extend_from_slice(chunk));
         self.finish(&message, "the message would be relayed")
@@ -149,12 +161,6 @@ impl FilterTest {
         println!("result: {}", describe(verdict));
         Fate::Refused
     }
-}
-
-/// A malformed verdict is a failure, as in the gateway.
-fn react(reaction: Reaction) -> anyhow::Result<Reaction> {
-    checked(reaction.verdict.clone())?;
-    Ok(reaction)
 }
 
 /// Reject, tempfail and discard end the run; accept ends calls but delivers.

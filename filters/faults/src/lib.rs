@@ -6,8 +6,21 @@
 //! end: the memory limit must stop it), `garbage` (answers a reject with a 250 reply: malformed),
 //! `remember` (reports, in a header, how many messages this instance has seen: always 1, since
 //! every message gets a fresh instance), and `pass`.
+//!
+//! Malformed or costly answers, one mode each, for the host boundary's tests:
+//! `reply` (rejects with `code`, `enhanced` and `text` as configured, e.g. an enhanced code with
+//! a CRLF and a second reply in it), `header` (`count` header changes of kind `op` — add,
+//! prepend, change or remove — on `name`, numbered `name-1`… when count > 1, with `value`
+//! repeated `repeat` times), `body` (replaces the body with `output`, handed over in pieces of
+//! `pieces` bytes; at `end` appends it instead), `grow` (passes every body chunk on `factor`
+//! times) and `drop-then-trap` (drops the first body chunk, then panics at the next call).
+//!
+//! `wants` (a comma-separated list of events, default all) sets the filter's interests, and
+//! `when` (a header field name) limits the misbehaviour to messages that carry that field.
 
-use sluice_filter_sdk::{export_filter, log, Config, ConfigError, Filter, Headers, Reaction, Verdict};
+use sluice_filter_sdk::{
+    export_filter, log, Config, ConfigError, Event, Filter, Header, HeaderChange, Headers, Interests, Reaction, Verdict,
+};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Messages this instance has seen; fresh instances start at 0.
@@ -17,11 +30,16 @@ pub struct Faults {
     mode: String,
     at: String,
     verdict: String,
+    config: Config,
+    /// False until the header section showed the `when` field (always true without `when`).
+    armed: bool,
+    /// Body chunks answered so far.
+    chunks: u32,
 }
 
 impl Faults {
     fn act(&self, here: &str) -> Verdict {
-        if self.at != here {
+        if self.at != here || !self.armed {
             return Verdict::Continue;
         }
         match self.mode.as_str() {
@@ -40,6 +58,11 @@ impl Faults {
                 }
             }
             "garbage" => Verdict::reject(250, "2.0.0", "a reject that is not one"),
+            "reply" => Verdict::reject(
+                self.number("code", 550) as u16,
+                &self.text("enhanced", "5.7.1"),
+                self.text("text", "faults reply"),
+            ),
             "verdict" => match self.verdict.as_str() {
                 "accept" => Verdict::Accept,
                 "reject" => Verdict::reject(550, "5.7.1", format!("faults rejects at {here}")),
@@ -50,9 +73,74 @@ impl Faults {
             _ => Verdict::Continue,
         }
     }
+
+    fn text(&self, key: &str, default: &str) -> String {
+        self.config.get(key).unwrap_or(default).to_string()
+    }
+
+    fn number(&self, key: &str, default: usize) -> usize {
+        self.config.get(key).and_then(|v| v.parse().ok()).unwrap_or(default)
+    }
+
+    /// The configured header changes (mode `header`).
+    fn header_changes(&self) -> Vec<HeaderChange> {
+        let count = self.number("count", 1);
+        let value = self.text("value", "x").repeat(self.number("repeat", 1));
+        let base = self.text("name", "X-Faults");
+        (1..=count)
+            .map(|i| {
+                let name = if count > 1 { format!("{base}-{i}") } else { base.clone() };
+                let value = value.clone();
+                match self.text("op", "add").as_str() {
+                    "prepend" => HeaderChange::Prepend(Header { name, value }),
+                    "change" => HeaderChange::Change { name, index: 1, value },
+                    "remove" => HeaderChange::Remove { name, index: 0 },
+                    _ => HeaderChange::Add(Header { name, value }),
+                }
+            })
+            .collect()
+    }
+
+    /// `output` in pieces of `pieces` bytes (mode `body`).
+    fn output(&self) -> Vec<Vec<u8>> {
+        let output = self.text("output", "");
+        output.as_bytes().chunks(self.number("pieces", output.len()).max(1)).map(<[u8]>::to_vec).collect()
+    }
+
+    /// What mode `at` answers with beyond its verdict: header changes or body output.
+    fn changes(&self, here: &str, reaction: Reaction) -> Reaction {
+        if self.at != here || !self.armed {
+            return reaction;
+        }
+        match self.mode.as_str() {
+            "header" => Reaction { header_changes: self.header_changes(), ..reaction },
+            "body" if here == "end" => reaction.replace_body(self.output()),
+            _ => reaction,
+        }
+    }
+}
+
+fn event(name: &str) -> Option<Event> {
+    Some(match name.trim() {
+        "connect" => Event::Connect,
+        "helo" => Event::Helo,
+        "mail" => Event::MailFrom,
+        "rcpt" => Event::RcptTo,
+        "headers" => Event::Headers,
+        "body" => Event::Body,
+        "end" => Event::End,
+        _ => return None,
+    })
 }
 
 impl Filter for Faults {
+    fn interests(config: &Config) -> Interests {
+        match config.get("wants") {
+            None => Interests::ALL,
+            Some(list) => list.split(',').filter_map(event).fold(Interests::NONE, Interests::with),
+        }
+    }
+
     fn new(config: &Config) -> Result<Self, ConfigError> {
         let seen = SEEN.fetch_add(1, Ordering::Relaxed) + 1;
         log::debug(&format!("message number {seen} in this instance"));
@@ -60,6 +148,9 @@ impl Filter for Faults {
             mode: config.get_or("mode", "pass".to_string())?,
             at: config.get_or("at", "body".to_string())?,
             verdict: config.get_or("verdict", "continue".to_string())?,
+            armed: config.get("when").is_none(),
+            chunks: 0,
+            config: config.clone(),
         })
     }
 
@@ -79,20 +170,40 @@ impl Filter for Faults {
         self.act("rcpt")
     }
 
-    fn on_headers(&mut self, _headers: &Headers) -> Reaction {
-        let reaction = Reaction::from(self.act("headers"));
+    fn on_headers(&mut self, headers: &Headers) -> Reaction {
+        if let Some(name) = self.config.get("when") {
+            self.armed = headers.get(name).is_some();
+        }
+        let reaction = self.changes("headers", Reaction::from(self.act("headers")));
         if self.mode == "remember" {
             return reaction.add_header("X-Instance-Messages", SEEN.load(Ordering::Relaxed).to_string());
         }
         reaction
     }
 
-    fn on_body_chunk(&mut self, _chunk: &[u8]) -> Reaction {
-        self.act("body").into()
+    fn on_body_chunk(&mut self, chunk: &[u8]) -> Reaction {
+        self.chunks += 1;
+        let reaction = Reaction::from(self.act("body"));
+        if !self.armed {
+            return reaction;
+        }
+        match self.mode.as_str() {
+            "body" if self.at == "body" => match self.chunks {
+                1 => reaction.replace_body(self.output()),
+                _ => reaction.replace_body(Vec::new()),
+            },
+            "grow" => reaction.replace_body(vec![chunk.to_vec(); self.number("factor", 2)]),
+            "drop-then-trap" if self.chunks == 1 => reaction.replace_body(Vec::new()),
+            "drop-then-trap" => panic!("faults filter: trap after dropping the first chunk"),
+            _ => reaction,
+        }
     }
 
     fn on_end(&mut self) -> Reaction {
-        self.act("end").into()
+        if self.armed && self.mode == "drop-then-trap" && self.chunks > 0 {
+            panic!("faults filter: trap at end after dropping the first chunk");
+        }
+        self.changes("end", Reaction::from(self.act("end")))
     }
 }
 

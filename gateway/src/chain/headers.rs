@@ -1,6 +1,10 @@
 //! The message's header section (RFC 5322 §2.2): split off the start of the content, kept as
 //! the raw bytes of each field so an unmodified message serializes byte-exact, and changed by
-//! stages through `HeaderChange`s.
+//! stages through `HeaderChange`s, applied in linear time (fields written by `field`).
+
+use std::collections::{HashMap, VecDeque};
+
+use super::field::{render, MAX_LINE};
 
 /// A header section larger than this is not parsed further: the rest passes as body.
 pub const HEADER_LIMIT: usize = 256 * 1024;
@@ -69,36 +73,132 @@ impl HeaderSection {
         self.fields().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
 
-    fn positions(&self, name: &str) -> Vec<usize> {
-        (0..self.fields.len()).filter(|&i| split_field(&self.fields[i]).0.eq_ignore_ascii_case(name)).collect()
+    /// Ends the section before a body whose first line is `opening` (or starts so) when the body
+    /// could otherwise be read as more of the section. A section without its empty line is
+    /// followed by a line that is no field (that is how the splitter found its end), but a stage
+    /// may have replaced that body, or given a body-less message one.
+    pub fn close_before(&mut self, opening: &BodyOpening) {
+        let opening = &opening.0[..];
+        let continues = matches!(opening.first(), Some(b' ' | b'\t')) || is_field_start(opening);
+        if continues && self.separator.is_empty() && !self.fields.is_empty() {
+            self.separator = b"\r\n".to_vec();
+        }
     }
 
-    pub fn apply(&mut self, change: &HeaderChange) {
-        match change {
-            HeaderChange::Add { name, value } => self.fields.push(render(name, value)),
-            HeaderChange::Prepend { name, value } => self.fields.insert(0, render(name, value)),
-            HeaderChange::Change { name, index, value } => {
-                match self.positions(name).get((*index as usize).saturating_sub(1)) {
-                    Some(&at) => self.fields[at] = render(name, value),
-                    None => self.fields.push(render(name, value)),
-                }
-            }
-            HeaderChange::Remove { name, index } => {
-                let positions = self.positions(name);
-                let doomed: Vec<usize> = match index {
-                    0 => positions,
-                    n => positions.get(*n as usize - 1).copied().into_iter().collect(),
-                };
-                for at in doomed.into_iter().rev() {
-                    self.fields.remove(at);
-                }
-            }
+    /// Applies one answer's changes, in order, in time linear in the section and the changes: the
+    /// fields are indexed once by the names the changes mention, so finding the index-th field of
+    /// a name, adding, prepending and changing cost O(1) each, and removing the index-th of m
+    /// fields of one name moves at most m indices (never field bytes). Names must be valid field
+    /// names (`chain::answer` checks every stage's changes before they get here).
+    pub fn apply(&mut self, changes: &[HeaderChange]) {
+        if changes.is_empty() {
+            return;
         }
+        let mut edit = Edit::new(std::mem::take(&mut self.fields), changes);
+        for change in changes {
+            edit.apply(change);
+        }
+        self.fields = edit.into_fields();
         if !self.fields.is_empty() && self.separator.is_empty() {
             // A section that gained fields needs its end marker before the body.
             self.separator = b"\r\n".to_vec();
         }
     }
+}
+
+/// A header section under change. Fields keep their slot for the whole edit; a prepended field
+/// is listed apart, so inserting at the top shifts nothing.
+struct Edit {
+    /// The section's fields, then the added and prepended ones as they came; None once removed.
+    slots: Vec<Option<Vec<u8>>>,
+    /// Whether a slot was prepended (it is then listed in `top`, not in slot order).
+    on_top: Vec<bool>,
+    /// Prepended slots, the latest (topmost) last.
+    top: Vec<usize>,
+    /// The live slots of each name the changes mention (lower-cased), in section order.
+    by_name: HashMap<Vec<u8>, VecDeque<usize>>,
+}
+
+impl Edit {
+    fn new(fields: Vec<Vec<u8>>, changes: &[HeaderChange]) -> Edit {
+        let mut by_name: HashMap<Vec<u8>, VecDeque<usize>> =
+            changes.iter().map(|change| (name_key(change.name().as_bytes()), VecDeque::new())).collect();
+        for (slot, raw) in fields.iter().enumerate() {
+            let name = memchr::memchr(b':', raw).map_or(&raw[..], |colon| &raw[..colon]);
+            if let Some(slots) = by_name.get_mut(&name_key(name)) {
+                slots.push_back(slot);
+            }
+        }
+        let on_top = vec![false; fields.len()];
+        Edit { slots: fields.into_iter().map(Some).collect(), on_top, top: Vec::new(), by_name }
+    }
+
+    fn apply(&mut self, change: &HeaderChange) {
+        let key = name_key(change.name().as_bytes());
+        match change {
+            HeaderChange::Add { name, value } => self.add(key, render(name, value)),
+            HeaderChange::Prepend { name, value } => {
+                let slot = self.push(render(name, value), true);
+                self.top.push(slot);
+                self.named(key).push_front(slot);
+            }
+            HeaderChange::Change { name, index, value } => {
+                let found = self.named(key.clone()).get((*index as usize).saturating_sub(1)).copied();
+                match found {
+                    Some(slot) => self.slots[slot] = Some(render(name, value)),
+                    None => self.add(key, render(name, value)),
+                }
+            }
+            HeaderChange::Remove { name: _, index } => {
+                let slots = self.named(key);
+                let doomed: Vec<usize> = match index {
+                    0 => slots.drain(..).collect(),
+                    n => slots.remove(*n as usize - 1).into_iter().collect(),
+                };
+                for slot in doomed {
+                    self.slots[slot] = None;
+                }
+            }
+        }
+    }
+
+    fn named(&mut self, key: Vec<u8>) -> &mut VecDeque<usize> {
+        self.by_name.entry(key).or_default()
+    }
+
+    fn push(&mut self, raw: Vec<u8>, on_top: bool) -> usize {
+        self.slots.push(Some(raw));
+        self.on_top.push(on_top);
+        self.slots.len() - 1
+    }
+
+    fn add(&mut self, key: Vec<u8>, raw: Vec<u8>) {
+        let slot = self.push(raw, false);
+        self.named(key).push_back(slot);
+    }
+
+    fn into_fields(self) -> Vec<Vec<u8>> {
+        let Edit { mut slots, on_top, top, .. } = self;
+        let mut fields: Vec<Vec<u8>> = top.iter().rev().filter_map(|&slot| slots[slot].take()).collect();
+        fields.extend(slots.into_iter().zip(on_top).filter(|(_, top)| !top).filter_map(|(raw, _)| raw));
+        fields
+    }
+}
+
+impl HeaderChange {
+    pub fn name(&self) -> &str {
+        match self {
+            HeaderChange::Add { name, .. }
+            | HeaderChange::Prepend { name, .. }
+            | HeaderChange::Change { name, .. }
+            | HeaderChange::Remove { name, .. } => name,
+        }
+    }
+}
+
+/// A field name as the index compares it: trimmed, ASCII letters lower-cased.
+fn name_key(name: &[u8]) -> Vec<u8> {
+    name.trim_ascii().to_ascii_lowercase()
 }
 
 /// A field's name and unfolded, trimmed value.
@@ -109,22 +209,17 @@ fn split_field(raw: &[u8]) -> (String, String) {
     (name.trim().to_string(), unfolded.trim().to_string())
 }
 
-/// Renders a field; line breaks in the value become folds, so a value can never inject a field.
-fn render(name: &str, value: &str) -> Vec<u8> {
-    let name: String = name.chars().filter(|c| c.is_ascii_graphic() && *c != ':').collect();
-    let mut out = format!("{name}: ").into_bytes();
-    for (i, line) in value.split('\n').enumerate() {
-        let line = line.trim_end_matches('\r');
-        if i > 0 {
-            out.extend_from_slice(b"\r\n");
-            if !line.starts_with([' ', '\t']) {
-                out.push(b'\t');
-            }
+/// The first line of a body (up to a line's length), gathered from its first chunks.
+#[derive(Debug, Default)]
+pub struct BodyOpening(Vec<u8>);
+
+impl BodyOpening {
+    pub fn see(&mut self, chunk: &[u8]) {
+        if self.0.len() <= MAX_LINE && !self.0.contains(&b'\n') {
+            let room = MAX_LINE + 1 - self.0.len();
+            self.0.extend_from_slice(&chunk[..chunk.len().min(room)]);
         }
-        out.extend_from_slice(line.replace('\r', " ").as_bytes());
     }
-    out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// Finds where the header section ends in content that arrives in pieces.
@@ -235,22 +330,125 @@ mod tests {
     }
 
     #[test]
+    fn a_section_without_its_empty_line_is_closed_before_a_body_that_would_continue_it() {
+        let opening = |pieces: &[&[u8]]| {
+            let mut opening = BodyOpening::default();
+            pieces.iter().for_each(|piece| opening.see(piece));
+            opening
+        };
+        let cases: &[(&[&[u8]], &[u8])] = &[
+            (&[b"X-Inj", b"ected: yes\r\n"], b"Subject: s\r\n\r\n"),
+            (&[b" folded on\r\n"], b"Subject: s\r\n\r\n"),
+            // What the splitter itself found: the body starts with a line that is no field.
+            (&[b"not a field\r\nX-A: 1\r\n"], b"Subject: s\r\n"),
+            (&[b""], b"Subject: s\r\n"),
+        ];
+        for (pieces, head) in cases {
+            let mut section = HeaderSection::parse(b"Subject: s\r\n");
+            section.close_before(&opening(pieces));
+            assert_eq!(section.to_bytes(), *head, "{pieces:?}");
+        }
+        let mut long = BodyOpening::default();
+        long.see(&[b'x'; 5000]);
+        assert_eq!(long.0.len(), MAX_LINE + 1);
+    }
+
+    #[test]
     fn changes() {
         let (mut section, _) = split(b"Subject: a\r\nX-Tag: 1\r\nX-Tag: 2\r\n\r\n", 7);
-        section.apply(&HeaderChange::Change { name: "X-Tag".into(), index: 2, value: "two".into() });
-        section.apply(&HeaderChange::Prepend { name: "X-First".into(), value: "top".into() });
-        section.apply(&HeaderChange::Add { name: "X-Last".into(), value: "a\nInjected: no".into() });
-        section.apply(&HeaderChange::Remove { name: "X-Tag".into(), index: 1 });
+        section.apply(&[
+            HeaderChange::Change { name: "X-Tag".into(), index: 2, value: "two".into() },
+            HeaderChange::Prepend { name: "X-First".into(), value: "top".into() },
+            HeaderChange::Add { name: "X-Last".into(), value: "a\nInjected: no".into() },
+            HeaderChange::Remove { name: "X-Tag".into(), index: 1 },
+        ]);
         assert_eq!(
             section.to_bytes(),
             b"X-First: top\r\nSubject: a\r\nX-Tag: two\r\nX-Last: a\r\n\tInjected: no\r\n\r\n"
         );
-        section.apply(&HeaderChange::Remove { name: "x-tag".into(), index: 0 });
-        section.apply(&HeaderChange::Change { name: "X-New".into(), index: 1, value: "added".into() });
+        section.apply(&[
+            HeaderChange::Remove { name: "x-tag".into(), index: 0 },
+            HeaderChange::Change { name: "X-New".into(), index: 1, value: "added".into() },
+        ]);
         assert_eq!(section.get("X-New").as_deref(), Some("added"));
         assert!(section.get("X-Tag").is_none());
         let mut empty = HeaderSection::default();
-        empty.apply(&HeaderChange::Add { name: "X-A".into(), value: "1".into() });
+        empty.apply(&[HeaderChange::Add { name: "X-A".into(), value: "1".into() }]);
         assert_eq!(empty.to_bytes(), b"X-A: 1\r\n\r\n");
+    }
+
+    /// The semantics of `apply`, one change at a time with a scan per change (the quadratic way).
+    fn apply_by_scanning(fields: &mut Vec<(String, String)>, change: &HeaderChange) {
+        let positions = |fields: &Vec<(String, String)>, name: &str| -> Vec<usize> {
+            (0..fields.len()).filter(|&i| fields[i].0.eq_ignore_ascii_case(name)).collect()
+        };
+        match change {
+            HeaderChange::Add { name, value } => fields.push((name.clone(), value.clone())),
+            HeaderChange::Prepend { name, value } => fields.insert(0, (name.clone(), value.clone())),
+            HeaderChange::Change { name, index, value } => {
+                match positions(fields, name).get((*index as usize).saturating_sub(1)) {
+                    Some(&at) => fields[at] = (name.clone(), value.clone()),
+                    None => fields.push((name.clone(), value.clone())),
+                }
+            }
+            HeaderChange::Remove { name, index } => {
+                let positions = positions(fields, name);
+                let doomed: Vec<usize> = match index {
+                    0 => positions,
+                    n => positions.get(*n as usize - 1).copied().into_iter().collect(),
+                };
+                for at in doomed.into_iter().rev() {
+                    fields.remove(at);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn indexed_application_matches_one_scan_per_change() {
+        // A fixed pseudo-random sequence of changes over few names, so indices hit and miss.
+        let mut seed: u32 = 7;
+        let mut next = move |n: u32| {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (seed >> 16) % n
+        };
+        let names = ["A", "b", "X-Tag", "x-tag", "Subject"];
+        for round in 0..50 {
+            let raw = b"Subject: s\r\nX-Tag: 1\r\nA: a\r\nx-TAG: 2\r\n\r\n";
+            let mut section = HeaderSection::parse(raw);
+            let mut model: Vec<(String, String)> = section.fields().collect();
+            let changes: Vec<HeaderChange> = (0..round)
+                .map(|i| {
+                    let name = names[next(names.len() as u32) as usize].to_string();
+                    let value = format!("v{i}");
+                    match next(4) {
+                        0 => HeaderChange::Add { name, value },
+                        1 => HeaderChange::Prepend { name, value },
+                        2 => HeaderChange::Change { name, index: next(4), value },
+                        _ => HeaderChange::Remove { name, index: next(4) },
+                    }
+                })
+                .collect();
+            changes.iter().for_each(|change| apply_by_scanning(&mut model, change));
+            section.apply(&changes);
+            let got: Vec<(String, String)> = section.fields().collect();
+            let names_only = |fields: &[(String, String)]| -> Vec<(String, String)> {
+                fields.iter().map(|(n, v)| (n.to_ascii_lowercase(), v.clone())).collect()
+            };
+            assert_eq!(names_only(&got), names_only(&model), "round {round}: {changes:?}");
+        }
+    }
+
+    #[test]
+    fn twenty_thousand_changes_on_absent_fields_apply_in_order() {
+        let mut section = HeaderSection::parse(&b"X-Present: 1\r\n".repeat(1000));
+        let changes: Vec<HeaderChange> = (0..20_000)
+            .map(|i| HeaderChange::Change { name: format!("X-Absent-{i}"), index: 1, value: i.to_string() })
+            .collect();
+        section.apply(&changes);
+        let fields: Vec<(String, String)> = section.fields().collect();
+        assert_eq!(fields.len(), 21_000);
+        assert_eq!(fields[1000], ("X-Absent-0".to_string(), "0".to_string()));
+        assert_eq!(fields[20_999], ("X-Absent-19999".to_string(), "19999".to_string()));
     }
 }

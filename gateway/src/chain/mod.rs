@@ -1,8 +1,11 @@
 //! The filter chain: an ordered list of stages from the config. The envelope phase runs stage by
 //! stage in the session task (each command waits for its verdicts); the content phase runs every
 //! stage concurrently on its own inbox (`runner`). Verdict folding: the first reject, tempfail or
-//! discard decides the message; a stage's failure becomes its `on_error` verdict.
+//! discard decides the message; a stage's failure becomes its `on_error` verdict. Every answer is
+//! checked at the host boundary (`answer`) before it counts; a malformed one is a failure.
 
+pub mod answer;
+mod field;
 pub mod headers;
 pub mod runner;
 pub mod stage;
@@ -23,6 +26,7 @@ use crate::flow::gate::FlowHandle;
 use crate::metrics::Metrics;
 use crate::smtp::reply::Reply;
 use crate::spool::Spool;
+use answer::{ContentRules, Malformed};
 use runner::{ContentRun, Decision, EndOfData, RunningStage, Standing};
 use stage::{EnvelopeEvent, MessageContext, StageError, StageFactory, Verdict};
 
@@ -44,6 +48,8 @@ pub struct StageSpec {
     pub on_error: OnError,
     /// Bound on every single call into the stage.
     pub timeout: Duration,
+    /// What the stage's content answers are held to.
+    pub content: ContentRules,
     pub factory: Box<dyn StageFactory>,
     pub metrics: Arc<Metrics>,
 }
@@ -64,6 +70,13 @@ pub(crate) async fn call<T>(
         spec.metrics.stage_failure(&spec.name, err.cause());
     }
     result
+}
+
+/// A failure found in a stage's answer after its call returned, counted like a failed call.
+pub(crate) fn failed_answer(spec: &StageSpec, err: impl Into<StageError>) -> StageError {
+    let err = err.into();
+    spec.metrics.stage_failure(&spec.name, err.cause());
+    err
 }
 
 /// Answer to an envelope command after the chain has seen it.
@@ -152,7 +165,9 @@ impl Transaction {
                 continue;
             }
             let spec = stage.spec.clone();
-            let result = call(&spec, stage.instance.envelope(event)).await.and_then(checked);
+            let result = call(&spec, stage.instance.envelope(event))
+                .await
+                .and_then(|verdict| answer::verdict(verdict).map_err(|err: Malformed| failed_answer(&spec, err)));
             if let Ok(verdict) = &result {
                 spec.metrics.stage_verdict(&spec.name, verdict.kind());
             }
@@ -185,18 +200,5 @@ impl Transaction {
     /// Starts the content phase: the stages run concurrently from here on.
     pub fn start_content(self, spool: Spool, flow: Arc<FlowHandle>) -> ContentRun {
         ContentRun::start(self.stages, spool, flow, self.decision, self.end_of_data)
-    }
-}
-
-/// A verdict whose reply does not match its kind (a 2xx reject, say) is a stage failure.
-pub(crate) fn checked(verdict: Verdict) -> Result<Verdict, StageError> {
-    match &verdict {
-        Verdict::Reject(reply) if !(500..600).contains(&reply.code) => {
-            Err(StageError::Failed(format!("reject with non-5xx reply {}", reply.code)))
-        }
-        Verdict::Tempfail(reply) if !(400..500).contains(&reply.code) => {
-            Err(StageError::Failed(format!("tempfail with non-4xx reply {}", reply.code)))
-        }
-        _ => Ok(verdict),
     }
 }

@@ -4,15 +4,17 @@
 //! reason reports its inbox gone, so a dead stage can never leave the client paused.
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn, Instrument};
 
-use super::headers::{HeaderChange, HeaderSection, HeaderSplitter};
+use super::answer::{ContentAnswers, Malformed};
+use super::headers::{BodyOpening, HeaderChange, HeaderSection, HeaderSplitter};
 use super::stage::{BodyOutput, Reaction, Stage, StageError, StageEvent, Verdict};
-use super::{call, OnError, StageSpec};
+use super::{call, failed_answer, OnError, StageSpec};
 use crate::flow::gate::{FlowHandle, MessageFlow};
 use crate::flow::FlowEvent;
 use crate::spool::Spool;
@@ -241,17 +243,20 @@ async fn spool_task(
 ) {
     let _guard = ConsumerGuard { index: inbox.index, flow: inbox.flow.clone() };
     let mut head = HeaderSection::default();
+    let mut opening = BodyOpening::default();
     let mut result = Ok(());
     while let Some(item) = items.recv().await {
         let bytes = item.bytes();
         match item {
             Item::Headers(section) => head = section,
-            Item::Body(chunk) if result.is_ok() => result = spool.write(&chunk).await,
+            Item::Body(chunk) if result.is_ok() => {
+                opening.see(&chunk);
+                result = spool.write(&chunk).await;
+            }
             Item::Body(_) => {}
             Item::End(changes) => {
-                for change in &changes {
-                    head.apply(change);
-                }
+                head.apply(&changes);
+                head.close_before(&opening);
                 spool.set_head(head.to_bytes());
                 let _ = done.send(result.map(|()| spool));
                 inbox.flow.report(FlowEvent::Drained { inbox: inbox.index, bytes });
@@ -270,6 +275,7 @@ async fn stage_task(
     decision: Arc<Decision>,
 ) {
     let _guard = ConsumerGuard { index: inbox.index, flow: inbox.flow.clone() };
+    let mut answers = ContentAnswers::new(stage.spec.content);
     while let Some(item) = items.recv().await {
         let bytes = item.bytes();
         let end = matches!(item, Item::End(_));
@@ -283,33 +289,52 @@ async fn stage_task(
             Item::Headers(mut section) => {
                 if called {
                     let result = call(&stage.spec, stage.instance.headers(&section)).await;
-                    let reaction = settle(&mut stage, result, &decision, &inbox.flow);
-                    for change in &reaction.header_changes {
-                        section.apply(change);
-                    }
+                    let result = host_work(&mut stage, result, |reaction| answers.headers(reaction, &section));
+                    let result = result.map(|(reaction, changed)| {
+                        section = changed;
+                        reaction
+                    });
+                    settle(&mut stage, result, &decision, &inbox.flow);
                 }
                 next.send(Item::Headers(section));
             }
-            Item::Body(chunk) => {
-                let output = match called {
+            Item::Body(chunk) if !decision.is_decided() => {
+                // Every chunk goes through the stage's answers, called or not: once its output
+                // differed from its input, what it passes on must be normalised with the rest.
+                let reaction = match called {
                     true => {
                         let result = call(&stage.spec, stage.instance.body(chunk.clone())).await;
-                        settle(&mut stage, result, &decision, &inbox.flow).body
+                        let result = host_work(&mut stage, result, |reaction| answers.body(&chunk, reaction));
+                        settle(&mut stage, result, &decision, &inbox.flow)
                     }
-                    false => BodyOutput::Pass,
+                    false => answers.body(&chunk, Reaction::carry_on()).unwrap_or_else(|err| {
+                        let err = failed_answer(&stage.spec, err);
+                        settle(&mut stage, Err(err), &decision, &inbox.flow)
+                    }),
                 };
                 if !decision.is_decided() {
-                    forward(&next, chunk, output);
+                    // A failed stage passes its input on unchanged: it cannot have changed any
+                    // before (`answer::can_fail_open`), so its output is its input.
+                    forward(&next, chunk, reaction.body);
                 }
             }
+            Item::Body(_) => {}
             Item::End(mut late) => {
-                if called {
-                    let result = call(&stage.spec, stage.instance.end()).await;
-                    let reaction = settle(&mut stage, result, &decision, &inbox.flow);
-                    late.extend(reaction.header_changes);
-                    if let BodyOutput::Replace(chunks) = reaction.body {
-                        chunks.into_iter().for_each(|chunk| next.send(Item::Body(chunk)));
+                let reaction = match called {
+                    true => {
+                        let result = call(&stage.spec, stage.instance.end()).await;
+                        let result = host_work(&mut stage, result, |reaction| answers.end(reaction));
+                        settle(&mut stage, result, &decision, &inbox.flow)
                     }
+                    false if !decision.is_decided() => answers.end(Reaction::carry_on()).unwrap_or_else(|err| {
+                        let err = failed_answer(&stage.spec, err);
+                        settle(&mut stage, Err(err), &decision, &inbox.flow)
+                    }),
+                    false => Reaction::carry_on(),
+                };
+                late.extend(reaction.header_changes);
+                if let BodyOutput::Replace(chunks) = reaction.body {
+                    chunks.into_iter().filter(|c| !c.is_empty()).for_each(|chunk| next.send(Item::Body(chunk)));
                 }
                 next.send(Item::End(late));
             }
@@ -330,7 +355,20 @@ fn forward(next: &Inbox, chunk: Bytes, output: BodyOutput) {
     }
 }
 
-/// Applies a stage's answer, or its failure policy, to the message.
+/// Checks a stage's answer at the host boundary, counting that work against the stage's time
+/// budget: an answer cannot buy host time outside its stage's limits.
+fn host_work<T>(
+    stage: &mut RunningStage,
+    result: Result<Reaction, StageError>,
+    check: impl FnOnce(Reaction) -> Result<T, Malformed>,
+) -> Result<T, StageError> {
+    let started = Instant::now();
+    let checked = check(result?);
+    let charged = stage.instance.charge(started.elapsed());
+    charged.and(checked.map_err(StageError::from)).map_err(|err| failed_answer(&stage.spec, err))
+}
+
+/// Applies a stage's checked answer, or its failure policy, to the message.
 fn settle(
     stage: &mut RunningStage,
     result: Result<Reaction, StageError>,
@@ -338,7 +376,7 @@ fn settle(
     flow: &MessageFlow,
 ) -> Reaction {
     let spec = stage.spec.clone();
-    match result.and_then(|reaction| super::checked(reaction.verdict.clone()).map(|_| reaction)) {
+    match result {
         Ok(reaction) => {
             spec.metrics.stage_verdict(&spec.name, reaction.verdict.kind());
             match &reaction.verdict {

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Deserialize;
 
+use super::answer::Malformed;
 use super::headers::{HeaderChange, HeaderSection};
 use super::runner::EndOfData;
 use crate::smtp::reply::Reply;
@@ -141,6 +142,8 @@ pub enum StageError {
     Failed(String),
     #[error("stage did not answer within {0:?}")]
     Timeout(std::time::Duration),
+    #[error("malformed answer: {0}")]
+    Malformed(#[from] Malformed),
     #[error("stage task ended unexpectedly")]
     Died,
 }
@@ -151,6 +154,7 @@ impl StageError {
         match self {
             StageError::Failed(_) => "failed",
             StageError::Timeout(_) => "timeout",
+            StageError::Malformed(_) => "malformed",
             StageError::Died => "died",
         }
     }
@@ -168,6 +172,13 @@ pub trait Stage: Send {
     async fn headers(&mut self, headers: &HeaderSection) -> Result<Reaction, StageError>;
     async fn body(&mut self, chunk: Bytes) -> Result<Reaction, StageError>;
     async fn end(&mut self) -> Result<Reaction, StageError>;
+
+    /// Counts the host's work on this instance's last answer (checking it, applying its header
+    /// changes, normalising its body) against the stage's time budget for the message, if it has
+    /// one; an exhausted budget is a failure like a slow call.
+    fn charge(&mut self, _host_work: std::time::Duration) -> Result<(), StageError> {
+        Ok(())
+    }
 }
 
 /// Per-message facts a stage instance may use.

@@ -3,6 +3,9 @@
 
 use std::fmt;
 
+/// The longest reply line, code and CRLF included (RFC 5321 §4.5.3.1.5).
+pub const MAX_REPLY_LINE: usize = 512;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub code: u16,

@@ -1,10 +1,12 @@
 //! One message's run of a wasm filter: a fresh instance in its own store, created on the first
-//! call, every call bounded in CPU (epoch ticks, yielding to tokio between them) and all calls
-//! together bounded in wall time. A trap or a limit hit poisons the instance: the stage fails
-//! and every later call fails at once; the store is dropped with the stage.
+//! call, every call bounded in CPU (epoch ticks, yielding to tokio between them) and the whole
+//! message bounded in time: the wall time of its calls plus the host's work on its answers. A
+//! trap or a limit hit poisons the instance: the stage fails and every later call fails at once;
+//! the store is dropped with the stage. Answers are converted as given; `chain::answer` checks
+//! them like every stage's.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -115,16 +117,25 @@ enum Life {
 pub struct WasmStage {
     filter: Arc<WasmFilter>,
     life: Life,
-    /// Set at the first call: all calls together must finish by then.
-    deadline: Option<Instant>,
+    /// What the message has cost so far, against `message_timeout`: the wall time of the calls
+    /// (instantiation included) and the host's work on their answers — not the time spent
+    /// waiting for the client between calls.
+    spent: Duration,
 }
 
 impl WasmStage {
     pub fn new(filter: Arc<WasmFilter>) -> WasmStage {
-        WasmStage { filter, life: Life::Unborn, deadline: None }
+        WasmStage { filter, life: Life::Unborn, spent: Duration::ZERO }
     }
 
-    /// Runs one call with the message's remaining time; any failure poisons the instance.
+    /// The message's run is out of time: the instance is unusable from now on.
+    fn exhausted(&mut self) -> StageError {
+        let err = StageError::Timeout(self.filter.limits.per_message);
+        self.life = Life::Poisoned(err.clone());
+        err
+    }
+
+    /// Runs one call with the message's remaining budget; any failure poisons the instance.
     async fn run<T>(
         &mut self,
         call: impl for<'a> FnOnce(
@@ -132,9 +143,12 @@ impl WasmStage {
             ResourceAny,
         ) -> futures_util::future::BoxFuture<'a, Result<T, StageError>>,
     ) -> Result<T, StageError> {
-        let deadline = *self.deadline.get_or_insert_with(|| Instant::now() + self.filter.limits.per_message);
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        if self.spent >= self.filter.limits.per_message {
+            return Err(self.exhausted());
+        }
+        let remaining = self.filter.limits.per_message - self.spent;
         let filter = self.filter.clone();
+        let started = Instant::now();
         let result = tokio::time::timeout(remaining, async {
             if matches!(self.life, Life::Unborn) {
                 self.life = Life::Live(Box::new(Instance::new(&filter).await?));
@@ -151,6 +165,7 @@ impl WasmStage {
         })
         .await
         .unwrap_or_else(|_| Err(StageError::Timeout(self.filter.limits.per_message)));
+        self.spent += started.elapsed();
         if let Err(err) = &result {
             self.life = Life::Poisoned(err.clone());
         }
@@ -162,6 +177,14 @@ impl WasmStage {
 impl Stage for WasmStage {
     fn interests(&self) -> Interests {
         self.filter.interests()
+    }
+
+    fn charge(&mut self, host_work: Duration) -> Result<(), StageError> {
+        self.spent += host_work;
+        match self.spent > self.filter.limits.per_message {
+            true => Err(self.exhausted()),
+            false => Ok(()),
+        }
     }
 
     async fn envelope(&mut self, event: &EnvelopeEvent) -> Result<Verdict, StageError> {
@@ -231,10 +254,8 @@ impl Stage for WasmStage {
 }
 
 fn reply_from(reply: wit::SmtpReply) -> Reply {
-    let enhanced = (!reply.enhanced.is_empty()).then_some(reply.enhanced);
-    let lines =
-        reply.text.lines().map(|line| line.chars().filter(|c| !c.is_control()).collect()).collect::<Vec<String>>();
-    Reply { code: reply.code, enhanced, lines: if lines.is_empty() { vec![String::new()] } else { lines } }
+    // The text is one line here; `chain::answer` splits it at line breaks and cuts it.
+    Reply { code: reply.code, enhanced: Some(reply.enhanced), lines: vec![reply.text] }
 }
 
 fn verdict_from(verdict: wit::Verdict) -> Verdict {
