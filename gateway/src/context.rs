@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use tracing::{info, warn};
@@ -24,6 +24,7 @@ use crate::next_hop::NextHop;
 use crate::relay::{RelayClient, RelayPool, RelaySettings};
 use crate::scanner::clamd::{self, ClamdAddress, ClamdFactory, ClamdSettings};
 use crate::sessions::SessionBook;
+use crate::smtp::deadline::ReadLimits;
 use crate::smtp::session::SessionConfig;
 use crate::spool::Spool;
 use crate::wasm::{WasmFilter, WasmLimits};
@@ -40,8 +41,7 @@ pub struct Context {
     pub flows: Arc<FlowRegistry>,
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<SessionBook>,
-    pub command_timeout: Duration,
-    pub data_timeout: Duration,
+    pub reads: ReadLimits,
     pub started: Instant,
     /// The config file to reload the chain from (None: the embedded default).
     config_path: Option<PathBuf>,
@@ -88,6 +88,7 @@ impl Context {
             session: SessionConfig {
                 hostname,
                 max_message_size: server.max_message_size.0,
+                max_header_size: server.max_header_size.0,
                 max_recipients: server.max_recipients,
                 bare_line_endings: server.bare_line_endings,
             },
@@ -95,8 +96,12 @@ impl Context {
             flows: Arc::new(FlowRegistry::with_stats(flow_stats)),
             metrics,
             sessions: Arc::default(),
-            command_timeout: server.command_timeout.0,
-            data_timeout: server.data_timeout.0,
+            reads: ReadLimits {
+                command_timeout: server.command_timeout.0,
+                data_timeout: server.data_timeout.0,
+                min_data_rate: server.min_data_rate.0,
+                min_data_rate_grace: server.min_data_rate_grace.0,
+            },
             started: Instant::now(),
             config_path,
             loaded: RwLock::new(Loaded { chain: Arc::new(chain), generation: 1 }),

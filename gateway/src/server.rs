@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::io::AsyncWriteExt;
@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{info, info_span, warn, Instrument, Span};
 
 use crate::config::Config;
 use crate::context::Context;
@@ -50,6 +50,42 @@ impl PerIpLimit {
         *count += 1;
         Some(PerIpSlot { limit: self.clone(), ip })
     }
+
+    /// Sessions held in all, and the `top` addresses holding the most, busiest first.
+    fn busiest(&self, top: usize) -> (usize, Vec<(IpAddr, usize)>) {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut busiest: Vec<(IpAddr, usize)> = counts.iter().map(|(&ip, &n)| (ip, n)).collect();
+        busiest.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        busiest.truncate(top);
+        (counts.values().sum(), busiest)
+    }
+}
+
+/// Addresses named in the "session limit reached" log line.
+const TOP_ADDRESSES: usize = 5;
+
+/// At most one "refused" log line per this interval: a flood of refused connections must not
+/// become a flood of log lines; the next line says how many refusals went unlogged.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct RefusalLog {
+    /// When the last line was logged, and refusals since then.
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl RefusalLog {
+    /// Some(refusals left unlogged since the last line) if this refusal is to be logged.
+    fn due(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, unlogged) = &mut *state;
+        if last.is_some_and(|last| now.duration_since(last) < REFUSAL_LOG_INTERVAL) {
+            *unlogged += 1;
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(unlogged))
+    }
 }
 
 impl Drop for PerIpSlot {
@@ -68,8 +104,11 @@ pub struct Server {
     listeners: Vec<TcpListener>,
     context: Arc<Context>,
     max_sessions: Arc<Semaphore>,
+    /// The semaphore's size, for the log.
+    session_limit: usize,
     max_sessions_per_ip: usize,
     per_ip: Arc<PerIpLimit>,
+    refusals: RefusalLog,
     shutdown_timeout: Duration,
     /// After the shutdown deadline: what a session may still need — a delivery past its final
     /// dot waits for the next hop's answer (bounded by relay.command_timeout), then writes it.
@@ -96,8 +135,10 @@ impl Server {
             listeners,
             context,
             max_sessions: Arc::new(Semaphore::new(config.server.max_sessions)),
+            session_limit: config.server.max_sessions,
             max_sessions_per_ip: config.server.max_sessions_per_ip,
             per_ip: Arc::default(),
+            refusals: RefusalLog::default(),
             shutdown_timeout: config.server.shutdown_timeout.0,
             last_delivery: config.relay.as_ref().map_or(Duration::ZERO, |relay| relay.command_timeout.0)
                 + LAST_REPLY_WRITE,
@@ -169,9 +210,12 @@ impl Server {
         let hostname = self.context.session.hostname.clone();
         let permit: Option<OwnedSemaphorePermit> = self.max_sessions.clone().try_acquire_owned().ok();
         let slot = permit.as_ref().and_then(|_| self.per_ip.acquire(peer.ip(), self.max_sessions_per_ip));
+        let global = permit.is_none();
         let (Some(permit), Some(slot)) = (permit, slot) else {
             let text = format!("{hostname} Error: too many sessions, try again later");
-            info!(target: "sluice::smtp", parent: &span, "refused: session limit");
+            if let Some(unlogged) = self.refusals.due(Instant::now()) {
+                self.log_refusal(&span, global, peer.ip(), unlogged);
+            }
             self.tasks.spawn(refuse(stream, text).instrument(span));
             return;
         };
@@ -187,6 +231,33 @@ impl Server {
             }
             .instrument(span),
         );
+    }
+
+    /// Says which limit refused a client and who holds the sessions, so an operator can see a
+    /// flood (many sessions from few addresses) at a glance.
+    fn log_refusal(&self, span: &Span, global: bool, ip: IpAddr, unlogged: u64) {
+        if global {
+            let (sessions, busiest) = self.per_ip.busiest(TOP_ADDRESSES);
+            let top: Vec<String> = busiest.iter().map(|(ip, n)| format!("{ip}={n}")).collect();
+            info!(
+                target: "sluice::smtp",
+                parent: span,
+                sessions,
+                max_sessions = self.session_limit,
+                top_addresses = ?top.join(", "),
+                unlogged,
+                "refused: session limit reached"
+            );
+        } else {
+            info!(
+                target: "sluice::smtp",
+                parent: span,
+                address = %ip,
+                max_sessions_per_ip = self.max_sessions_per_ip,
+                unlogged,
+                "refused: per-address session limit reached"
+            );
+        }
     }
 }
 

@@ -7,7 +7,8 @@
 //! (b) the body of a delivered message is CRLF-clean and ends with CRLF (or is empty);
 //! (c) the outcome (every reply, request, refusal with its code, abandonment and delivered body)
 //!     is the same whether the input arrives at once or in arbitrary pieces;
-//! (d) no message yields more than `max_message_size` body bytes;
+//! (d) no message yields more than `max_message_size` body bytes, and none is delivered with a
+//!     header section over `max_header_size` (as `HeaderMeter` measures it);
 //! (e) the loop ends within a number of steps linear in the input, and `NeedInput` is only
 //!     returned when the buffered input really cannot make progress;
 //! (f) `Close` is final: stepping again gives `Close` and consumes nothing;
@@ -22,6 +23,7 @@ use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use sluice::config::BareLineEndings;
 use sluice::smtp::command::MailParams;
+use sluice::smtp::header_meter::HeaderMeter;
 use sluice::smtp::parser::MAX_COMMAND_LINE;
 use sluice::smtp::reply::Reply;
 use sluice::smtp::session::{Phase, Request, Session, SessionConfig, Step};
@@ -290,6 +292,9 @@ impl Driver<'_> {
                 assert!(crlf_clean(&txn.body), "bare CR or LF in a delivered body: {:?}", txn.body);
                 assert!(ends_with_line_end(&txn.body), "delivered body does not end with CRLF");
                 assert!(txn.body.len() as u64 <= self.config.max_message_size);
+                let mut header = HeaderMeter::default();
+                header.feed(&txn.body);
+                assert!(header.peak() <= self.config.max_header_size, "header section limit not enforced");
                 self.events.push(Event::Delivered(txn.body));
             }
         }
@@ -329,6 +334,11 @@ fn drive(case: &Case, wire: &[u8], splits: Option<&[u16]>) -> Vec<Event> {
         max_message_size: match case.max_message_size {
             n if n % 2 == 0 => u64::from(n / 2 % 4096),
             n => u64::from(n / 2 % (1 << 18)),
+        },
+        // From the same input bits (the corpus keeps its meaning): often small enough to be hit.
+        max_header_size: match case.max_message_size >> 28 {
+            0..=7 => u64::from(case.max_message_size >> 12 & 0xfff) + 1,
+            _ => 256 << 10,
         },
         max_recipients: usize::from(case.max_recipients % 8),
         bare_line_endings: match case.reject_bare_line_endings {

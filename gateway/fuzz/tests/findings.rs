@@ -10,6 +10,7 @@ fn config() -> SessionConfig {
     SessionConfig {
         hostname: "gw.test".into(),
         max_message_size: 1000,
+        max_header_size: 300,
         max_recipients: 2,
         bare_line_endings: BareLineEndings::Normalize,
     }

@@ -6,8 +6,12 @@ use std::collections::{HashMap, VecDeque};
 
 use super::field::{render, MAX_LINE};
 
-/// A header section larger than this is not parsed further: the rest passes as body.
-pub const HEADER_LIMIT: usize = 256 * 1024;
+use crate::smtp::header_meter::{is_field_start, HeaderMeter};
+
+/// The most header section the splitter holds, and so the highest `server.max_header_size`. The
+/// session refuses a section over `max_header_size` and stops passing content on at that point,
+/// so this is only a backstop: the splitter never has to cut a section short.
+pub const HEADER_LIMIT: usize = 4 << 20;
 
 /// A change a stage asks for. `index` counts occurrences of `name` from 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,61 +226,50 @@ impl BodyOpening {
     }
 }
 
-/// Finds where the header section ends in content that arrives in pieces.
+/// Finds where the header section ends in content that arrives in pieces; `HeaderMeter` decides
+/// where, as it does for the session's limit, so the two always agree.
 #[derive(Debug, Default)]
 pub struct HeaderSplitter {
     buffer: Vec<u8>,
-    /// Offset of the first line not yet classified.
-    scanned: usize,
+    meter: HeaderMeter,
+    /// The section outgrew `HEADER_LIMIT`: nothing more is buffered, there is no section to give.
+    overflowed: bool,
 }
 
 impl HeaderSplitter {
     /// Adds content; once the header section is complete returns it and the body bytes after it.
     pub fn push(&mut self, chunk: &[u8]) -> Option<(HeaderSection, Vec<u8>)> {
+        if self.overflowed {
+            return None;
+        }
+        self.meter.feed(chunk);
+        if self.meter.peak() > HEADER_LIMIT as u64 {
+            self.overflowed = true;
+            self.buffer = Vec::new();
+            return None;
+        }
         self.buffer.extend_from_slice(chunk);
-        while let Some(newline) = memchr::memchr(b'\n', &self.buffer[self.scanned..]) {
-            let line = &self.buffer[self.scanned..self.scanned + newline + 1];
-            let in_section = match line.first() {
-                Some(b' ' | b'\t') => self.scanned > 0,
-                _ => is_field_start(line),
-            };
-            if line == b"\r\n" {
-                return Some(self.split_at(self.scanned + 2));
-            }
-            if !in_section {
-                return Some(self.split_at(self.scanned));
-            }
-            self.scanned += newline + 1;
-        }
-        if self.buffer.len() > HEADER_LIMIT {
-            return Some(self.split_at(self.scanned));
-        }
-        None
+        let end = self.meter.section()?;
+        Some(self.split_at(end as usize))
     }
 
-    /// At end of content: whatever was buffered is the header section (a body-less message).
+    /// True once the section outgrew `HEADER_LIMIT`: the message must not be delivered.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
+    /// At end of content: whatever was buffered is the header section (a body-less message);
+    /// after an overflow, nothing is.
     pub fn finish(&mut self) -> (HeaderSection, Vec<u8>) {
-        let end = self.buffer.len();
-        if self.buffer[self.scanned..].is_empty() || is_field_start(&self.buffer[self.scanned..]) {
-            self.split_at(end)
-        } else {
-            self.split_at(self.scanned)
-        }
+        let end = (self.meter.section_at_end() as usize).min(self.buffer.len());
+        self.split_at(end)
     }
 
     fn split_at(&mut self, at: usize) -> (HeaderSection, Vec<u8>) {
         let rest = self.buffer.split_off(at);
         let section = HeaderSection::parse(&std::mem::take(&mut self.buffer));
-        self.scanned = 0;
+        self.meter = HeaderMeter::default();
         (section, rest)
-    }
-}
-
-/// `name:` with a name of printable ASCII other than ':' (RFC 5322 §3.6.8).
-fn is_field_start(line: &[u8]) -> bool {
-    match memchr::memchr(b':', line) {
-        Some(colon) if colon > 0 => line[..colon].iter().all(|&b| (33..=126).contains(&b)),
-        _ => false,
     }
 }
 
@@ -351,6 +344,31 @@ mod tests {
         let mut long = BodyOpening::default();
         long.see(&[b'x'; 5000]);
         assert_eq!(long.0.len(), MAX_LINE + 1);
+    }
+
+    #[test]
+    fn a_big_section_is_never_cut() {
+        let mut content = Vec::new();
+        for n in 0..5000 {
+            content.extend_from_slice(format!("X-Pad-{n}: {}\r\n", "p".repeat(80)).as_bytes());
+        }
+        content.extend_from_slice(b"Subject: last\r\n\r\nbody\r\n");
+        for piece in [4096, 64 * 1024] {
+            let (section, body) = split(&content, piece);
+            assert_eq!(section.get("subject").as_deref(), Some("last"), "piece {piece}");
+            assert_eq!(body, b"body\r\n");
+        }
+    }
+
+    #[test]
+    fn past_the_limit_nothing_more_is_held() {
+        let mut splitter = HeaderSplitter::default();
+        let line = format!("X-Pad: {}\r\n", "p".repeat(1000));
+        for _ in 0..=HEADER_LIMIT / line.len() {
+            assert!(splitter.push(line.as_bytes()).is_none());
+        }
+        assert!(splitter.overflowed() && splitter.buffer.is_empty());
+        assert!(splitter.push(b"\r\nbody\r\n").is_none(), "no section comes out of an overflowed splitter");
     }
 
     #[test]

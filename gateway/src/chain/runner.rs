@@ -196,6 +196,15 @@ impl ContentRun {
                     if !rest.is_empty() {
                         self.first.send(Item::Body(Bytes::from(rest)));
                     }
+                } else if splitter.overflowed() {
+                    // The session refuses such a message before it gets here; should one slip
+                    // through, it is refused rather than passed on cut.
+                    self.splitter = None;
+                    let reply =
+                        crate::smtp::reply::Reply::new(552, "5.3.4", "Message header section exceeds fixed limit");
+                    if self.decision.decide("headers", Verdict::Reject(reply)) {
+                        self.flow.report(FlowEvent::EarlyVerdict);
+                    }
                 }
             }
             None => self.first.send(Item::Body(Bytes::from(bytes))),

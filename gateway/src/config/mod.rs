@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::chain::headers::HEADER_LIMIT;
 use stages::{FlowConfig, StageConfig};
 pub use units::{ByteSize, Span};
 
@@ -55,11 +56,18 @@ pub struct ServerConfig {
     /// Name in the greeting and EHLO reply; the machine's host name when absent.
     pub hostname: Option<String>,
     pub max_message_size: ByteSize,
+    /// Largest header section; a larger one is refused with 552 5.3.4 once the content is read.
+    pub max_header_size: ByteSize,
     pub max_recipients: usize,
     pub max_sessions: usize,
     pub max_sessions_per_ip: usize,
+    /// Idle bound on each wait for a command, and total bound on reading one command line.
     pub command_timeout: Span,
+    /// Idle bound on each wait for message content.
     pub data_timeout: Span,
+    /// Bytes per second message content must average once `min_data_rate_grace` is used up.
+    pub min_data_rate: ByteSize,
+    pub min_data_rate_grace: Span,
     /// How long SIGTERM waits for sessions in a transaction before closing them with 421.
     pub shutdown_timeout: Span,
     /// What to do with a bare CR or LF in a message body (SMTP smuggling defence).
@@ -72,11 +80,14 @@ impl Default for ServerConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
             hostname: None,
             max_message_size: ByteSize(50 << 20),
+            max_header_size: ByteSize(256 << 10),
             max_recipients: 100,
             max_sessions: 1000,
             max_sessions_per_ip: 100,
             command_timeout: Span(Duration::from_secs(300)),
             data_timeout: Span(Duration::from_secs(600)),
+            min_data_rate: ByteSize(500),
+            min_data_rate_grace: Span(Duration::from_secs(30)),
             shutdown_timeout: Span(Duration::from_secs(30)),
             bare_line_endings: BareLineEndings::Normalize,
         }
@@ -245,6 +256,12 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
     if server.max_message_size.0 == 0 {
         return fail("server.max_message_size", "must be greater than zero");
     }
+    if server.max_header_size.0 == 0 {
+        return fail("server.max_header_size", "must be greater than zero");
+    }
+    if server.max_header_size.0 > HEADER_LIMIT as u64 {
+        return fail("server.max_header_size", &format!("must be at most {}MiB", HEADER_LIMIT >> 20));
+    }
     if server.max_recipients == 0 {
         return fail("server.max_recipients", "must be at least 1");
     }
@@ -259,6 +276,12 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
     }
     if server.data_timeout.0.is_zero() {
         return fail("server.data_timeout", "must be greater than zero");
+    }
+    if server.min_data_rate.0 == 0 {
+        return fail("server.min_data_rate", "must be greater than zero (bytes per second, e.g. 500)");
+    }
+    if server.min_data_rate_grace.0.is_zero() {
+        return fail("server.min_data_rate_grace", "must be greater than zero");
     }
     if let Some(hostname) = &server.hostname {
         if hostname.is_empty() || hostname.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
@@ -330,6 +353,28 @@ mod tests {
         assert!(err.starts_with("test.toml:4:1: server.max_recipients: must be at least 1"), "{err}");
         let err = error("[relay]\naddress = \"nohost\"\n");
         assert!(err.starts_with("test.toml:2:1: relay.address:"), "{err}");
+    }
+
+    #[test]
+    fn limits_must_be_positive_and_bounded() {
+        let err = error("[server]\nmax_header_size = 0\n");
+        assert!(err.starts_with("test.toml:2:1: server.max_header_size: must be greater than zero"), "{err}");
+        let err = error("[server]\nmax_header_size = \"8MiB\"\n");
+        assert!(err.starts_with("test.toml:2:1: server.max_header_size: must be at most 4MiB"), "{err}");
+        let err = error("[server]\n\nmin_data_rate = 0\n");
+        assert!(err.starts_with("test.toml:3:1: server.min_data_rate: must be greater than zero"), "{err}");
+        let err = error("[server]\nmin_data_rate = -500\n");
+        assert!(
+            err.starts_with("test.toml:2:") && err.contains("server.min_data_rate: a size cannot be negative"),
+            "{err}"
+        );
+        let err = error("[server]\nmin_data_rate_grace = \"0s\"\n");
+        assert!(err.starts_with("test.toml:2:1: server.min_data_rate_grace: must be greater than zero"), "{err}");
+        let err = error("[server]\nmin_data_rate_grace = \"-5s\"\n");
+        assert!(err.starts_with("test.toml:2:") && err.contains("server.min_data_rate_grace"), "{err}");
+        let server =
+            parse("test.toml", "[server]\nmax_header_size = \"1MiB\"\nmin_data_rate = \"1KiB\"\n").unwrap().server;
+        assert_eq!((server.max_header_size, server.min_data_rate), (ByteSize(1 << 20), ByteSize(1024)));
     }
 
     #[test]

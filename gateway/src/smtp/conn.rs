@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::command::MailParams;
+use super::deadline::{Expiry, ReadClock};
 use super::reply::Reply;
-use super::session::{Envelope, Phase, Request, Session, Step};
+use super::session::{Envelope, Request, Session, Step};
 use crate::chain::runner::{ContentOutcome, ContentRun};
 use crate::chain::stage::Verdict;
 use crate::chain::{Chain, EnvelopeOutcome, Transaction};
@@ -32,7 +33,7 @@ const READ_BUFFER: usize = 64 * 1024;
 
 /// Why the loop stopped reading.
 enum Interruption {
-    Timeout,
+    Timeout(Expiry),
     Draining,
     Deadline,
 }
@@ -62,6 +63,8 @@ pub struct Connection {
     output: Vec<u8>,
     /// When the current transaction's MAIL arrived, for the per-message log line.
     transaction_start: Instant,
+    /// The read deadlines: idle, per command line, minimum data rate.
+    clock: ReadClock,
 }
 
 impl Connection {
@@ -80,6 +83,7 @@ impl Connection {
             input: BytesMut::with_capacity(READ_BUFFER),
             output: Vec::with_capacity(1024),
             transaction_start: Instant::now(),
+            clock: ReadClock::new(context.reads),
             context,
             shutdown,
         }
@@ -120,9 +124,9 @@ impl Connection {
                             debug!(target: "sluice::smtp", "client closed the connection");
                             break;
                         }
-                        Err(Interruption::Timeout) => {
+                        Err(Interruption::Timeout(expiry)) => {
                             let phase = self.session.phase();
-                            info!(target: "sluice::smtp", ?phase, "client timed out");
+                            info!(target: "sluice::smtp", ?phase, reason = expiry.as_str(), "client timed out");
                             let text = format!("{} Error: timeout exceeded", self.context.session.hostname);
                             self.close_with(Reply::new(421, "4.4.2", text)).await;
                             break;
@@ -266,24 +270,23 @@ impl Connection {
         );
     }
 
-    /// Reads more input once flow control allows; Ok(false) at end of stream.
+    /// Reads more input once flow control allows; Ok(false) at end of stream. The wait is bounded
+    /// by the clock's deadline, a timer that fires whether or not bytes trickle in.
     async fn read(&mut self) -> Result<bool, Interruption> {
         let deadline = self.shutdown.deadline.clone();
         tokio::select! {
             _ = self.flow.wait_readable() => {}
             _ = deadline.cancelled() => return Err(Interruption::Deadline),
         }
-        let limit = match self.session.phase() {
-            Phase::Command => self.context.command_timeout,
-            Phase::Content => self.context.data_timeout,
-        };
+        let (until, expiry) = self.clock.deadline(self.session.waiting(&self.input), Instant::now());
         self.input.reserve(READ_BUFFER);
         let idle = self.session.is_idle();
         self.update_listing(0, 0);
         tokio::select! {
-            result = timeout(limit, self.stream.read_buf(&mut self.input)) => match result {
+            result = timeout_at(until.into(), self.stream.read_buf(&mut self.input)) => match result {
                 Ok(Ok(0)) | Ok(Err(_)) => Ok(false),
                 Ok(Ok(n)) => {
+                    self.clock.received(n, Instant::now());
                     // Acknowledge at once: a client with Nagle on (smtp-source, many MTAs) holds
                     // its final ".\r\n" until our ACK, and a delayed ACK costs it 40 ms a message.
                     let _ = socket2::SockRef::from(&self.stream).set_tcp_quickack(true);
@@ -292,7 +295,7 @@ impl Connection {
                     self.update_listing(n as u64, 0);
                     Ok(true)
                 }
-                Err(_) => Err(Interruption::Timeout),
+                Err(_) => Err(Interruption::Timeout(expiry)),
             },
             // Between transactions a draining gateway closes at once; within one it waits.
             _ = self.shutdown.draining.cancelled(), if idle => Err(Interruption::Draining),
@@ -305,7 +308,7 @@ impl Connection {
         if self.output.is_empty() {
             return true;
         }
-        let limit = self.context.command_timeout;
+        let limit = self.context.reads.command_timeout;
         let written = timeout(limit, self.stream.write_all(&self.output)).await;
         let bytes = self.output.len() as u64;
         tracing::trace!(target: "sluice::io", bytes, "write");

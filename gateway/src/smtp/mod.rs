@@ -1,8 +1,12 @@
-//! The SMTP front end: pure protocol core (`parser`, `command`, `session`, `reply`) and the one
-//! async loop per connection that drives it (`conn`).
+//! The SMTP front end: pure protocol core (`parser`, `command`, `session` with its `content`
+//! accounting and `header_meter`, `reply`, and the read `deadline`s) and the one async loop per
+//! connection that drives it (`conn`).
 
 pub mod command;
 pub mod conn;
+mod content;
+pub mod deadline;
+pub mod header_meter;
 pub mod parser;
 pub mod reply;
 pub mod session;

@@ -26,6 +26,12 @@ pub struct CommandFramer {
 }
 
 impl CommandFramer {
+    /// True inside an overlong line: its bytes are dropped from the input as they come, but the
+    /// line is still being read.
+    pub fn discarding(&self) -> bool {
+        self.discarding
+    }
+
     /// Takes the next complete line (without CRLF / LF) from `input`; None means "need more".
     pub fn next(&mut self, input: &mut BytesMut) -> Option<CommandFrame> {
         loop {

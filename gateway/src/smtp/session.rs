@@ -12,7 +12,9 @@ use std::mem;
 use bytes::BytesMut;
 
 use super::command::{self, Command, MailParams};
-use super::parser::{BodyDecoder, CommandFrame, CommandFramer, Framing};
+use super::content::Content;
+use super::deadline::Waiting;
+use super::parser::{CommandFrame, CommandFramer, Framing};
 use super::reply::Reply;
 use crate::config::BareLineEndings;
 
@@ -26,6 +28,8 @@ const MAX_ERRORS: u32 = 20;
 pub struct SessionConfig {
     pub hostname: String,
     pub max_message_size: u64,
+    /// Largest header section accepted; a larger one is refused with 552 after it is read.
+    pub max_header_size: u64,
     pub max_recipients: usize,
     pub bare_line_endings: BareLineEndings,
 }
@@ -80,20 +84,6 @@ pub enum Phase {
     Content,
 }
 
-/// Why content is being read but will not be delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ContentFault {
-    TooBig,
-    BareLineEnding,
-}
-
-#[derive(Debug)]
-struct Content {
-    decoder: BodyDecoder,
-    size: u64,
-    fault: Option<ContentFault>,
-}
-
 #[derive(Debug)]
 enum State {
     /// Before HELO/EHLO.
@@ -138,6 +128,11 @@ pub struct Session {
     queued: VecDeque<Step>,
     helo: String,
     errors: u32,
+    /// Command lines framed so far: numbers the line being read, for its deadline.
+    lines: u64,
+    /// Contents begun so far (DATA, BDAT messages, refused BDAT octets): numbers the one being
+    /// read, for its minimum data rate.
+    contents: u64,
 }
 
 impl Session {
@@ -150,6 +145,8 @@ impl Session {
             queued: VecDeque::new(),
             helo: String::new(),
             errors: 0,
+            lines: 0,
+            contents: 0,
         }
     }
 
@@ -162,6 +159,15 @@ impl Session {
             State::Data(..) | State::Chunk { .. } | State::SkipChunk { .. } => Phase::Content,
             _ => Phase::Command,
         }
+    }
+
+    /// What the session is waiting for in `input`'s continuation, for the driver's read deadline.
+    pub fn waiting(&self, input: &[u8]) -> Waiting {
+        let phase = self.phase();
+        let in_content =
+            matches!(self.state, State::Data(..) | State::Chunking(..) | State::Chunk { .. } | State::SkipChunk { .. });
+        let in_line = phase == Phase::Command && (!input.is_empty() || self.framer.discarding());
+        Waiting { phase, line: in_line.then_some(self.lines), content: in_content.then_some(self.contents) }
     }
 
     /// The protocol state, as operators see it.
@@ -234,10 +240,13 @@ impl Session {
             }
             state => {
                 self.state = state;
-                match self.framer.next(input) {
-                    None => Some(Step::NeedInput),
-                    Some(CommandFrame::TooLong) => Some(self.error(Reply::new(500, "5.5.0", "Error: line too long"))),
-                    Some(CommandFrame::Line(line)) => match command::parse(&line) {
+                let Some(frame) = self.framer.next(input) else {
+                    return Some(Step::NeedInput);
+                };
+                self.lines += 1;
+                match frame {
+                    CommandFrame::TooLong => Some(self.error(Reply::new(500, "5.5.0", "Error: line too long"))),
+                    CommandFrame::Line(line) => match command::parse(&line) {
                         Ok(command) => {
                             let state = mem::replace(&mut self.state, State::Closed);
                             let (next, step) = self.transition(state, command);
@@ -370,6 +379,7 @@ impl Session {
                 (State::Envelope(envelope), Some(Step::Reply(reply)))
             }
             (State::Envelope(envelope), Data) => {
+                self.contents += 1;
                 let reply = Reply::plain(354, "End data with <CR><LF>.<CR><LF>");
                 (State::Data(envelope, Content::new(Framing::DotTerminated)), Some(Step::Reply(reply)))
             }
@@ -377,6 +387,7 @@ impl Session {
                 (state, Some(self.error(bad_sequence("BDAT in progress; only BDAT or RSET may follow"))))
             }
             (State::Envelope(envelope), Bdat { size, last }) if !envelope.rcpt_to.is_empty() => {
+                self.contents += 1;
                 let content = Content::new(Framing::Counted);
                 (State::Chunk { envelope, content, remaining: size, last }, None)
             }
@@ -384,6 +395,7 @@ impl Session {
                 (State::Chunk { envelope, content, remaining: size, last }, None)
             }
             (state, Bdat { size, .. }) => {
+                self.contents += 1;
                 let reply = match state {
                     State::Fresh => bad_sequence("send HELO/EHLO first"),
                     State::Envelope(_) => Reply::new(554, "5.5.1", "Error: no valid recipients"),
@@ -469,38 +481,11 @@ impl Session {
     /// The refusal is chosen from the final totals, so it never depends on how reads were split.
     fn end_content(&mut self, envelope: Envelope, content: Content) {
         self.state = State::Ready;
-        let bare_refused =
-            self.config.bare_line_endings == BareLineEndings::Reject && content.decoder.bare_line_endings() > 0;
-        let refusal = match (content.size > self.config.max_message_size, bare_refused) {
-            (true, _) => Reply::new(552, "5.3.4", "Message size exceeds fixed limit"),
-            (false, true) => Reply::new(550, "5.6.0", "Message contains bare CR or LF; send CRLF line endings"),
-            (false, false) => {
-                self.queued.push_back(Step::Request(Request::Deliver(envelope.clone())));
-                return;
-            }
+        let step = match content.refusal(&self.config) {
+            Some(refusal) => Step::Refuse(refusal),
+            None => Step::Request(Request::Deliver(envelope)),
         };
-        self.queued.push_back(Step::Refuse(refusal));
-    }
-}
-
-impl Content {
-    fn new(framing: Framing) -> Content {
-        Content { decoder: BodyDecoder::new(framing), size: 0, fault: None }
-    }
-
-    /// Counts decoded bytes and decides whether they go on to the spool.
-    fn accept(&mut self, out: Vec<u8>, config: &SessionConfig) -> Option<Vec<u8>> {
-        self.size += out.len() as u64;
-        if self.fault.is_none() && self.size > config.max_message_size {
-            self.fault = Some(ContentFault::TooBig);
-        }
-        if self.fault.is_none()
-            && config.bare_line_endings == BareLineEndings::Reject
-            && self.decoder.bare_line_endings() > 0
-        {
-            self.fault = Some(ContentFault::BareLineEnding);
-        }
-        (self.fault.is_none() && !out.is_empty()).then_some(out)
+        self.queued.push_back(step);
     }
 }
 

@@ -6,6 +6,7 @@ fn config() -> SessionConfig {
     SessionConfig {
         hostname: "gw.test".into(),
         max_message_size: 1000,
+        max_header_size: 1000,
         max_recipients: 2,
         bare_line_endings: BareLineEndings::Normalize,
     }
@@ -67,8 +68,12 @@ fn run_with(config: SessionConfig, input: &[u8], piece: usize) -> Run {
 }
 
 fn run(input: &[u8]) -> Run {
-    let whole = run_with(config(), input, input.len().max(1));
-    let bytewise = run_with(config(), input, 1);
+    run_in(config(), input)
+}
+
+fn run_in(config: SessionConfig, input: &[u8]) -> Run {
+    let whole = run_with(config.clone(), input, input.len().max(1));
+    let bytewise = run_with(config, input, 1);
     assert_eq!(whole.replies, bytewise.replies, "replies must not depend on how input is split");
     assert_eq!(whole.delivered, bytewise.delivered);
     whole
@@ -242,4 +247,105 @@ fn fuzz_finding_refusal_does_not_depend_on_read_sizes() {
     let bytewise = run_with(strict, &input, 1);
     assert_eq!(whole.replies, bytewise.replies);
     assert_eq!(whole.replies.last(), Some(&552), "too big wins over bare line endings");
+}
+
+/// A header section of exactly `n` (at least 12) bytes: folded fields, a filler and the empty line.
+fn header_section(n: usize) -> Vec<u8> {
+    let mut section = Vec::new();
+    while section.len() + 25 + 12 <= n {
+        section.extend_from_slice(b"X-Pad: padding\r\n\tfolded\r\n");
+    }
+    let fill = "x".repeat(n - section.len() - 12);
+    section.extend_from_slice(format!("X-Last: {fill}\r\n\r\n").as_bytes());
+    section
+}
+
+/// max_header_size 300 of max_message_size 1000.
+fn header_config() -> SessionConfig {
+    SessionConfig { max_header_size: 300, ..config() }
+}
+
+#[test]
+fn an_oversized_header_section_is_read_then_refused() {
+    let dot_content = |section: &[u8]| {
+        let mut input = b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<d@e>\r\nDATA\r\n".to_vec();
+        input.extend_from_slice(section);
+        input.extend_from_slice(b"body\r\n.\r\nNOOP\r\n");
+        input
+    };
+    let r = run_in(header_config(), &dot_content(&header_section(300)));
+    assert_eq!(r.replies, vec![250, 250, 250, 354, 250, 250]);
+    assert_eq!(r.delivered[0].1.len(), 300 + 6);
+    let r = run_in(header_config(), &dot_content(&header_section(301)));
+    assert_eq!(r.replies, vec![250, 250, 250, 354, 552, 250]);
+    assert!(r.delivered.is_empty());
+    // BDAT alike, the section spread over chunks.
+    let section = header_section(400);
+    let (one, two) = section.split_at(150);
+    let mut input = format!("EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<d@e>\r\nBDAT {}\r\n", one.len()).into_bytes();
+    input.extend_from_slice(one);
+    input.extend_from_slice(format!("BDAT {} LAST\r\n", two.len() + 6).as_bytes());
+    input.extend_from_slice(two);
+    input.extend_from_slice(b"body\r\n");
+    let r = run_in(header_config(), &input);
+    assert_eq!(r.replies, vec![250, 250, 250, 250, 552]);
+    assert!(r.delivered.is_empty());
+}
+
+#[test]
+fn the_header_refusal_names_the_limit_and_nothing_past_it_is_passed_on() {
+    let mut session = Session::new(header_config());
+    let mut input = BytesMut::from(&b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<d@e>\r\nDATA\r\n"[..]);
+    let mut passed_on = 0;
+    let mut content = header_section(900);
+    content.extend_from_slice(b".\r\n");
+    let mut pieces = content.chunks(10);
+    let refusal = loop {
+        match session.step(&mut input) {
+            Step::Request(_) => {
+                session.answer(Reply::new(250, "2.0.0", "Ok"));
+            }
+            Step::Body(bytes) => passed_on += bytes.len(),
+            Step::Refuse(reply) => break reply,
+            Step::NeedInput => input.extend_from_slice(pieces.next().expect("refused at the end")),
+            _ => {}
+        }
+    };
+    assert_eq!((refusal.code, refusal.enhanced.as_deref()), (552, Some("5.3.4")));
+    assert!(refusal.lines[0].contains("header section exceeds fixed limit of 300 bytes"), "{refusal:?}");
+    assert!(passed_on <= 300, "{passed_on} bytes of an oversized section reached the chain");
+}
+
+#[test]
+fn waiting_tells_the_line_and_the_content_being_read() {
+    let mut session = Session::new(config());
+    let mut input = BytesMut::from(&b"EHLO c\r\n"[..]);
+    assert!(matches!(session.step(&mut input), Step::Reply(_)));
+    assert!(matches!(session.step(&mut input), Step::NeedInput));
+    let idle = session.waiting(&input);
+    assert_eq!((idle.phase, idle.line, idle.content), (Phase::Command, None, None));
+    input.extend_from_slice(b"MAIL FR");
+    assert!(matches!(session.step(&mut input), Step::NeedInput));
+    assert_eq!(session.waiting(&input).line, Some(1), "the second line is being read");
+    input.extend_from_slice(b"OM:<a@b>\r\n");
+    assert!(matches!(session.step(&mut input), Step::Request(_)));
+    session.answer(Reply::new(250, "2.1.0", "Ok"));
+    input.extend_from_slice(b"RCPT TO:<d@e>\r\n");
+    assert!(matches!(session.step(&mut input), Step::Request(_)));
+    session.answer(Reply::new(250, "2.1.5", "Ok"));
+    input.extend_from_slice(b"BDAT 2\r\na");
+    while !matches!(session.step(&mut input), Step::NeedInput) {}
+    let chunk = session.waiting(&input);
+    assert_eq!((chunk.phase, chunk.line, chunk.content), (Phase::Content, None, Some(1)));
+    input.extend_from_slice(b"bBD");
+    while !matches!(session.step(&mut input), Step::NeedInput) {}
+    // Between chunks: a command line, and the same message.
+    let between = session.waiting(&input);
+    assert_eq!((between.phase, between.line, between.content), (Phase::Command, Some(4), Some(1)));
+    // An overlong line still being dropped is a line in progress, though nothing is buffered.
+    let mut session = Session::new(config());
+    let mut input = BytesMut::from(&[b'X'; 600][..]);
+    assert!(matches!(session.step(&mut input), Step::NeedInput));
+    assert!(input.is_empty());
+    assert_eq!(session.waiting(&input).line, Some(0));
 }

@@ -287,6 +287,11 @@ impl SmtpClient {
         self.stream.write_all(bytes).expect("write to gateway");
     }
 
+    /// A second handle on the connection, for writing from another thread while this one reads.
+    pub fn writer(&self) -> TcpStream {
+        self.stream.try_clone().expect("clone the client socket")
+    }
+
     /// Reads one reply; panics on timeout or a closed connection.
     pub fn reply(&mut self) -> ClientReply {
         self.try_reply().expect("connection closed while waiting for a reply")
