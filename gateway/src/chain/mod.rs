@@ -1,8 +1,14 @@
 //! The filter chain: an ordered list of stages from the config. The envelope phase runs stage by
 //! stage in the session task (each command waits for its verdicts); the content phase runs every
-//! stage concurrently on its own inbox (`runner`). Verdict folding: the first reject, tempfail or
-//! discard decides the message; a stage's failure becomes its `on_error` verdict.
+//! stage concurrently on its own inbox (`runner`). A stage's failure becomes its `on_error` verdict.
+//!
+//! Verdict folding (`decision`), independent of timing: the earliest stage in chain order that ends
+//! the message — reject, tempfail, discard, or a failure's `on_error` verdict — wins. Stages after
+//! it are no longer called; stages before it still see the whole message and may still win. So the
+//! answer is that of the lowest-index stage that decides on the full content, whichever answered
+//! first; the client's remaining content is dropped only once no earlier stage can still decide.
 
+pub mod decision;
 pub mod headers;
 pub mod runner;
 pub mod stage;
@@ -23,7 +29,8 @@ use crate::flow::gate::FlowHandle;
 use crate::metrics::Metrics;
 use crate::smtp::reply::Reply;
 use crate::spool::Spool;
-use runner::{ContentRun, Decision, EndOfData, RunningStage, Standing};
+use decision::Decision;
+use runner::{ContentRun, EndOfData, RunningStage, Standing};
 use stage::{EnvelopeEvent, MessageContext, StageError, StageFactory, Verdict};
 
 /// What a stage's failure (error, timeout, trap, bad answer) does to the message.
@@ -95,13 +102,11 @@ impl Chain {
     pub async fn begin(&self, peer: SocketAddr, helo: &str, mail_from: &str) -> (Transaction, EnvelopeOutcome) {
         let (end_sender, end_of_data) = EndOfData::channel();
         let context = MessageContext { end_of_data };
-        let mut transaction = Transaction { stages: Vec::new(), decision: Arc::default(), end_of_data: end_sender };
+        let mut stages = Vec::new();
         let mut refusal = None;
         for spec in &self.stages {
             match spec.factory.instantiate(&context) {
-                Ok(instance) => {
-                    transaction.stages.push(RunningStage { spec: spec.clone(), instance, standing: Standing::Active })
-                }
+                Ok(instance) => stages.push(RunningStage { spec: spec.clone(), instance, standing: Standing::Active }),
                 Err(err) => {
                     warn!(target: "sluice::filters", stage = %spec.name, error = %err, "cannot instantiate stage");
                     match spec.on_error.verdict(&spec.name) {
@@ -112,6 +117,8 @@ impl Chain {
                 }
             }
         }
+        let decision = Arc::new(Decision::new(stages.iter().map(|s| s.spec.name.clone()).collect()));
+        let mut transaction = Transaction { stages, decision, end_of_data: end_sender };
         if let Some(reply) = refusal {
             return (transaction, EnvelopeOutcome::Refuse(reply));
         }
@@ -144,9 +151,9 @@ impl Transaction {
 
     /// Runs one envelope event through the active stages in order.
     async fn envelope(&mut self, event: &EnvelopeEvent) -> EnvelopeOutcome {
-        for stage in &mut self.stages {
+        for (index, stage) in self.stages.iter_mut().enumerate() {
             if stage.standing != Standing::Active
-                || self.decision.is_decided()
+                || !self.decision.reaches(index)
                 || !stage.instance.interests().wants(event.kind())
             {
                 continue;
@@ -158,7 +165,10 @@ impl Transaction {
             }
             match result {
                 Ok(Verdict::Continue) => {}
-                Ok(Verdict::Accept) => stage.standing = Standing::Accepted,
+                Ok(Verdict::Accept) => {
+                    stage.standing = Standing::Accepted;
+                    self.decision.close(index);
+                }
                 Ok(Verdict::Reject(reply) | Verdict::Tempfail(reply)) => {
                     info!(target: "sluice::filters", stage = %spec.name, event = ?event.kind(), reply = %reply, "envelope refused");
                     return EnvelopeOutcome::Refuse(reply);
@@ -170,7 +180,10 @@ impl Transaction {
                 Err(err) => {
                     warn!(target: "sluice::filters", stage = %spec.name, event = ?event.kind(), error = %err, policy = ?spec.on_error, "stage failed");
                     match spec.on_error.verdict(&spec.name) {
-                        None => stage.standing = Standing::Bypassed,
+                        None => {
+                            stage.standing = Standing::Bypassed;
+                            self.decision.close(index);
+                        }
                         Some(Verdict::Reject(reply) | Verdict::Tempfail(reply)) => {
                             return EnvelopeOutcome::Refuse(reply)
                         }
