@@ -24,7 +24,7 @@ use crate::relay::{RelayClient, RelayPool, RelaySettings};
 use crate::scanner::clamd::{self, ClamdAddress, ClamdFactory, ClamdSettings};
 use crate::sessions::SessionBook;
 use crate::smtp::session::SessionConfig;
-use crate::spool::Spool;
+use crate::spool::{Spool, SpoolBudget};
 use crate::wasm::{WasmFilter, WasmLimits};
 
 /// The loaded chain and its generation (1 at start, +1 per successful reload).
@@ -51,6 +51,8 @@ pub struct Context {
     relay_pool: Arc<RelayPool>,
     maildir: Option<Arc<Maildir>>,
     spool_memory: usize,
+    /// Memory all sessions' spools share.
+    spool_budget: SpoolBudget,
     spool_directory: Option<PathBuf>,
 }
 
@@ -101,6 +103,7 @@ impl Context {
             relay_pool: Arc::default(),
             maildir,
             spool_memory: usize::try_from(config.spool.memory_limit.0).unwrap_or(usize::MAX),
+            spool_budget: SpoolBudget::new(usize::try_from(config.spool.total_memory_limit.0).unwrap_or(usize::MAX)),
             spool_directory: config.spool.directory.clone(),
         })
     }
@@ -153,7 +156,7 @@ impl Context {
     }
 
     pub fn spool(&self) -> Spool {
-        Spool::new(self.spool_memory, self.spool_directory.clone())
+        Spool::new(self.spool_memory, self.spool_budget.clone(), self.spool_directory.clone())
     }
 }
 
