@@ -423,3 +423,7 @@ impl OnError {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "runner_tests.rs"]
+mod tests;
