@@ -31,7 +31,7 @@ use crate::smtp::reply::Reply;
 use crate::spool::Spool;
 use decision::Decision;
 use runner::{ContentRun, EndOfData, RunningStage, Standing};
-use stage::{EnvelopeEvent, MessageContext, StageError, StageFactory, Verdict};
+use stage::{EnvelopeEvent, MessageContext, Stage, StageError, StageEvent, StageFactory, Verdict};
 
 /// What a stage's failure (error, timeout, trap, bad answer) does to the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -71,6 +71,16 @@ pub(crate) async fn call<T>(
         spec.metrics.stage_failure(&spec.name, err.cause());
     }
     result
+}
+
+/// Asks a stage whether it wants `event`. `interests` is the stage's own code, like its calls, so
+/// a panic in it is the stage's failure (counted here), not a crash of the session.
+pub(crate) fn interested(spec: &StageSpec, stage: &dyn Stage, event: StageEvent) -> Result<bool, StageError> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| stage.interests().wants(event))).map_err(|_panic| {
+        let err = StageError::Failed("stage panicked in interests()".into());
+        spec.metrics.stage_failure(&spec.name, err.cause());
+        err
+    })
 }
 
 /// Answer to an envelope command after the chain has seen it.
@@ -152,14 +162,15 @@ impl Transaction {
     /// Runs one envelope event through the active stages in order.
     async fn envelope(&mut self, event: &EnvelopeEvent) -> EnvelopeOutcome {
         for (index, stage) in self.stages.iter_mut().enumerate() {
-            if stage.standing != Standing::Active
-                || !self.decision.reaches(index)
-                || !stage.instance.interests().wants(event.kind())
-            {
+            if stage.standing != Standing::Active || !self.decision.reaches(index) {
                 continue;
             }
             let spec = stage.spec.clone();
-            let result = call(&spec, stage.instance.envelope(event)).await.and_then(checked);
+            let result = match interested(&spec, stage.instance.as_ref(), event.kind()) {
+                Ok(false) => continue,
+                Ok(true) => call(&spec, stage.instance.envelope(event)).await.and_then(checked),
+                Err(err) => Err(err),
+            };
             if let Ok(verdict) = &result {
                 spec.metrics.stage_verdict(&spec.name, verdict.kind());
             }

@@ -20,7 +20,7 @@ use tracing::{info, warn, Instrument};
 use super::decision::Decision;
 use super::headers::{HeaderChange, HeaderSection, HeaderSplitter};
 use super::stage::{BodyOutput, Reaction, Stage, StageError, StageEvent, Verdict};
-use super::{call, OnError, StageSpec};
+use super::{call, interested, OnError, StageSpec};
 use crate::flow::gate::{FlowHandle, MessageFlow};
 use crate::flow::FlowEvent;
 use crate::spool::Spool;
@@ -278,7 +278,9 @@ async fn stage_task(mailbox: Mailbox, mut stage: RunningStage, next: Inbox, deci
     let (index, flow) = (mailbox.index, mailbox.flow.clone());
     let passed = AssertUnwindSafe(pass_items(mailbox, &mut stage, next, decision.clone())).catch_unwind().await;
     if passed.is_err() {
-        fail(&mut stage, StageError::Died, &decision, &flow);
+        let err = StageError::Died;
+        stage.spec.metrics.stage_failure(&stage.spec.name, err.cause());
+        settle(&mut stage, Err(err), &decision, &flow);
     }
     if decision.close(index) {
         flow.report(FlowEvent::EarlyVerdict);
@@ -338,25 +340,18 @@ async fn pass_items(mut inbox: Mailbox, stage: &mut RunningStage, next: Inbox, d
 }
 
 /// Whether to call the stage for `event`: it is active, the message still matters to it (no stage
-/// at or before it decided) and it wants the event. `interests` is the stage's own code, like its
-/// calls, so a panic in it is the stage's failure.
+/// at or before it decided) and it wants the event — asking is the stage's code, and may fail.
 fn wants(stage: &mut RunningStage, event: StageEvent, index: usize, decision: &Decision, flow: &MessageFlow) -> bool {
     if stage.standing != Standing::Active || !decision.reaches(index) {
         return false;
     }
-    match std::panic::catch_unwind(AssertUnwindSafe(|| stage.instance.interests().wants(event))) {
+    match interested(&stage.spec, stage.instance.as_ref(), event) {
         Ok(wanted) => wanted,
-        Err(_panic) => {
-            fail(stage, StageError::Failed("stage panicked in interests()".into()), decision, flow);
+        Err(err) => {
+            settle(stage, Err(err), decision, flow);
             false
         }
     }
-}
-
-/// A failure outside a call (which `call` counts itself): counted, then the stage's policy.
-fn fail(stage: &mut RunningStage, err: StageError, decision: &Decision, flow: &MessageFlow) {
-    stage.spec.metrics.stage_failure(&stage.spec.name, err.cause());
-    settle(stage, Err(err), decision, flow);
 }
 
 fn forward(next: &Inbox, chunk: Bytes, output: BodyOutput) {
