@@ -107,10 +107,18 @@ impl Cli {
     }
 }
 
+/// Threads for blocking work (spool files, maildir writes, name lookups). Tokio's default, 512,
+/// lets a burst of sessions spilling to disk start hundreds of threads, each leaving allocator
+/// memory behind when it exits; on a few cores more than this gains nothing.
+const MAX_BLOCKING_THREADS: usize = 64;
+
 fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let hostname = config.server.hostname.clone().unwrap_or_else(machine_hostname);
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .build()
+        .context("cannot start the runtime")?;
     runtime.block_on(async {
         let stop = stop_signal()?;
         let context = Arc::new(Context::from_config(&config, path, hostname).await?);

@@ -26,7 +26,7 @@ use crate::scanner::clamd::{self, ClamdAddress, ClamdFactory, ClamdSettings};
 use crate::sessions::SessionBook;
 use crate::smtp::deadline::ReadLimits;
 use crate::smtp::session::SessionConfig;
-use crate::spool::Spool;
+use crate::spool::{Spool, SpoolBudget};
 use crate::wasm::{WasmFilter, WasmLimits};
 
 /// The loaded chain and its generation (1 at start, +1 per successful reload).
@@ -52,6 +52,8 @@ pub struct Context {
     relay_pool: Arc<RelayPool>,
     maildir: Option<Arc<Maildir>>,
     spool_memory: usize,
+    /// Memory all sessions' spools share.
+    spool_budget: SpoolBudget,
     spool_directory: Option<PathBuf>,
 }
 
@@ -110,6 +112,7 @@ impl Context {
             relay_pool,
             maildir,
             spool_memory: usize::try_from(config.spool.memory_limit.0).unwrap_or(usize::MAX),
+            spool_budget: SpoolBudget::new(usize::try_from(config.spool.total_memory_limit.0).unwrap_or(usize::MAX)),
             spool_directory: config.spool.directory.clone(),
         })
     }
@@ -172,7 +175,7 @@ impl Context {
     }
 
     pub fn spool(&self) -> Spool {
-        Spool::new(self.spool_memory, self.spool_directory.clone())
+        Spool::new(self.spool_memory, self.spool_budget.clone(), self.spool_directory.clone())
     }
 }
 

@@ -69,7 +69,7 @@ mod tests {
     async fn delivers_atomically_into_new() {
         let dir = tempfile::tempdir().unwrap();
         let maildir = Maildir::open(dir.path(), "gw:test").unwrap();
-        let mut spool = Spool::new(1024, None);
+        let mut spool = Spool::new(1024, crate::spool::SpoolBudget::new(1 << 20), None);
         spool.write(b"Subject: hi\r\n\r\nbody\r\n").await.unwrap();
         let name = maildir.deliver("a@b.c", &mut spool).await.unwrap();
         assert!(name.ends_with("gw\\072test"));

@@ -1,10 +1,17 @@
 //! The filter chain: an ordered list of stages from the config. The envelope phase runs stage by
 //! stage in the session task (each command waits for its verdicts); the content phase runs every
-//! stage concurrently on its own inbox (`runner`). Verdict folding: the first reject, tempfail or
-//! discard decides the message; a stage's failure becomes its `on_error` verdict. Every answer is
-//! checked at the host boundary (`answer`) before it counts; a malformed one is a failure.
+//! stage concurrently on its own inbox (`runner`). A stage's failure becomes its `on_error` verdict.
+//! Every answer is checked at the host boundary (`answer`) before it counts; a malformed one is a
+//! failure.
+//!
+//! Verdict folding (`decision`), independent of timing: the earliest stage in chain order that ends
+//! the message — reject, tempfail, discard, or a failure's `on_error` verdict — wins. Stages after
+//! it are no longer called; stages before it still see the whole message and may still win. So the
+//! answer is that of the lowest-index stage that decides on the full content, whichever answered
+//! first; the client's remaining content is dropped only once no earlier stage can still decide.
 
 pub mod answer;
+pub mod decision;
 mod field;
 pub mod headers;
 pub mod runner;
@@ -27,8 +34,9 @@ use crate::metrics::Metrics;
 use crate::smtp::reply::Reply;
 use crate::spool::Spool;
 use answer::{ContentRules, Malformed};
-use runner::{ContentRun, Decision, EndOfData, RunningStage, Standing};
-use stage::{EnvelopeEvent, MessageContext, StageError, StageFactory, Verdict};
+use decision::Decision;
+use runner::{ContentRun, EndOfData, RunningStage, Standing};
+use stage::{EnvelopeEvent, MessageContext, Stage, StageError, StageEvent, StageFactory, Verdict};
 
 /// What a stage's failure (error, timeout, trap, bad answer) does to the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -79,6 +87,16 @@ pub(crate) fn failed_answer(spec: &StageSpec, err: impl Into<StageError>) -> Sta
     err
 }
 
+/// Asks a stage whether it wants `event`. `interests` is the stage's own code, like its calls, so
+/// a panic in it is the stage's failure (counted here), not a crash of the session.
+pub(crate) fn interested(spec: &StageSpec, stage: &dyn Stage, event: StageEvent) -> Result<bool, StageError> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| stage.interests().wants(event))).map_err(|_panic| {
+        let err = StageError::Failed("stage panicked in interests()".into());
+        spec.metrics.stage_failure(&spec.name, err.cause());
+        err
+    })
+}
+
 /// Answer to an envelope command after the chain has seen it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EnvelopeOutcome {
@@ -108,13 +126,11 @@ impl Chain {
     pub async fn begin(&self, peer: SocketAddr, helo: &str, mail_from: &str) -> (Transaction, EnvelopeOutcome) {
         let (end_sender, end_of_data) = EndOfData::channel();
         let context = MessageContext { end_of_data };
-        let mut transaction = Transaction { stages: Vec::new(), decision: Arc::default(), end_of_data: end_sender };
+        let mut stages = Vec::new();
         let mut refusal = None;
         for spec in &self.stages {
             match spec.factory.instantiate(&context) {
-                Ok(instance) => {
-                    transaction.stages.push(RunningStage { spec: spec.clone(), instance, standing: Standing::Active })
-                }
+                Ok(instance) => stages.push(RunningStage { spec: spec.clone(), instance, standing: Standing::Active }),
                 Err(err) => {
                     warn!(target: "sluice::filters", stage = %spec.name, error = %err, "cannot instantiate stage");
                     match spec.on_error.verdict(&spec.name) {
@@ -125,6 +141,8 @@ impl Chain {
                 }
             }
         }
+        let decision = Arc::new(Decision::new(stages.iter().map(|s| s.spec.name.clone()).collect()));
+        let mut transaction = Transaction { stages, decision, end_of_data: end_sender };
         if let Some(reply) = refusal {
             return (transaction, EnvelopeOutcome::Refuse(reply));
         }
@@ -157,23 +175,27 @@ impl Transaction {
 
     /// Runs one envelope event through the active stages in order.
     async fn envelope(&mut self, event: &EnvelopeEvent) -> EnvelopeOutcome {
-        for stage in &mut self.stages {
-            if stage.standing != Standing::Active
-                || self.decision.is_decided()
-                || !stage.instance.interests().wants(event.kind())
-            {
+        for (index, stage) in self.stages.iter_mut().enumerate() {
+            if stage.standing != Standing::Active || !self.decision.reaches(index) {
                 continue;
             }
             let spec = stage.spec.clone();
-            let result = call(&spec, stage.instance.envelope(event))
-                .await
-                .and_then(|verdict| answer::verdict(verdict).map_err(|err: Malformed| failed_answer(&spec, err)));
+            let result = match interested(&spec, stage.instance.as_ref(), event.kind()) {
+                Ok(false) => continue,
+                Ok(true) => call(&spec, stage.instance.envelope(event))
+                    .await
+                    .and_then(|verdict| answer::verdict(verdict).map_err(|err: Malformed| failed_answer(&spec, err))),
+                Err(err) => Err(err),
+            };
             if let Ok(verdict) = &result {
                 spec.metrics.stage_verdict(&spec.name, verdict.kind());
             }
             match result {
                 Ok(Verdict::Continue) => {}
-                Ok(Verdict::Accept) => stage.standing = Standing::Accepted,
+                Ok(Verdict::Accept) => {
+                    stage.standing = Standing::Accepted;
+                    self.decision.close(index);
+                }
                 Ok(Verdict::Reject(reply) | Verdict::Tempfail(reply)) => {
                     info!(target: "sluice::filters", stage = %spec.name, event = ?event.kind(), reply = %reply, "envelope refused");
                     return EnvelopeOutcome::Refuse(reply);
@@ -185,7 +207,10 @@ impl Transaction {
                 Err(err) => {
                     warn!(target: "sluice::filters", stage = %spec.name, event = ?event.kind(), error = %err, policy = ?spec.on_error, "stage failed");
                     match spec.on_error.verdict(&spec.name) {
-                        None => stage.standing = Standing::Bypassed,
+                        None => {
+                            stage.standing = Standing::Bypassed;
+                            self.decision.close(index);
+                        }
                         Some(Verdict::Reject(reply) | Verdict::Tempfail(reply)) => {
                             return EnvelopeOutcome::Refuse(reply)
                         }

@@ -2,19 +2,27 @@
 //! concurrently with the others and feeding the next, the last feeding the spool. Inboxes report
 //! queued and drained bytes to the session's flow controller; a stage task that ends for any
 //! reason reports its inbox gone, so a dead stage can never leave the client paused.
+//!
+//! Each inbox's sending side is owned only by the task upstream of it (the session for stage 0),
+//! so when a task ends — at `End`, by a panic, or aborted — its successor's inbox closes once
+//! drained and the successor ends too: the tasks always end, and `finish` waits for nothing else.
+//! A panic anywhere in a stage task is that stage's failure, handled by its `on_error` policy.
 
-use std::sync::{Arc, Mutex};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn, Instrument};
 
 use super::answer::{ContentAnswers, Malformed};
+use super::decision::Decision;
 use super::headers::{BodyOpening, HeaderChange, HeaderSection, HeaderSplitter};
 use super::stage::{BodyOutput, Reaction, Stage, StageError, StageEvent, Verdict};
-use super::{call, failed_answer, OnError, StageSpec};
+use super::{call, failed_answer, interested, OnError, StageSpec};
 use crate::flow::gate::{FlowHandle, MessageFlow};
 use crate::flow::FlowEvent;
 use crate::spool::Spool;
@@ -29,6 +37,14 @@ pub enum Item {
 }
 
 impl Item {
+    fn event(&self) -> StageEvent {
+        match self {
+            Item::Headers(_) => StageEvent::Headers,
+            Item::Body(_) => StageEvent::Body,
+            Item::End(_) => StageEvent::End,
+        }
+    }
+
     fn bytes(&self) -> u64 {
         match self {
             Item::Headers(section) => section.len() as u64,
@@ -38,8 +54,8 @@ impl Item {
     }
 }
 
-/// The sending side of a stage's inbox, accounting bytes to the flow controller.
-#[derive(Clone)]
+/// The sending side of a stage's (or the spool's) inbox, accounting bytes to the flow controller.
+/// Not `Clone`: the one task upstream owns it, so the inbox closes when that task ends.
 struct Inbox {
     index: usize,
     sender: mpsc::UnboundedSender<Item>,
@@ -54,42 +70,35 @@ impl Inbox {
     }
 }
 
-/// Reports the inbox gone when its consumer task ends, however it ends (even aborted).
-struct ConsumerGuard {
+/// The receiving side of an inbox, owned by its consumer task. Dropped — however the task ends,
+/// even aborted — it reports the inbox gone, so its bytes no longer count as held by a live stage.
+struct Mailbox {
     index: usize,
+    items: mpsc::UnboundedReceiver<Item>,
     flow: MessageFlow,
 }
 
-impl Drop for ConsumerGuard {
+impl Mailbox {
+    /// The next item; None once the inbox is drained and the task upstream has ended.
+    async fn recv(&mut self) -> Option<Item> {
+        self.items.recv().await
+    }
+
+    fn drained(&self, bytes: u64) {
+        self.flow.report(FlowEvent::Drained { inbox: self.index, bytes });
+    }
+}
+
+impl Drop for Mailbox {
     fn drop(&mut self) {
         self.flow.report(FlowEvent::InboxGone { inbox: self.index });
     }
 }
 
-/// The first verdict that ends the message's fate, shared by all stage tasks.
-#[derive(Default)]
-pub struct Decision {
-    verdict: Mutex<Option<(String, Verdict)>>,
-}
-
-impl Decision {
-    /// Records a final verdict; the first one wins. Returns whether this one won.
-    pub fn decide(&self, stage: &str, verdict: Verdict) -> bool {
-        let mut slot = self.verdict.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_some() {
-            return false;
-        }
-        *slot = Some((stage.to_string(), verdict));
-        true
-    }
-
-    pub fn get(&self) -> Option<(String, Verdict)> {
-        self.verdict.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn is_decided(&self) -> bool {
-        self.verdict.lock().unwrap_or_else(|p| p.into_inner()).is_some()
-    }
+/// A new inbox: the sending side for the task upstream, the receiving side for its consumer.
+fn inbox(index: usize, flow: &MessageFlow) -> (Inbox, Mailbox) {
+    let (sender, items) = mpsc::unbounded_channel();
+    (Inbox { index, sender, flow: flow.clone() }, Mailbox { index, items, flow: flow.clone() })
 }
 
 /// Set once the client's end of data has been read (stages may wait for it).
@@ -156,21 +165,19 @@ impl ContentRun {
         let mut names: Vec<String> = stages.iter().map(|s| s.spec.name.clone()).collect();
         names.push("spool".into());
         let flow = flow.start_message(names);
+        if decision.is_decided() {
+            // Decided for good in the envelope phase (discard): the content is read and dropped.
+            flow.report(FlowEvent::EarlyVerdict);
+        }
         let span = tracing::Span::current();
-        let (spool_tx, spool_rx) = mpsc::unbounded_channel();
         let (done_tx, spooled) = oneshot::channel();
-        let mut next = Inbox { index: stages.len(), sender: spool_tx, flow: flow.clone() };
-        let mut tasks = vec![tokio::spawn(spool_task(next.clone(), spool_rx, spool, done_tx).instrument(span.clone()))];
+        let (mut next, mailbox) = inbox(stages.len(), &flow);
+        let mut tasks = vec![tokio::spawn(spool_task(mailbox, spool, done_tx).instrument(span.clone()))];
         for (index, stage) in stages.into_iter().enumerate().rev() {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let inbox = Inbox { index, sender: tx, flow: flow.clone() };
-            let task = stage_task(inbox.clone(), rx, stage, next, decision.clone());
+            let (inbox, mailbox) = inbox(index, &flow);
+            let task = stage_task(mailbox, stage, next, decision.clone());
             tasks.push(tokio::spawn(task.instrument(span.clone())));
             next = inbox;
-        }
-        if decision.is_decided() {
-            // Decided in the envelope phase (discard): the content is read and dropped.
-            flow.report(FlowEvent::EarlyVerdict);
         }
         ContentRun {
             splitter: Some(HeaderSplitter::default()),
@@ -223,13 +230,20 @@ impl ContentRun {
         self.first.send(Item::End(Vec::new()));
         self.end_of_data.send_replace(true);
         self.flow.report(FlowEvent::EndOfMessage);
-        let spooled = (&mut self.spooled).await;
+        // Every task ends: stage 0 at the End just sent (or earlier, failing), each later task at
+        // its End or when its inbox closes behind the task before it (calls are time-bounded).
+        // Waiting for all of them, not only the spool, makes the verdict final: every stage that
+        // could still decide has.
+        for task in &mut self.tasks {
+            let _ = task.await;
+        }
         if let Some((stage, verdict)) = self.decision.get() {
             return ContentOutcome::Decided(stage, verdict);
         }
-        match spooled {
+        match self.spooled.try_recv() {
             Ok(Ok(spool)) => ContentOutcome::Deliver(spool),
             Ok(Err(err)) => ContentOutcome::Failed(format!("spool error: {err}")),
+            // The End never reached the spool: a stage task died and its content is incomplete.
             Err(_) => ContentOutcome::Failed("a stage task ended unexpectedly".into()),
         }
     }
@@ -244,17 +258,11 @@ impl Drop for ContentRun {
     }
 }
 
-async fn spool_task(
-    inbox: Inbox,
-    mut items: mpsc::UnboundedReceiver<Item>,
-    mut spool: Spool,
-    done: oneshot::Sender<std::io::Result<Spool>>,
-) {
-    let _guard = ConsumerGuard { index: inbox.index, flow: inbox.flow.clone() };
+async fn spool_task(mut inbox: Mailbox, mut spool: Spool, done: oneshot::Sender<std::io::Result<Spool>>) {
     let mut head = HeaderSection::default();
     let mut opening = BodyOpening::default();
     let mut result = Ok(());
-    while let Some(item) = items.recv().await {
+    while let Some(item) = inbox.recv().await {
         let bytes = item.bytes();
         match item {
             Item::Headers(section) => head = section,
@@ -268,60 +276,68 @@ async fn spool_task(
                 head.close_before(&opening);
                 spool.set_head(head.to_bytes());
                 let _ = done.send(result.map(|()| spool));
-                inbox.flow.report(FlowEvent::Drained { inbox: inbox.index, bytes });
+                inbox.drained(bytes);
                 return;
             }
         }
-        inbox.flow.report(FlowEvent::Drained { inbox: inbox.index, bytes });
+        inbox.drained(bytes);
     }
 }
 
-async fn stage_task(
-    inbox: Inbox,
-    mut items: mpsc::UnboundedReceiver<Item>,
-    mut stage: RunningStage,
-    next: Inbox,
-    decision: Arc<Decision>,
-) {
-    let _guard = ConsumerGuard { index: inbox.index, flow: inbox.flow.clone() };
+/// One stage's task. A panic anywhere in it is the stage's failure: inside the stage's own code
+/// (its calls, its `interests`) the item still passes on, so with `on_error = "accept"` the message
+/// reaches the spool intact; elsewhere the task ends without passing its item on, so the verdict
+/// is the `on_error` one, or — with accept — the chain's failure (451), never damaged content.
+async fn stage_task(mailbox: Mailbox, mut stage: RunningStage, next: Inbox, decision: Arc<Decision>) {
+    let (index, flow) = (mailbox.index, mailbox.flow.clone());
+    let passed = AssertUnwindSafe(pass_items(mailbox, &mut stage, next, decision.clone())).catch_unwind().await;
+    if passed.is_err() {
+        let err = StageError::Died;
+        stage.spec.metrics.stage_failure(&stage.spec.name, err.cause());
+        settle(&mut stage, Err(err), &decision, &flow);
+    }
+    if decision.close(index) {
+        flow.report(FlowEvent::EarlyVerdict);
+    }
+}
+
+/// Takes the stage's items in order, calls the stage for those it wants, checks its answers and
+/// passes the result on; returns after `End`, or when the inbox closed without it (the task
+/// upstream died).
+async fn pass_items(mut inbox: Mailbox, stage: &mut RunningStage, next: Inbox, decision: Arc<Decision>) {
     let mut answers = ContentAnswers::new(stage.spec.content);
-    while let Some(item) = items.recv().await {
+    while let Some(item) = inbox.recv().await {
         let bytes = item.bytes();
         let end = matches!(item, Item::End(_));
-        let wanted = stage.instance.interests().wants(match &item {
-            Item::Headers(_) => StageEvent::Headers,
-            Item::Body(_) => StageEvent::Body,
-            Item::End(_) => StageEvent::End,
-        });
-        let called = wanted && stage.standing == Standing::Active && !decision.is_decided();
+        let called = wants(stage, item.event(), inbox.index, &decision, &inbox.flow);
         match item {
             Item::Headers(mut section) => {
                 if called {
                     let result = call(&stage.spec, stage.instance.headers(&section)).await;
-                    let result = host_work(&mut stage, result, |reaction| answers.headers(reaction, &section));
+                    let result = host_work(stage, result, |reaction| answers.headers(reaction, &section));
                     let result = result.map(|(reaction, changed)| {
                         section = changed;
                         reaction
                     });
-                    settle(&mut stage, result, &decision, &inbox.flow);
+                    settle(stage, result, &decision, &inbox.flow);
                 }
                 next.send(Item::Headers(section));
             }
-            Item::Body(chunk) if !decision.is_decided() => {
+            Item::Body(chunk) if decision.reaches(inbox.index) => {
                 // Every chunk goes through the stage's answers, called or not: once its output
                 // differed from its input, what it passes on must be normalised with the rest.
                 let reaction = match called {
                     true => {
                         let result = call(&stage.spec, stage.instance.body(chunk.clone())).await;
-                        let result = host_work(&mut stage, result, |reaction| answers.body(&chunk, reaction));
-                        settle(&mut stage, result, &decision, &inbox.flow)
+                        let result = host_work(stage, result, |reaction| answers.body(&chunk, reaction));
+                        settle(stage, result, &decision, &inbox.flow)
                     }
                     false => answers.body(&chunk, Reaction::carry_on()).unwrap_or_else(|err| {
                         let err = failed_answer(&stage.spec, err);
-                        settle(&mut stage, Err(err), &decision, &inbox.flow)
+                        settle(stage, Err(err), &decision, &inbox.flow)
                     }),
                 };
-                if !decision.is_decided() {
+                if decision.reaches(inbox.index) {
                     // A failed stage passes its input on unchanged: it cannot have changed any
                     // before (`answer::can_fail_open`), so its output is its input.
                     forward(&next, chunk, reaction.body);
@@ -332,12 +348,12 @@ async fn stage_task(
                 let reaction = match called {
                     true => {
                         let result = call(&stage.spec, stage.instance.end()).await;
-                        let result = host_work(&mut stage, result, |reaction| answers.end(reaction));
-                        settle(&mut stage, result, &decision, &inbox.flow)
+                        let result = host_work(stage, result, |reaction| answers.end(reaction));
+                        settle(stage, result, &decision, &inbox.flow)
                     }
-                    false if !decision.is_decided() => answers.end(Reaction::carry_on()).unwrap_or_else(|err| {
+                    false if decision.reaches(inbox.index) => answers.end(Reaction::carry_on()).unwrap_or_else(|err| {
                         let err = failed_answer(&stage.spec, err);
-                        settle(&mut stage, Err(err), &decision, &inbox.flow)
+                        settle(stage, Err(err), &decision, &inbox.flow)
                     }),
                     false => Reaction::carry_on(),
                 };
@@ -348,9 +364,27 @@ async fn stage_task(
                 next.send(Item::End(late));
             }
         }
-        inbox.flow.report(FlowEvent::Drained { inbox: inbox.index, bytes });
+        inbox.drained(bytes);
         if end {
             return;
+        }
+        if stage.standing != Standing::Active && decision.close(inbox.index) {
+            inbox.flow.report(FlowEvent::EarlyVerdict);
+        }
+    }
+}
+
+/// Whether to call the stage for `event`: it is active, the message still matters to it (no stage
+/// at or before it decided) and it wants the event — asking is the stage's code, and may fail.
+fn wants(stage: &mut RunningStage, event: StageEvent, index: usize, decision: &Decision, flow: &MessageFlow) -> bool {
+    if stage.standing != Standing::Active || !decision.reaches(index) {
+        return false;
+    }
+    match interested(&stage.spec, stage.instance.as_ref(), event) {
+        Ok(wanted) => wanted,
+        Err(err) => {
+            settle(stage, Err(err), decision, flow);
+            false
         }
     }
 }
@@ -432,3 +466,7 @@ impl OnError {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "runner_tests.rs"]
+mod tests;

@@ -1,13 +1,15 @@
 //! The built-in `test` stage: a configurable stage for tests and demonstrations — slow, holding,
-//! failing, hanging or panicking at a chosen event, answering a chosen verdict, changing headers
+//! failing, hanging or panicking at a chosen event (or panicking between calls), answering a chosen verdict, changing headers
 //! and appending to the body. It exercises every path of the stage contract without wasm.
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::headers::{HeaderChange, HeaderSection};
-use super::stage::{BodyOutput, EnvelopeEvent, MessageContext, Reaction, Stage, StageError, StageFactory, Verdict};
-use crate::config::stages::{StageEvent, TestStageConfig, TestVerdict};
+use super::stage::{
+    BodyOutput, EnvelopeEvent, Interests, MessageContext, Reaction, Stage, StageError, StageFactory, Verdict,
+};
+use crate::config::stages::{PanicSite, StageEvent, TestStageConfig, TestVerdict};
 use crate::smtp::reply::Reply;
 
 pub struct TestStageFactory {
@@ -22,13 +24,16 @@ impl TestStageFactory {
 
 impl StageFactory for TestStageFactory {
     fn instantiate(&self, context: &MessageContext) -> Result<Box<dyn Stage>, StageError> {
-        Ok(Box::new(TestStage { config: self.config.clone(), context: context.clone() }))
+        Ok(Box::new(TestStage { config: self.config.clone(), context: context.clone(), seen_headers: false }))
     }
 }
 
 struct TestStage {
     config: TestStageConfig,
     context: MessageContext,
+    /// The header section has been seen: `panic_in = "interests"` panics from here on, so the
+    /// envelope phase passes and the panic hits a stage task.
+    seen_headers: bool,
 }
 
 fn field(text: &str) -> Option<(String, String)> {
@@ -74,6 +79,13 @@ impl TestStage {
 
 #[async_trait]
 impl Stage for TestStage {
+    fn interests(&self) -> Interests {
+        if self.seen_headers && self.config.panic_in == Some(PanicSite::Interests) {
+            panic!("test stage told to panic in interests()");
+        }
+        Interests::ALL
+    }
+
     async fn envelope(&mut self, event: &EnvelopeEvent) -> Result<Verdict, StageError> {
         match event {
             EnvelopeEvent::Connect { .. } => self.at(StageEvent::Connect, None).await,
@@ -84,6 +96,7 @@ impl Stage for TestStage {
     }
 
     async fn headers(&mut self, _headers: &HeaderSection) -> Result<Reaction, StageError> {
+        self.seen_headers = true;
         let mut reaction = Reaction::verdict(self.at(StageEvent::Headers, None).await?);
         if let Some(name) = &self.config.remove_header {
             reaction.header_changes.push(HeaderChange::Remove { name: name.clone(), index: 0 });

@@ -157,13 +157,16 @@ impl Default for MaildirConfig {
 pub struct SpoolConfig {
     /// Bytes of one message held in memory before it spills to a temporary file.
     pub memory_limit: ByteSize,
+    /// Bytes all messages together hold in memory; beyond it a message spills even below
+    /// `memory_limit`, so memory stays bounded however many sessions are receiving.
+    pub total_memory_limit: ByteSize,
     /// Where spilled messages go; the system temporary directory when absent.
     pub directory: Option<PathBuf>,
 }
 
 impl Default for SpoolConfig {
     fn default() -> Self {
-        SpoolConfig { memory_limit: ByteSize(1 << 20), directory: None }
+        SpoolConfig { memory_limit: ByteSize(1 << 20), total_memory_limit: ByteSize(64 << 20), directory: None }
     }
 }
 

@@ -123,6 +123,15 @@ pub enum TestVerdict {
     Discard,
 }
 
+/// Where the test stage panics outside its calls (`panic_in`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PanicSite {
+    /// In `interests()`, once the header section has passed: when the runner asks whether the
+    /// stage wants the body, between calls.
+    Interests,
+}
+
 /// What the built-in test stage does; every key is optional.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,6 +154,8 @@ pub struct TestStageConfig {
     pub hang_at: Option<StageEvent>,
     /// Panic at this event.
     pub panic_at: Option<StageEvent>,
+    /// Panic outside any call, here.
+    pub panic_in: Option<PanicSite>,
     /// "Name: value" fields added when the header section passes, and at the end.
     pub add_header: Option<String>,
     pub end_header: Option<String>,

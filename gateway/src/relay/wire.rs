@@ -279,7 +279,7 @@ mod tests {
         });
         let stream = TcpStream::connect(address).await.unwrap();
         let mut wire = Wire::new(stream, Duration::from_secs(30));
-        let mut spool = Spool::new(1024, None);
+        let mut spool = Spool::new(1024, crate::spool::SpoolBudget::new(1 << 20), None);
         spool.write(b"Subject: x\r\n\r\nbare lf\n").await.unwrap();
         wire.send_content(&mut spool).await.unwrap();
         assert_eq!(wire.read_reply("end of data").await.unwrap().code, 250);
