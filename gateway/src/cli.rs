@@ -117,6 +117,7 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .on_thread_park(crate::allocator::collect_this_thread)
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async {
@@ -132,6 +133,7 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
             tokio::spawn(api.run());
         }
         tokio::spawn(reload_on_sighup(context)?);
+        tokio::spawn(crate::allocator::purge_every_second());
         server.run(stop).await;
         Ok(())
     })

@@ -3,6 +3,7 @@
 //! `config` describes it all and `cli` is the command line.
 
 pub mod admin;
+pub mod allocator;
 pub mod chain;
 pub mod cli;
 pub mod config;
