@@ -225,9 +225,11 @@ impl Server {
         let connection = Connection::new(stream, peer, id, self.context.clone(), self.shutdown.clone());
         self.tasks.spawn(
             async move {
-                connection.run().await;
+                let flow = connection.run().await;
                 metrics.sessions_current.dec();
                 drop((permit, slot));
+                // Logged after the slots are free: a client that sees this line can connect again.
+                info!(target: "sluice::smtp", pauses = flow.pauses, resumes = flow.resumes, "session closed");
             }
             .instrument(span),
         );

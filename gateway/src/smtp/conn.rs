@@ -23,7 +23,7 @@ use crate::chain::runner::{ContentOutcome, ContentRun};
 use crate::chain::stage::Verdict;
 use crate::chain::{Chain, EnvelopeOutcome, Transaction};
 use crate::context::Context;
-use crate::flow::gate::FlowHandle;
+use crate::flow::gate::{FlowHandle, SessionFlow};
 use crate::next_hop::{Delivery, NextHop};
 use crate::server::Shutdown;
 use crate::sessions::Listing;
@@ -90,7 +90,9 @@ impl Connection {
     }
 
     /// Runs the session to its end; every exit path leaves nothing half-done at the next hop.
-    pub async fn run(mut self) {
+    /// Returns the session's flow counts for the "session closed" line, which the caller logs
+    /// once the session's slots are free.
+    pub async fn run(mut self) -> SessionFlow {
         debug!(target: "sluice::smtp", "connected");
         self.output.extend_from_slice(&self.session.greeting().to_wire());
         loop {
@@ -147,8 +149,7 @@ impl Connection {
         // and `release` closes its next-hop connection rather than resetting it.
         self.chained = Chained::None;
         self.next_hop.release();
-        let flow = self.flow.snapshot();
-        info!(target: "sluice::smtp", pauses = flow.pauses, resumes = flow.resumes, "session closed");
+        self.flow.snapshot()
     }
 
     /// The running content phase, started on the first message bytes.
