@@ -10,10 +10,10 @@ use std::time::Instant;
 use anyhow::Context as _;
 use tracing::{info, warn};
 
-use crate::chain::answer::{self, ContentRules};
+use crate::chain::answer::ContentRules;
 use crate::chain::stage::StageFactory;
 use crate::chain::test_stage::TestStageFactory;
-use crate::chain::{Chain, OnError, StageSpec};
+use crate::chain::{Chain, StageSpec};
 use crate::config::stages::{StageConfig, StageKind};
 use crate::config::{self, Config};
 use crate::flow::gate::{FlowRegistry, FlowStats};
@@ -227,14 +227,6 @@ async fn load_wasm(config: &Config, stage: &StageConfig, metrics: &Arc<Metrics>)
     let mut filter = WasmFilter::load(&stage.name, &path, stage.filter_config(), limits)
         .await
         .with_context(|| format!("stage {:?}: cannot load its wasm filter", stage.name))?;
-    if stage.on_error == OnError::Accept && !answer::can_fail_open(filter.interests()) {
-        anyhow::bail!(
-            "stage {:?}: on_error = \"accept\" would relay the message half-edited if the filter failed after \
-             changing it, since the filter wants body chunks (or both the header section and the end); \
-             use \"tempfail\" or \"reject\"",
-            stage.name
-        );
-    }
     filter.observe_instantiation(metrics.wasm_instantiation.clone());
     info!(target: "sluice::filters", stage = %stage.name, path = %path.display(), compile_ms = filter.compile_time.as_millis() as u64, "filter loaded");
     Ok(filter)

@@ -14,7 +14,7 @@
 use bytes::Bytes;
 
 use super::headers::{HeaderChange, HeaderSection};
-use super::stage::{BodyOutput, Interests, Reaction, StageEvent, Verdict};
+use super::stage::{BodyOutput, Reaction, Verdict};
 use crate::config::BareLineEndings;
 use crate::smtp::parser::{BodyDecoder, Framing};
 use crate::smtp::reply::{Reply, MAX_REPLY_LINE};
@@ -151,19 +151,6 @@ fn field_name(name: &str) -> Result<String, Malformed> {
         n if n > MAX_FIELD_NAME => Err(Malformed::LongFieldName(n)),
         _ => Ok(clean),
     }
-}
-
-/// Whether `on_error = "accept"` can keep its promise — the failed stage's edits are dropped,
-/// the message goes on as if the stage were not there — for a stage with these interests. The
-/// runner forwards each answer's edits at once (later stages judge them, the spool keeps them),
-/// so it can drop only the edits of the failing call itself. A stage that gets body chunks may
-/// replace one and fail at a later call; so may one that changes headers and is called again at
-/// the end. Undoing that would mean holding back the stage's output and a copy of its input —
-/// two copies of the message per such stage, up to `max_message_size`, with no streaming past it —
-/// so such stages cannot fail open.
-pub fn can_fail_open(interests: Interests) -> bool {
-    let edits_then_called = interests.wants(StageEvent::Headers) && interests.wants(StageEvent::End);
-    !(interests.wants(StageEvent::Body) || edits_then_called)
 }
 
 /// One stage's content answers over one message. The body it passes on is one stream, checked

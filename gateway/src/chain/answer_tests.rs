@@ -178,18 +178,3 @@ fn body_output_may_not_outgrow_the_message_size_limit() {
     let appended = vec![(fits, pass())];
     assert_eq!(stream(limit, appended, replace(&[b"abc\r\n"])), Err(Malformed::BodyTooLarge(1000)));
 }
-
-#[test]
-fn only_stages_whose_edits_all_come_in_one_call_can_fail_open() {
-    use StageEvent::*;
-    for (events, open) in [
-        (&[Connect, Helo, Mail, Rcpt][..], true),
-        (&[Mail, Headers], true),
-        (&[End], true),
-        (&[Body], false),
-        (&[Body, End], false),
-        (&[Headers, End], false),
-    ] {
-        assert_eq!(can_fail_open(Interests::of(events)), open, "{events:?}");
-    }
-}

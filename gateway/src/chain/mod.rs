@@ -130,10 +130,10 @@ impl Chain {
         let mut refusal = None;
         for spec in &self.stages {
             match spec.factory.instantiate(&context) {
-                Ok(instance) => stages.push(RunningStage { spec: spec.clone(), instance, standing: Standing::Active }),
+                Ok(instance) => stages.push(RunningStage::new(spec.clone(), instance)),
                 Err(err) => {
                     warn!(target: "sluice::filters", stage = %spec.name, error = %err, "cannot instantiate stage");
-                    match spec.on_error.verdict(&spec.name) {
+                    match spec.on_error.verdict(&spec.name, false) {
                         None => {}
                         Some(Verdict::Reject(reply) | Verdict::Tempfail(reply)) => refusal = refusal.or(Some(reply)),
                         Some(_) => {}
@@ -206,7 +206,7 @@ impl Transaction {
                 }
                 Err(err) => {
                     warn!(target: "sluice::filters", stage = %spec.name, event = ?event.kind(), error = %err, policy = ?spec.on_error, "stage failed");
-                    match spec.on_error.verdict(&spec.name) {
+                    match spec.on_error.verdict(&spec.name, false) {
                         None => {
                             stage.standing = Standing::Bypassed;
                             self.decision.close(index);

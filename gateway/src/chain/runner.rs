@@ -131,6 +131,15 @@ pub struct RunningStage {
     pub spec: Arc<StageSpec>,
     pub instance: Box<dyn Stage>,
     pub standing: Standing,
+    /// Whether an answer of this stage has changed the message (a header change or body bytes
+    /// of its own) and gone on down the chain: then it can no longer fail open.
+    pub edited: bool,
+}
+
+impl RunningStage {
+    pub fn new(spec: Arc<StageSpec>, instance: Box<dyn Stage>) -> RunningStage {
+        RunningStage { spec, instance, standing: Standing::Active, edited: false }
+    }
 }
 
 /// The content phase as the session driver sees it.
@@ -319,7 +328,8 @@ async fn pass_items(mut inbox: Mailbox, stage: &mut RunningStage, next: Inbox, d
                         section = changed;
                         reaction
                     });
-                    settle(stage, result, &decision, &inbox.flow);
+                    let reaction = settle(stage, result, &decision, &inbox.flow);
+                    stage.edited |= reaction.edits();
                 }
                 next.send(Item::Headers(section));
             }
@@ -338,8 +348,9 @@ async fn pass_items(mut inbox: Mailbox, stage: &mut RunningStage, next: Inbox, d
                     }),
                 };
                 if decision.reaches(inbox.index) {
-                    // A failed stage passes its input on unchanged: it cannot have changed any
-                    // before (`answer::can_fail_open`), so its output is its input.
+                    // A failed stage's answer is `carry_on`: its input goes on unchanged, and it
+                    // failed open only if it had changed nothing before (`OnError::verdict`).
+                    stage.edited |= reaction.edits();
                     forward(&next, chunk, reaction.body);
                 }
             }
@@ -435,8 +446,8 @@ fn settle(
             reaction
         }
         Err(err) => {
-            warn!(target: "sluice::filters", stage = %spec.name, error = %err, policy = ?spec.on_error, "stage failed");
-            match spec.on_error.verdict(&spec.name) {
+            warn!(target: "sluice::filters", stage = %spec.name, error = %err, policy = ?spec.on_error, edited = stage.edited, "stage failed");
+            match spec.on_error.verdict(&spec.name, stage.edited) {
                 None => stage.standing = Standing::Bypassed,
                 Some(verdict) => {
                     if decision.decide(&spec.name, verdict) {
@@ -450,19 +461,20 @@ fn settle(
 }
 
 impl OnError {
-    /// The verdict a failure turns into; None means "skip the stage" (fail open).
-    pub fn verdict(&self, stage: &str) -> Option<Verdict> {
+    /// The verdict a failure turns into; None means "skip the stage" (fail open). `accept` drops
+    /// the failed stage's edits: that is possible only while it has made none that went on down
+    /// the chain (`edited`), since later stages judged them and the spool holds them. Once it has,
+    /// failing open would relay a half-filtered message, so the failure is a tempfail instead.
+    pub fn verdict(&self, stage: &str, edited: bool) -> Option<Verdict> {
         use crate::smtp::reply::Reply;
-        match self {
-            OnError::Tempfail => Some(Verdict::Tempfail(Reply::new(
-                451,
-                "4.3.0",
-                format!("Filter {stage} unavailable; try again later"),
-            ))),
-            OnError::Reject => {
+        let tempfail =
+            || Verdict::Tempfail(Reply::new(451, "4.3.0", format!("Filter {stage} unavailable; try again later")));
+        match (self, edited) {
+            (OnError::Accept, false) => None,
+            (OnError::Accept, true) | (OnError::Tempfail, _) => Some(tempfail()),
+            (OnError::Reject, _) => {
                 Some(Verdict::Reject(Reply::new(554, "5.7.0", format!("Message refused by filter {stage} policy"))))
             }
-            OnError::Accept => None,
         }
     }
 }

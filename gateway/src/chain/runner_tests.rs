@@ -58,7 +58,7 @@ fn stage(name: &str, on_error: OnError, instance: Box<dyn Stage>) -> RunningStag
         factory: Box::new(TestStageFactory::new(Default::default())),
         metrics: Arc::new(Metrics::default()),
     };
-    RunningStage { spec: Arc::new(spec), instance, standing: Standing::Active }
+    RunningStage::new(Arc::new(spec), instance)
 }
 
 fn pass(name: &str) -> RunningStage {
@@ -100,4 +100,15 @@ async fn a_panic_outside_the_calls_is_the_stages_on_error_verdict() {
     // Accept cannot pass the message on: the item the task held is lost, so the chain failed.
     let outcome = run(vec![stage("brittle", OnError::Accept, brittle()), pass("last")], |_| {}).await;
     assert!(matches!(outcome, ContentOutcome::Failed(_)));
+}
+
+#[test]
+fn accept_fails_open_only_for_a_stage_that_changed_nothing() {
+    assert_eq!(OnError::Accept.verdict("s", false), None);
+    for (policy, code) in [(OnError::Accept, 451), (OnError::Tempfail, 451), (OnError::Reject, 554)] {
+        match policy.verdict("s", true) {
+            Some(Verdict::Tempfail(reply) | Verdict::Reject(reply)) => assert_eq!(reply.code, code, "{policy:?}"),
+            other => panic!("{policy:?} after an edit gave {other:?}"),
+        }
+    }
 }

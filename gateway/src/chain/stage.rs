@@ -66,6 +66,11 @@ pub struct Reaction {
 }
 
 impl Reaction {
+    /// Whether this answer changes the message: header changes, or bytes of its own for the body.
+    pub fn edits(&self) -> bool {
+        !self.header_changes.is_empty() || matches!(self.body, BodyOutput::Replace(_))
+    }
+
     pub fn verdict(verdict: Verdict) -> Reaction {
         Reaction { verdict, header_changes: Vec::new(), body: BodyOutput::Pass }
     }
