@@ -183,12 +183,13 @@ impl Server {
             }));
         }
         stop.await;
-        info!(target: "sluice::smtp", sessions = server.tasks.len(), "shutting down: no longer accepting");
         accepting.cancel();
         for task in accept_tasks {
             let _ = task.await;
         }
         server.shutdown.draining.cancel();
+        // Logged once it is true: the ports are closed and readiness says draining.
+        info!(target: "sluice::smtp", sessions = server.tasks.len(), "shutting down: no longer accepting");
         server.tasks.close();
         if timeout(server.shutdown_timeout, server.tasks.wait()).await.is_err() {
             warn!(target: "sluice::smtp", sessions = server.tasks.len(), "grace period over; closing remaining sessions with 421");
