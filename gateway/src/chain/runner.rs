@@ -25,6 +25,7 @@ use super::stage::{BodyOutput, Reaction, Stage, StageError, StageEvent, Verdict}
 use super::{call, failed_answer, interested, OnError, StageSpec};
 use crate::flow::gate::{FlowHandle, MessageFlow};
 use crate::flow::FlowEvent;
+use crate::smtp::reply::Reply;
 use crate::spool::Spool;
 
 /// What moves between stages.
@@ -143,8 +144,18 @@ impl RunningStage {
 }
 
 /// The content phase as the session driver sees it.
+/// Where the content stands with respect to its header section.
+enum Head {
+    /// Still looking for the end of the header section.
+    Splitting(HeaderSplitter),
+    /// The section went to the first stage; the rest is body.
+    Passed,
+    /// The section outgrew what the splitter holds: the content is dropped and refused with this.
+    Refused(Reply),
+}
+
 pub struct ContentRun {
-    splitter: Option<HeaderSplitter>,
+    head: Head,
     first: Inbox,
     flow: MessageFlow,
     decision: Arc<Decision>,
@@ -189,7 +200,7 @@ impl ContentRun {
             next = inbox;
         }
         ContentRun {
-            splitter: Some(HeaderSplitter::default()),
+            head: Head::Splitting(HeaderSplitter::default()),
             first: next,
             flow,
             decision,
@@ -204,32 +215,34 @@ impl ContentRun {
         if self.decision.is_decided() {
             return;
         }
-        match &mut self.splitter {
-            Some(splitter) => {
+        match &mut self.head {
+            Head::Splitting(splitter) => {
                 if let Some((section, rest)) = splitter.push(&bytes) {
-                    self.splitter = None;
+                    self.head = Head::Passed;
                     self.first.send(Item::Headers(section));
                     if !rest.is_empty() {
                         self.first.send(Item::Body(Bytes::from(rest)));
                     }
                 } else if splitter.overflowed() {
                     // The session refuses such a message before it gets here; should one slip
-                    // through, it is refused rather than passed on cut.
-                    self.splitter = None;
-                    let reply =
-                        crate::smtp::reply::Reply::new(552, "5.3.4", "Message header section exceeds fixed limit");
-                    if self.decision.decide("headers", Verdict::Reject(reply)) {
-                        self.flow.report(FlowEvent::EarlyVerdict);
-                    }
+                    // through, it is refused rather than passed on cut. No stage has seen any of
+                    // it, so no stage's verdict is involved.
+                    self.head = Head::Refused(Reply::new(552, "5.3.4", "Message header section exceeds fixed limit"));
+                    self.flow.report(FlowEvent::EarlyVerdict);
                 }
             }
-            None => self.first.send(Item::Body(Bytes::from(bytes))),
+            Head::Passed => self.first.send(Item::Body(Bytes::from(bytes))),
+            Head::Refused(_) => {}
         }
     }
 
     /// Ends the content and waits for every stage and the spool.
     pub async fn finish(mut self) -> ContentOutcome {
-        if let Some(mut splitter) = self.splitter.take() {
+        if let Head::Refused(reply) = &self.head {
+            self.flow.report(FlowEvent::EndOfMessage);
+            return ContentOutcome::Decided("headers".into(), Verdict::Reject(reply.clone()));
+        }
+        if let Head::Splitting(mut splitter) = std::mem::replace(&mut self.head, Head::Passed) {
             let (section, rest) = splitter.finish();
             self.first.send(Item::Headers(section));
             if !rest.is_empty() {
@@ -466,7 +479,6 @@ impl OnError {
     /// the chain (`edited`), since later stages judged them and the spool holds them. Once it has,
     /// failing open would relay a half-filtered message, so the failure is a tempfail instead.
     pub fn verdict(&self, stage: &str, edited: bool) -> Option<Verdict> {
-        use crate::smtp::reply::Reply;
         let tempfail =
             || Verdict::Tempfail(Reply::new(451, "4.3.0", format!("Filter {stage} unavailable; try again later")));
         match (self, edited) {

@@ -112,3 +112,20 @@ fn accept_fails_open_only_for_a_stage_that_changed_nothing() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_header_section_beyond_what_the_splitter_holds_is_refused_and_never_passed_on() {
+    let line = format!("X-Pad: {}\r\n", "p".repeat(1000));
+    let outcome = run(vec![pass("first")], |run| {
+        for _ in 0..=crate::chain::headers::HEADER_LIMIT / line.len() {
+            run.push(line.as_bytes().to_vec());
+        }
+        assert!(matches!(run.head, Head::Refused(_)));
+        assert!(run.decision.get().is_none(), "no stage decided: the host refused");
+    })
+    .await;
+    match outcome {
+        ContentOutcome::Decided(_, Verdict::Reject(reply)) => assert_eq!(reply.code, 552),
+        _ => panic!("expected 552"),
+    }
+}
