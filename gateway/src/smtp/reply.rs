@@ -32,7 +32,9 @@ impl Reply {
         (400..500).contains(&self.code)
     }
 
-    /// Wire form, CRLF-terminated, one line per text line.
+    /// Wire form, CRLF-terminated, one line per text line. Control bytes in the text are left
+    /// out: whoever wrote it (a filter, the next hop), a reply line can never end early or carry
+    /// a second reply.
     pub fn to_wire(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         let last = self.lines.len().saturating_sub(1);
@@ -43,7 +45,7 @@ impl Reply {
                 out.extend_from_slice(enhanced.as_bytes());
                 out.push(b' ');
             }
-            out.extend_from_slice(line.as_bytes());
+            out.extend(line.bytes().filter(|b| !b.is_ascii_control()));
             out.extend_from_slice(b"\r\n");
         }
         if self.lines.is_empty() {
@@ -112,6 +114,9 @@ mod tests {
             Reply { code: 250, enhanced: None, lines: vec!["gw Hello".into(), "PIPELINING".into(), "CHUNKING".into()] };
         assert_eq!(reply.to_wire(), b"250-gw Hello\r\n250-PIPELINING\r\n250 CHUNKING\r\n");
         assert_eq!(Reply::new(550, "5.1.1", "no").to_wire(), b"550 5.1.1 no\r\n");
+        // A next hop's "250 ok\r250 injected" read as one line stays one line on our wire.
+        let reply = Reply::parse_lines(&["250 ok\r250 injected\x00".into()]).unwrap();
+        assert_eq!(reply.to_wire(), b"250 ok250 injected\r\n");
     }
 
     #[test]
