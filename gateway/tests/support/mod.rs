@@ -414,11 +414,14 @@ pub fn run_tool(program: &str, args: &[&str], stdin: Option<&[u8]>) -> (ExitStat
     (status, out_thread.join().unwrap() + &err)
 }
 
-/// Runs a Python 3 script with arguments.
+/// Runs a Python 3 script with arguments, in the tests' venv (`target/python`, made by
+/// `.ci/setup` with the packages the tests need) when it exists.
 pub fn python(script: &str, args: &[&str]) -> (ExitStatus, String) {
     let mut all = vec!["-c", script];
     all.extend_from_slice(args);
-    run_tool("python3", &all, None)
+    let venv = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/python/bin/python3"));
+    let python = if venv.is_file() { venv.to_string_lossy().into_owned() } else { "python3".to_owned() };
+    run_tool(&python, &all, None)
 }
 
 /// Path of a Postfix tool (smtp-source, smtp-sink), which Debian installs in /usr/sbin.
