@@ -151,7 +151,7 @@ fn log_reload(report: &ReloadReport) {
     let c = &report.changes;
     let headline = match c.restart_needed.is_empty() {
         true => "config reloaded",
-        false => "config reloaded; what restart_needed lists keeps its running value until a restart",
+        false => "config reloaded; some changes need a restart (restart_needed keeps its running value)",
     };
     info!(
         target: "sluice::reload",

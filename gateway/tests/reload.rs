@@ -155,3 +155,65 @@ fn an_old_generation_stays_alive_while_its_session_runs_and_sighup_reloads_the_s
     client.cmd("QUIT", 221);
     wait_for_generations_alive(&gateway, 1);
 }
+
+const TWO_STAGES: &str =
+    "[[stage]]\nname = \"tagger\"\nkind = \"test\"\n\n[[stage]]\nname = \"dropped\"\nkind = \"test\"\n";
+
+#[test]
+fn stages_added_removed_and_changed_are_reported_logged_and_run() {
+    let gateway = with_admin(Gateway::builder().section(TWO_STAGES));
+    let changed = "[[stage]]\nname = \"tagger\"\nkind = \"test\"\n[stage.test]\nadd_header = \"X-Tagged: yes\"\n\n\
+                   [[stage]]\nname = \"added\"\nkind = \"test\"\n";
+    edit_config(&gateway, TWO_STAGES, changed);
+    let report = reload(&gateway);
+    assert_eq!(names(&report, "stages"), ["tagger", "added"], "{report:#}");
+    assert_eq!(names(&report, "stages_added"), ["added"]);
+    assert_eq!(names(&report, "stages_removed"), ["dropped"]);
+    assert_eq!(names(&report, "stages_changed"), ["tagger"]);
+    let line = gateway.wait_for_log("config reloaded");
+    for field in ["added=\"added\"", "removed=\"dropped\"", "changed=\"tagger\"", "stages=\"tagger,added\""] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+    let mut client = gateway.connect();
+    client.hello();
+    assert_eq!(send(&mut client, "tagged", 1000), 250);
+    let delivered = gateway.delivered();
+    assert!(String::from_utf8_lossy(&delivered[0]).contains("X-Tagged: yes"), "the new chain ran");
+}
+
+#[test]
+fn a_lower_session_limit_refuses_new_sessions_until_enough_have_ended() {
+    let gateway = with_admin(Gateway::builder());
+    let mut open = gateway.connect();
+    open.hello();
+    edit_config(&gateway, "hostname = \"gw.test\"", "hostname = \"gw.test\"\nmax_sessions = 1");
+    assert_eq!(names(&reload(&gateway), "applied"), ["server.max_sessions"]);
+    let mut refused = gateway.connect();
+    let reply = refused.reply();
+    assert_eq!(reply.code, 421, "{}", reply.text());
+    assert!(reply.text().contains("too many sessions"), "{}", reply.text());
+    gateway.wait_for_log("refused: session limit reached sessions=1 max_sessions=1");
+    open.cmd("QUIT", 221);
+    open.expect_closed();
+    gateway.wait_for_log("session closed");
+    let mut admitted = gateway.connect();
+    admitted.hello();
+}
+
+#[test]
+fn a_rebuilt_filter_file_is_a_changed_stage_and_the_same_file_is_not() {
+    let files = tempfile::tempdir().unwrap();
+    let filter = files.path().join("eicar.wasm");
+    std::fs::copy(support::filter_wasm("eicar"), &filter).unwrap();
+    let stage = format!("[[stage]]\nname = \"av\"\nkind = \"wasm\"\npath = \"{}\"\n", filter.display());
+    let gateway = with_admin(Gateway::builder().section(&stage));
+    let report = reload(&gateway);
+    assert_eq!(names(&report, "stages_changed"), Vec::<String>::new(), "{report:#}");
+    // A custom section (id 0, size 5, name "test"): the same filter, other bytes, as a rebuild gives.
+    let mut bytes = std::fs::read(&filter).unwrap();
+    bytes.extend_from_slice(&[0, 5, 4, b't', b'e', b's', b't']);
+    std::fs::write(&filter, bytes).unwrap();
+    let report = reload(&gateway);
+    assert_eq!(names(&report, "stages_changed"), ["av"], "{report:#}");
+    assert_eq!(report["generation"], 3);
+}
