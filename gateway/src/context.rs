@@ -99,7 +99,7 @@ impl Context {
         let mut running = self.running.lock().await;
         let current = self.settings();
         let result = async {
-            let config = self.load_config()?;
+            let config = self.load_config().await?;
             let files = file_digests(&config).await;
             let plan = reload::plan(&running.config, &running.files, config, &files);
             let chain = chain_from_config(&plan.config, content_rules(&plan.config), &self.metrics).await?;
@@ -128,7 +128,7 @@ impl Context {
     }
 
     /// Reads the config file a reload runs, checked as at start.
-    fn load_config(&self) -> anyhow::Result<Config> {
+    async fn load_config(&self) -> anyhow::Result<Config> {
         let config = match &self.config_path {
             Some(path) => config::load_file(path)?,
             None => config::embedded_default()?,

@@ -192,8 +192,8 @@ pub fn list(names: &[String]) -> String {
     }
 }
 
+/// What `sluice ctl reload` prints.
 impl fmt::Display for ReloadReport {
-    /// What `sluice ctl reload` prints.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.changes;
         let stages = if self.stages.is_empty() { "none".to_string() } else { self.stages.join(", ") };
@@ -252,8 +252,12 @@ kind = "test"
         parse("test.toml", text).unwrap()
     }
 
+    fn plan_of(old: &str, new: &str) -> Plan {
+        plan(&config(old), &FileDigests::new(), config(new), &FileDigests::new())
+    }
+
     fn changes(old: &str, new: &str) -> Changes {
-        plan(&config(old), &FileDigests::new(), config(new), &FileDigests::new()).changes
+        plan_of(old, new).changes
     }
 
     #[test]
@@ -296,7 +300,7 @@ kind = "test"
             .replace("127.0.0.1:8025", "127.0.0.1:8026")
             + "\n[spool]\ndirectory = \"/var/tmp\"\n";
         let running = config(BASE);
-        let plan = plan(&running, &FileDigests::new(), config(&new), &FileDigests::new());
+        let plan = plan_of(BASE, &new);
         assert_eq!(plan.changes.restart_needed, ["server.listen", "spool.directory", "admin.listen"]);
         assert_eq!(plan.changes.applied, ["server.max_sessions"]);
         assert_eq!(plan.config.server.listen, running.server.listen);
@@ -309,7 +313,7 @@ kind = "test"
     fn switching_between_relay_and_maildir_needs_a_restart() {
         let without_relay = BASE.replace("[relay]\naddress = \"127.0.0.1:10026\"\n", "");
         let running = config(BASE);
-        let plan = plan(&running, &FileDigests::new(), config(&without_relay), &FileDigests::new());
+        let plan = plan_of(BASE, &without_relay);
         assert_eq!(plan.changes.restart_needed, ["relay"]);
         assert_eq!(plan.config.relay, running.relay, "mail keeps going to the next hop");
         let plan = plan_of(&without_relay, BASE);
@@ -320,10 +324,6 @@ kind = "test"
                 .restart_needed,
             ["admin"]
         );
-    }
-
-    fn plan_of(old: &str, new: &str) -> Plan {
-        plan(&config(old), &FileDigests::new(), config(new), &FileDigests::new())
     }
 
     #[test]

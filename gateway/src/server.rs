@@ -35,7 +35,13 @@ pub struct Shutdown {
 /// session ends.
 #[derive(Default)]
 struct SessionSlots {
-    counts: Mutex<HashMap<IpAddr, usize>>,
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
 }
 
 struct SessionSlot {
@@ -52,25 +58,26 @@ enum Full {
 
 impl SessionSlots {
     fn acquire(self: &Arc<Self>, ip: IpAddr, limits: Admission) -> Result<SessionSlot, Full> {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if counts.values().sum::<usize>() >= limits.max_sessions {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.total >= limits.max_sessions {
             return Err(Full::Sessions);
         }
-        let count = counts.entry(ip).or_insert(0);
+        let count = held.per_ip.entry(ip).or_insert(0);
         if *count >= limits.max_sessions_per_ip {
             return Err(Full::PerIp);
         }
         *count += 1;
+        held.total += 1;
         Ok(SessionSlot { slots: self.clone(), ip })
     }
 
     /// Sessions held in all, and the `top` addresses holding the most, busiest first.
     fn busiest(&self, top: usize) -> (usize, Vec<(IpAddr, usize)>) {
-        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let mut busiest: Vec<(IpAddr, usize)> = counts.iter().map(|(&ip, &n)| (ip, n)).collect();
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut busiest: Vec<(IpAddr, usize)> = held.per_ip.iter().map(|(&ip, &n)| (ip, n)).collect();
         busiest.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         busiest.truncate(top);
-        (counts.values().sum(), busiest)
+        (held.total, busiest)
     }
 }
 
@@ -103,11 +110,12 @@ impl RefusalLog {
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
-        let mut counts = self.slots.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&self.ip) {
+        let mut held = self.slots.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.total -= 1;
+        if let Some(count) = held.per_ip.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {
-                counts.remove(&self.ip);
+                held.per_ip.remove(&self.ip);
             }
         }
     }
