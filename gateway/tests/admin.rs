@@ -109,6 +109,7 @@ fn metrics_parse_with_a_real_prometheus_parser() {
         "sluice_flow_paused_now",
         "sluice_relay_replies",
         "sluice_chain_generation",
+        "sluice_chain_generations_alive",
         "sluice_wasm_instantiation_seconds",
     ] {
         assert!(output.lines().any(|l| l == family), "{family} missing from:\n{output}");
