@@ -113,7 +113,6 @@ impl Cli {
 const MAX_BLOCKING_THREADS: usize = 64;
 
 fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
-    let hostname = config.server.hostname.clone().unwrap_or_else(machine_hostname);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
@@ -122,7 +121,7 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     runtime.block_on(async {
         let stop = stop_signal()?;
-        let context = Arc::new(Context::from_config(&config, path, hostname).await?);
+        let context = Arc::new(Context::from_config(&config, path, machine_hostname()).await?);
         let server = Server::bind(&config, context.clone()).await?;
         if let Some(admin) = &config.admin {
             let token = match &admin.token_file {
@@ -147,13 +146,13 @@ fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// SIGHUP reloads the chain, like the admin API's POST /reload.
+/// SIGHUP reloads the config, by the same path as the admin API's POST /reload.
 fn reload_on_sighup(context: Arc<Context>) -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
     Ok(async move {
         while hangup.recv().await.is_some() {
-            tracing::info!(target: "sluice::reload", "SIGHUP received: reloading the chain");
+            tracing::info!(target: "sluice::reload", "SIGHUP received: reloading the config");
             // The outcome is logged by reload itself.
             let _ = context.reload().await;
         }

@@ -1,7 +1,9 @@
-//! Everything sessions share, resolved once from the config: protocol limits, the next hop, the
-//! spool, the metrics and session book — and the chain, which hot reload replaces. A session
-//! takes the chain current when it starts and keeps it; new sessions get the new one; an old
-//! chain is dropped when its last session ends.
+//! Everything sessions share: the metrics, the flow registry, the session book — and the
+//! current settings generation (`Settings`: limits, next hop, spool limits, chain), which a
+//! reload replaces as one. A session takes the generation current when it is admitted and
+//! keeps it; new sessions get the new one; an old generation is dropped with its last session.
+//! What cannot change while running is reported by the reload and keeps its running value
+//! (`reload::plan`).
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -17,166 +19,169 @@ use crate::chain::{Chain, StageSpec};
 use crate::config::stages::{StageConfig, StageKind};
 use crate::config::{self, Config};
 use crate::flow::gate::{FlowRegistry, FlowStats};
-use crate::flow::Watermarks;
-use crate::maildir::Maildir;
 use crate::metrics::Metrics;
-use crate::next_hop::NextHop;
-use crate::relay::{RelayClient, RelayPool, RelaySettings};
+use crate::relay::RelayPool;
+use crate::reload::{self, FileDigests, ReloadReport};
 use crate::scanner::clamd::{self, ClamdAddress, ClamdFactory, ClamdSettings};
 use crate::sessions::SessionBook;
-use crate::smtp::deadline::ReadLimits;
-use crate::smtp::session::SessionConfig;
-use crate::spool::{Spool, SpoolBudget};
+use crate::settings::{content_rules, Settings, Shared};
+use crate::spool::SpoolBudget;
 use crate::wasm::{WasmFilter, WasmLimits};
 
-/// The loaded chain and its generation (1 at start, +1 per successful reload).
-struct Loaded {
-    chain: Arc<Chain>,
-    generation: u64,
+/// The config the current generation was built from, for the next reload to compare with.
+struct Running {
+    config: Config,
+    files: FileDigests,
 }
 
 pub struct Context {
-    pub session: SessionConfig,
-    pub watermarks: Watermarks,
     pub flows: Arc<FlowRegistry>,
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<SessionBook>,
-    pub reads: ReadLimits,
     pub started: Instant,
-    /// The config file to reload the chain from (None: the embedded default).
+    /// The config file to reload from (None: the embedded default).
     config_path: Option<PathBuf>,
-    loaded: RwLock<Loaded>,
-    /// Serialises reloads, so two at once cannot race to the same generation.
-    reloading: tokio::sync::Mutex<()>,
-    relay: Option<RelaySettings>,
-    relay_pool: Arc<RelayPool>,
-    maildir: Option<Arc<Maildir>>,
-    spool_memory: usize,
-    /// Memory all sessions' spools share.
-    spool_budget: SpoolBudget,
-    spool_directory: Option<PathBuf>,
+    current: RwLock<Arc<Settings>>,
+    /// Held for a whole reload, so two at once cannot race to the same generation.
+    running: tokio::sync::Mutex<Running>,
+    shared: Shared,
 }
 
 impl Context {
+    /// `machine_hostname` stands in for `server.hostname` whenever a config has none.
     pub async fn from_config(
         config: &Config,
         config_path: Option<PathBuf>,
-        hostname: String,
+        machine_hostname: String,
     ) -> anyhow::Result<Context> {
         let metrics = Arc::new(Metrics::default());
-        let server = &config.server;
-        let content =
-            ContentRules { max_message_size: server.max_message_size.0, bare_line_endings: server.bare_line_endings };
-        let chain = chain_from_config(config, content, &metrics).await?;
-        metrics.chain_generation.set(1);
-        let relay = config.relay.as_ref().map(|relay| RelaySettings {
-            address: relay.address.clone(),
-            helo_name: relay.helo_name.clone().unwrap_or_else(|| hostname.clone()),
-            connect_timeout: relay.connect_timeout.0,
-            command_timeout: relay.command_timeout.0,
-        });
-        let maildir = match relay {
-            Some(_) => None,
-            None => {
-                let path = &config.maildir.path;
-                let maildir = Maildir::open(path, &hostname)
-                    .with_context(|| format!("cannot create the maildir at {} (set [maildir] path)", path.display()))?;
-                Some(Arc::new(maildir))
-            }
+        let shared = Shared {
+            relay_pool: Arc::new(RelayPool::new(metrics.relay_idle.clone())),
+            spool_budget: SpoolBudget::new(total_memory_limit(config)),
+            machine_hostname,
+            generations_alive: metrics.chain_generations_alive.clone(),
         };
-        let relay_pool = Arc::new(RelayPool::new(metrics.relay_idle.clone()));
+        let files = file_digests(config).await;
+        let chain = chain_from_config(config, content_rules(config), &metrics).await?;
+        let settings = Settings::new(config, 1, chain, &shared, None)?;
+        metrics.chain_generation.set(1);
         let flow_stats = FlowStats { pauses: metrics.flow_pauses.clone(), resumes: metrics.flow_resumes.clone() };
         Ok(Context {
-            session: SessionConfig {
-                hostname,
-                max_message_size: server.max_message_size.0,
-                max_header_size: server.max_header_size.0,
-                max_recipients: server.max_recipients,
-                bare_line_endings: server.bare_line_endings,
-            },
-            watermarks: Watermarks { high: config.flow.high_watermark.0, low: config.flow.low_watermark.0 },
             flows: Arc::new(FlowRegistry::with_stats(flow_stats)),
             metrics,
             sessions: Arc::default(),
-            reads: ReadLimits {
-                command_timeout: server.command_timeout.0,
-                data_timeout: server.data_timeout.0,
-                min_data_rate: server.min_data_rate.0,
-                min_data_rate_grace: server.min_data_rate_grace.0,
-            },
             started: Instant::now(),
             config_path,
-            loaded: RwLock::new(Loaded { chain: Arc::new(chain), generation: 1 }),
-            reloading: tokio::sync::Mutex::new(()),
-            relay,
-            relay_pool,
-            maildir,
-            spool_memory: usize::try_from(config.spool.memory_limit.0).unwrap_or(usize::MAX),
-            spool_budget: SpoolBudget::new(usize::try_from(config.spool.total_memory_limit.0).unwrap_or(usize::MAX)),
-            spool_directory: config.spool.directory.clone(),
+            current: RwLock::new(Arc::new(settings)),
+            running: tokio::sync::Mutex::new(Running { config: config.clone(), files }),
+            shared,
         })
     }
 
-    /// The chain a new session uses.
+    /// The generation a new session gets.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The chain a new session gets.
     pub fn chain(&self) -> Arc<Chain> {
-        self.loaded.read().unwrap_or_else(|p| p.into_inner()).chain.clone()
+        self.settings().chain.clone()
     }
 
     pub fn generation(&self) -> u64 {
-        self.loaded.read().unwrap_or_else(|p| p.into_inner()).generation
+        self.settings().generation
     }
 
-    /// Builds a new chain from the config file beside the old one and swaps it in; on any error
-    /// the old chain stays and the error is returned. Only the chain is reloaded: listeners,
-    /// limits and the next hop need a restart.
-    pub async fn reload(&self) -> anyhow::Result<(u64, Vec<String>)> {
-        let _one_at_a_time = self.reloading.lock().await;
+    /// Re-reads the config, builds the next generation beside the current one and swaps it in
+    /// (SIGHUP and `POST /reload` both come here). What needs a restart keeps its running value
+    /// and is reported; on any error nothing changes and the error is returned.
+    pub async fn reload(&self) -> anyhow::Result<ReloadReport> {
+        let mut running = self.running.lock().await;
+        let current = self.settings();
         let result = async {
-            let config = match &self.config_path {
-                Some(path) => config::load_file(path)?,
-                None => config::embedded_default()?,
-            };
-            // The server's limits are not reloaded: the chain keeps to those the sessions use.
-            let content = ContentRules {
-                max_message_size: self.session.max_message_size,
-                bare_line_endings: self.session.bare_line_endings,
-            };
-            chain_from_config(&config, content, &self.metrics).await
+            let config = self.load_config().await?;
+            let files = file_digests(&config).await;
+            let plan = reload::plan(&running.config, &running.files, config, &files);
+            let chain = chain_from_config(&plan.config, content_rules(&plan.config), &self.metrics).await?;
+            let settings = Settings::new(&plan.config, current.generation + 1, chain, &self.shared, Some(&current))?;
+            anyhow::Ok((plan, files, settings))
         }
         .await;
-        match result {
-            Ok(chain) => {
-                let names = chain.stage_names();
-                let mut loaded = self.loaded.write().unwrap_or_else(|p| p.into_inner());
-                loaded.generation += 1;
-                loaded.chain = Arc::new(chain);
-                self.metrics.chain_generation.set(loaded.generation as i64);
-                info!(target: "sluice::reload", generation = loaded.generation, stages = ?names, "chain reloaded");
-                Ok((loaded.generation, names))
-            }
+        let (plan, files, settings) = match result {
+            Ok(next) => next,
             Err(err) => {
-                warn!(target: "sluice::reload", error = %format!("{err:#}"), "reload failed; the running chain stays");
-                Err(err)
+                warn!(target: "sluice::reload", error = %format!("{err:#}"), "reload failed; the running config stays");
+                return Err(err);
             }
-        }
+        };
+        let report = ReloadReport {
+            generation: settings.generation,
+            stages: settings.chain.stage_names(),
+            changes: plan.changes,
+        };
+        self.shared.spool_budget.set_limit(total_memory_limit(&plan.config));
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
+        self.metrics.chain_generation.set(report.generation as i64);
+        *running = Running { config: plan.config, files };
+        log_reload(&report);
+        Ok(report)
     }
 
-    pub fn next_hop(&self) -> NextHop {
-        match (&self.relay, &self.maildir) {
-            (Some(relay), _) => NextHop::Relay(RelayClient::new(relay.clone(), self.relay_pool.clone())),
-            (None, Some(maildir)) => NextHop::Maildir(maildir.clone()),
-            (None, None) => unreachable!("Context::from_config sets a relay or a maildir"),
-        }
+    /// Reads the config file a reload runs, checked as at start.
+    async fn load_config(&self) -> anyhow::Result<Config> {
+        let config = match &self.config_path {
+            Some(path) => config::load_file(path)?,
+            None => config::embedded_default()?,
+        };
+        Ok(config)
     }
 
     /// At shutdown, after the last session: idle next-hop connections say QUIT and close.
     pub async fn close_relay_pool(&self) {
-        self.relay_pool.close().await;
+        self.shared.relay_pool.close().await;
     }
+}
 
-    pub fn spool(&self) -> Spool {
-        Spool::new(self.spool_memory, self.spool_budget.clone(), self.spool_directory.clone())
+fn total_memory_limit(config: &Config) -> usize {
+    usize::try_from(config.spool.total_memory_limit.0).unwrap_or(usize::MAX)
+}
+
+/// One line per reload, each list comma-separated (`-` for none).
+fn log_reload(report: &ReloadReport) {
+    let c = &report.changes;
+    let headline = match c.restart_needed.is_empty() {
+        true => "config reloaded",
+        false => "config reloaded; some changes need a restart (restart_needed keeps its running value)",
+    };
+    info!(
+        target: "sluice::reload",
+        generation = report.generation,
+        stages = ?reload::list(&report.stages),
+        added = ?reload::list(&c.stages_added),
+        removed = ?reload::list(&c.stages_removed),
+        changed = ?reload::list(&c.stages_changed),
+        applied = ?reload::list(&c.applied),
+        restart_needed = ?reload::list(&c.restart_needed),
+        "{headline}"
+    );
+}
+
+/// Digests of the filter files the stages name, so a reload can tell a rebuilt filter from the
+/// same one. A file that cannot be read has none (loading it reports the error).
+async fn file_digests(config: &Config) -> FileDigests {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut digests = FileDigests::new();
+    for stage in &config.stage {
+        let Some(path) = &stage.path else { continue };
+        if let Ok(bytes) = tokio::fs::read(config.resolve(path)).await {
+            // `DefaultHasher::new()` is the same in every run of one binary, which is all a
+            // comparison between two reloads needs.
+            let mut hasher = DefaultHasher::new();
+            hasher.write(&bytes);
+            digests.insert(stage.name.clone(), hasher.finish());
+        }
     }
+    digests
 }
 
 /// Builds the chain's stages from `[[stage]]` tables (already validated): wasm filters are

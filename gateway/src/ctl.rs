@@ -15,6 +15,7 @@ use clap::Subcommand;
 use serde_json::Value;
 
 use crate::config::{self, Config};
+use crate::reload::ReloadReport;
 
 #[derive(clap::Args)]
 pub struct CtlArgs {
@@ -39,7 +40,7 @@ enum CtlCommand {
     /// Show counters (`stats`), open sessions (`sessions`) or one session (`session ID`).
     #[command(subcommand)]
     Show(Show),
-    /// Reload the config file and rebuild the filter chain.
+    /// Reload the config file: apply what can change live, list what needs a restart.
     Reload,
     /// Switch trace logging of a subsystem on or off.
     Trace {
@@ -99,12 +100,9 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
                 render_sessions(json.as_array().context("the admin API sent no session list (try --json)")?)
             }
             CtlCommand::Show(Show::Session { .. }) => render_session(&json),
-            CtlCommand::Reload => {
-                let stages: Vec<String> =
-                    json["stages"].as_array().into_iter().flatten().map(|s| show(s, Plain)).collect();
-                let stages = if stages.is_empty() { "none".to_string() } else { stages.join(", ") };
-                format!("reloaded: chain generation {} (stages: {stages})\n", show(&json["generation"], Plain))
-            }
+            CtlCommand::Reload => serde_json::from_value::<ReloadReport>(json)
+                .context("the admin API's reload answer is not a reload report (try --json)")?
+                .to_string(),
             CtlCommand::Trace { subsystem, state } => format!("trace {subsystem}: {state}\n"),
         }
     );

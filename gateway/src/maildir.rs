@@ -12,6 +12,11 @@ use tokio::io::AsyncWriteExt;
 
 use crate::spool::Spool;
 
+/// The Maildir spec forbids '/' and ':' in the host part of a file name.
+fn file_name_host(hostname: &str) -> String {
+    hostname.replace('/', "\\057").replace(':', "\\072")
+}
+
 pub struct Maildir {
     root: PathBuf,
     hostname: String,
@@ -24,9 +29,12 @@ impl Maildir {
         for sub in ["tmp", "new", "cur"] {
             std::fs::create_dir_all(root.join(sub))?;
         }
-        // The Maildir spec forbids '/' and ':' in the host part of a file name.
-        let hostname = hostname.replace('/', "\\057").replace(':', "\\072");
-        Ok(Maildir { root: root.to_path_buf(), hostname, sequence: AtomicU64::new(0) })
+        Ok(Maildir { root: root.to_path_buf(), hostname: file_name_host(hostname), sequence: AtomicU64::new(0) })
+    }
+
+    /// Whether this is the maildir `open(root, hostname)` would give.
+    pub fn is_at(&self, root: &Path, hostname: &str) -> bool {
+        self.root == root && self.hostname == file_name_host(hostname)
     }
 
     /// Delivers the spooled message, preceded by a Return-Path header; returns the file name.

@@ -1,7 +1,7 @@
 //! The gateway's metrics, in one Prometheus registry (`prometheus-client`): sessions,
 //! transactions by result, bytes, per-stage calls / verdicts / failures / latency, flow pauses and
-//! resumes, relay replies and latency, idle next-hop connections, chain generation, wasm instantiation time. The same
-//! counters feed `/stats`.
+//! resumes, relay replies and latency, idle next-hop connections, chain generation and generations
+//! alive, wasm instantiation time. The same counters feed `/stats`.
 
 use std::time::Duration;
 
@@ -62,6 +62,8 @@ pub struct Metrics {
     pub relay_latency: Histogram,
     pub relay_idle: Gauge,
     pub chain_generation: Gauge,
+    /// Raised and lowered by each settings generation as it is built and dropped (`settings`).
+    pub chain_generations_alive: Gauge,
     pub wasm_instantiation: Histogram,
 }
 
@@ -85,6 +87,7 @@ impl Default for Metrics {
             relay_latency: latency(),
             relay_idle: Gauge::default(),
             chain_generation: Gauge::default(),
+            chain_generations_alive: Gauge::default(),
             wasm_instantiation: latency(),
             registry: Registry::default(),
         };
@@ -111,6 +114,11 @@ impl Default for Metrics {
             "chain_generation",
             "Generation of the loaded chain (1 at start, +1 per reload)",
             metrics.chain_generation.clone(),
+        );
+        registry.register(
+            "chain_generations_alive",
+            "Chain generations in use: the current one and older ones kept by sessions still running",
+            metrics.chain_generations_alive.clone(),
         );
         registry.register(
             "wasm_instantiation_seconds",
@@ -191,6 +199,7 @@ mod tests {
             "sluice_stage_failures_total{stage=\"av\",cause=\"timeout\"} 1",
             "sluice_relay_replies_total{class=\"2xx\"} 1",
             "sluice_relay_idle_connections 0",
+            "sluice_chain_generations_alive 0",
             "sluice_stage_call_seconds_bucket",
             "# EOF",
         ] {

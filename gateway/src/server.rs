@@ -1,5 +1,6 @@
 //! The listener side: binds the configured addresses, enforces the session limits (421 at
-//! greeting), gives each connection its span and task, and runs the SIGTERM drain.
+//! greeting) of the current settings generation, which the admitted session then keeps, gives
+//! each connection its span and task, and runs the SIGTERM drain.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -10,7 +11,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,6 +18,7 @@ use tracing::{info, info_span, warn, Instrument, Span};
 
 use crate::config::Config;
 use crate::context::Context;
+use crate::settings::Admission;
 use crate::smtp::conn::{Connection, REFUSAL_WRITE_TIMEOUT};
 
 /// The two stages of a graceful stop, as sessions see them.
@@ -29,35 +30,54 @@ pub struct Shutdown {
     pub deadline: CancellationToken,
 }
 
-/// Counts sessions per client address; the guard gives the slot back when the session ends.
+/// Counts sessions, in all and per client address, against limits a reload may change (a lower
+/// limit refuses new sessions until enough have ended); the guard gives the slot back when the
+/// session ends.
 #[derive(Default)]
-struct PerIpLimit {
-    counts: Mutex<HashMap<IpAddr, usize>>,
+struct SessionSlots {
+    held: Mutex<Held>,
 }
 
-struct PerIpSlot {
-    limit: Arc<PerIpLimit>,
+#[derive(Default)]
+struct Held {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+struct SessionSlot {
+    slots: Arc<SessionSlots>,
     ip: IpAddr,
 }
 
-impl PerIpLimit {
-    fn acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<PerIpSlot> {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(ip).or_insert(0);
-        if *count >= max {
-            return None;
+/// Which limit refused a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Full {
+    Sessions,
+    PerIp,
+}
+
+impl SessionSlots {
+    fn acquire(self: &Arc<Self>, ip: IpAddr, limits: Admission) -> Result<SessionSlot, Full> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.total >= limits.max_sessions {
+            return Err(Full::Sessions);
+        }
+        let count = held.per_ip.entry(ip).or_insert(0);
+        if *count >= limits.max_sessions_per_ip {
+            return Err(Full::PerIp);
         }
         *count += 1;
-        Some(PerIpSlot { limit: self.clone(), ip })
+        held.total += 1;
+        Ok(SessionSlot { slots: self.clone(), ip })
     }
 
     /// Sessions held in all, and the `top` addresses holding the most, busiest first.
     fn busiest(&self, top: usize) -> (usize, Vec<(IpAddr, usize)>) {
-        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let mut busiest: Vec<(IpAddr, usize)> = counts.iter().map(|(&ip, &n)| (ip, n)).collect();
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut busiest: Vec<(IpAddr, usize)> = held.per_ip.iter().map(|(&ip, &n)| (ip, n)).collect();
         busiest.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         busiest.truncate(top);
-        (counts.values().sum(), busiest)
+        (held.total, busiest)
     }
 }
 
@@ -88,13 +108,14 @@ impl RefusalLog {
     }
 }
 
-impl Drop for PerIpSlot {
+impl Drop for SessionSlot {
     fn drop(&mut self) {
-        let mut counts = self.limit.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&self.ip) {
+        let mut held = self.slots.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.total -= 1;
+        if let Some(count) = held.per_ip.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {
-                counts.remove(&self.ip);
+                held.per_ip.remove(&self.ip);
             }
         }
     }
@@ -103,16 +124,8 @@ impl Drop for PerIpSlot {
 pub struct Server {
     listeners: Vec<TcpListener>,
     context: Arc<Context>,
-    max_sessions: Arc<Semaphore>,
-    /// The semaphore's size, for the log.
-    session_limit: usize,
-    max_sessions_per_ip: usize,
-    per_ip: Arc<PerIpLimit>,
+    slots: Arc<SessionSlots>,
     refusals: RefusalLog,
-    shutdown_timeout: Duration,
-    /// After the shutdown deadline: what a session may still need — a delivery past its final
-    /// dot waits for the next hop's answer (bounded by relay.command_timeout), then writes it.
-    last_delivery: Duration,
     shutdown: Shutdown,
     tasks: TaskTracker,
 }
@@ -134,14 +147,8 @@ impl Server {
         Ok(Server {
             listeners,
             context,
-            max_sessions: Arc::new(Semaphore::new(config.server.max_sessions)),
-            session_limit: config.server.max_sessions,
-            max_sessions_per_ip: config.server.max_sessions_per_ip,
-            per_ip: Arc::default(),
+            slots: Arc::default(),
             refusals: RefusalLog::default(),
-            shutdown_timeout: config.server.shutdown_timeout.0,
-            last_delivery: config.relay.as_ref().map_or(Duration::ZERO, |relay| relay.command_timeout.0)
-                + LAST_REPLY_WRITE,
             shutdown: Shutdown::default(),
             tasks: TaskTracker::new(),
         })
@@ -191,10 +198,14 @@ impl Server {
         // Logged once it is true: the ports are closed and readiness says draining.
         info!(target: "sluice::smtp", sessions = server.tasks.len(), "shutting down: no longer accepting");
         server.tasks.close();
-        if timeout(server.shutdown_timeout, server.tasks.wait()).await.is_err() {
+        let settings = server.context.settings();
+        if timeout(settings.shutdown_timeout, server.tasks.wait()).await.is_err() {
             warn!(target: "sluice::smtp", sessions = server.tasks.len(), "grace period over; closing remaining sessions with 421");
             server.shutdown.deadline.cancel();
-            if timeout(server.last_delivery, server.tasks.wait()).await.is_err() {
+            // What a session may still need: a delivery past its final dot waits for the next
+            // hop's answer, then writes it.
+            let last_delivery = settings.relay_answer_timeout() + LAST_REPLY_WRITE;
+            if timeout(last_delivery, server.tasks.wait()).await.is_err() {
                 // Every wait of a session is bounded, so this is a bug's safety net.
                 warn!(target: "sluice::smtp", sessions = server.tasks.len(), "sessions still running past every bound; stopping anyway");
             }
@@ -204,31 +215,31 @@ impl Server {
         info!(target: "sluice::smtp", flow_pauses = flow.pauses, flow_resumes = flow.resumes, "stopped");
     }
 
-    /// Applies the session limits and starts the session task.
+    /// Applies the session limits and starts the session task with the current settings.
     fn admit(&self, stream: TcpStream, peer: SocketAddr, id: u64) {
         let _ = stream.set_nodelay(true);
         let span = info_span!("session", id = %crate::sessions::format_id(id), peer = %peer);
-        let hostname = self.context.session.hostname.clone();
-        let permit: Option<OwnedSemaphorePermit> = self.max_sessions.clone().try_acquire_owned().ok();
-        let slot = permit.as_ref().and_then(|_| self.per_ip.acquire(peer.ip(), self.max_sessions_per_ip));
-        let global = permit.is_none();
-        let (Some(permit), Some(slot)) = (permit, slot) else {
-            let text = format!("{hostname} Error: too many sessions, try again later");
-            if let Some(unlogged) = self.refusals.due(Instant::now()) {
-                self.log_refusal(&span, global, peer.ip(), unlogged);
+        let settings = self.context.settings();
+        let slot = match self.slots.acquire(peer.ip(), settings.admission) {
+            Ok(slot) => slot,
+            Err(full) => {
+                let text = format!("{} Error: too many sessions, try again later", settings.session.hostname);
+                if let Some(unlogged) = self.refusals.due(Instant::now()) {
+                    self.log_refusal(&span, full, settings.admission, peer.ip(), unlogged);
+                }
+                self.tasks.spawn(refuse(stream, text).instrument(span));
+                return;
             }
-            self.tasks.spawn(refuse(stream, text).instrument(span));
-            return;
         };
         let metrics = self.context.metrics.clone();
         metrics.sessions_total.inc();
         metrics.sessions_current.inc();
-        let connection = Connection::new(stream, peer, id, self.context.clone(), self.shutdown.clone());
+        let connection = Connection::new(stream, peer, id, self.context.clone(), settings, self.shutdown.clone());
         self.tasks.spawn(
             async move {
                 let flow = connection.run().await;
                 metrics.sessions_current.dec();
-                drop((permit, slot));
+                drop(slot);
                 // Logged after the slots are free: a client that sees this line can connect again.
                 info!(target: "sluice::smtp", pauses = flow.pauses, resumes = flow.resumes, "session closed");
             }
@@ -238,15 +249,15 @@ impl Server {
 
     /// Says which limit refused a client and who holds the sessions, so an operator can see a
     /// flood (many sessions from few addresses) at a glance.
-    fn log_refusal(&self, span: &Span, global: bool, ip: IpAddr, unlogged: u64) {
-        if global {
-            let (sessions, busiest) = self.per_ip.busiest(TOP_ADDRESSES);
+    fn log_refusal(&self, span: &Span, full: Full, limits: Admission, ip: IpAddr, unlogged: u64) {
+        if full == Full::Sessions {
+            let (sessions, busiest) = self.slots.busiest(TOP_ADDRESSES);
             let top: Vec<String> = busiest.iter().map(|(ip, n)| format!("{ip}={n}")).collect();
             info!(
                 target: "sluice::smtp",
                 parent: span,
                 sessions,
-                max_sessions = self.session_limit,
+                max_sessions = limits.max_sessions,
                 top_addresses = ?top.join(", "),
                 unlogged,
                 "refused: session limit reached"
@@ -256,7 +267,7 @@ impl Server {
                 target: "sluice::smtp",
                 parent: span,
                 address = %ip,
-                max_sessions_per_ip = self.max_sessions_per_ip,
+                max_sessions_per_ip = limits.max_sessions_per_ip,
                 unlogged,
                 "refused: per-address session limit reached"
             );

@@ -27,13 +27,19 @@ pub struct SpoolBudget(Arc<Budget>);
 
 #[derive(Debug)]
 struct Budget {
-    limit: usize,
+    /// Set again by each reload; lowered, new content spills to files until enough is released.
+    limit: AtomicUsize,
     used: AtomicUsize,
 }
 
 impl SpoolBudget {
     pub fn new(limit: usize) -> SpoolBudget {
-        SpoolBudget(Arc::new(Budget { limit, used: AtomicUsize::new(0) }))
+        SpoolBudget(Arc::new(Budget { limit: AtomicUsize::new(limit), used: AtomicUsize::new(0) }))
+    }
+
+    /// A reload's new limit; spools holding more than it keep what they hold.
+    pub fn set_limit(&self, limit: usize) {
+        self.0.limit.store(limit, Ordering::Relaxed);
     }
 
     /// Bytes reserved by spools now.
@@ -43,7 +49,8 @@ impl SpoolBudget {
 
     /// Takes `bytes` from the budget if they fit.
     fn reserve(&self, bytes: usize) -> bool {
-        let fits = |used: usize| used.checked_add(bytes).filter(|&total| total <= self.0.limit);
+        let limit = self.0.limit.load(Ordering::Relaxed);
+        let fits = |used: usize| used.checked_add(bytes).filter(|&total| total <= limit);
         self.0.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, fits).is_ok()
     }
 

@@ -109,6 +109,7 @@ fn metrics_parse_with_a_real_prometheus_parser() {
         "sluice_flow_paused_now",
         "sluice_relay_replies",
         "sluice_chain_generation",
+        "sluice_chain_generations_alive",
         "sluice_wasm_instantiation_seconds",
     ] {
         assert!(output.lines().any(|l| l == family), "{family} missing from:\n{output}");
@@ -131,7 +132,10 @@ fn endpoint_errors_reload_and_readiness() {
     // Reload: a good config bumps the generation; a broken one keeps the running chain.
     let (status, body) = http(&admin, "POST", "/reload", Some(TOKEN));
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("\"generation\": 2"), "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["generation"], 2, "{body}");
+    assert_eq!(report["applied"], serde_json::json!([]), "the config did not change: {body}");
+    assert_eq!(report["restart_needed"], serde_json::json!([]), "{body}");
     let config = gateway.dir.path().join("sluice.toml");
     let good = std::fs::read_to_string(&config).unwrap();
     std::fs::write(

@@ -127,7 +127,7 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
             None => error(StatusCode::NOT_FOUND, &format!("no session {id}")),
         },
         Route::Reload => match context.reload().await {
-            Ok((generation, stages)) => json(StatusCode::OK, json!({ "generation": generation, "stages": stages })),
+            Ok(report) => json(StatusCode::OK, serde_json::to_value(report).unwrap_or_default()),
             Err(err) => error(StatusCode::UNPROCESSABLE_ENTITY, &format!("{err:#}")),
         },
         Route::Trace(subsystem, enabled) => match crate::logging::set_trace(&subsystem, enabled) {

@@ -20,7 +20,7 @@ pub use units::{ByteSize, Span};
 /// The config `sluice serve` runs when given no `--config`: loopback listener, local maildir.
 pub const EMBEDDED_DEFAULT: &str = include_str!("embedded_default.toml");
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -49,7 +49,7 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
@@ -104,7 +104,7 @@ pub enum BareLineEndings {
     Reject,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelayConfig {
     /// The next hop, `host:port`.
@@ -126,7 +126,7 @@ fn default_relay_command_timeout() -> Span {
     Span(Duration::from_secs(300))
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Where the admin API listens (keep it on loopback).
@@ -140,7 +140,7 @@ fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8025))
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MaildirConfig {
     pub path: PathBuf,
@@ -152,7 +152,7 @@ impl Default for MaildirConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
     /// Bytes of one message held in memory before it spills to a temporary file.

@@ -8,7 +8,7 @@ use super::{ByteSize, Span};
 pub use crate::chain::stage::StageEvent;
 use crate::chain::OnError;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FlowConfig {
     /// Bytes queued in the chain at which the client is paused.
@@ -60,7 +60,7 @@ pub enum OversizeAction {
     Accept,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageConfig {
     pub name: String,
@@ -133,7 +133,7 @@ pub enum PanicSite {
 }
 
 /// What the built-in test stage does; every key is optional.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TestStageConfig {
     /// Sleep this long on every body chunk: a deliberately slow stage.

@@ -41,7 +41,7 @@ pub enum RelayError {
     Spool(std::io::Error),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelaySettings {
     pub address: String,
     pub helo_name: String,
@@ -129,7 +129,7 @@ impl RelayClient {
         // A transaction still open here was never ended: its connection is not reused.
         let kept = match self.link.take() {
             Link::Ready(wire) => Some(wire),
-            Link::InFlight(_) | Link::Broken => self.pool.take().await,
+            Link::InFlight(_) | Link::Broken => self.pool.take(&self.settings).await,
         };
         if let Some(wire) = kept {
             // A kept connection may have been closed by the next hop meanwhile: then start over.
@@ -318,7 +318,7 @@ impl RelayClient {
     /// next hop.
     pub fn release(&mut self) {
         if let Link::Ready(wire) = self.link.take() {
-            self.pool.give(wire);
+            self.pool.give(wire, &self.settings);
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Idle next-hop connections kept for reuse (like Postfix's connection cache): a client that opens
 //! one connection per message then does not cost a connect, greeting and EHLO at the next hop for
-//! each message. Only connections between transactions are kept, and only briefly.
+//! each message. Only connections between transactions are kept, and only briefly, and each only
+//! for sessions with the settings it was opened with: after a reload changes the next hop's
+//! address, HELO name or timeouts, no session gets a connection made under the old ones.
 //!
 //! Each parked connection has a watcher task that owns it until a session takes it back. The
 //! watcher is what enforces the bounds: at the idle limit it says QUIT and closes; when the next
@@ -17,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::wire::Wire;
+use super::RelaySettings;
 
 /// Connections kept at most; more are closed.
 const MAX_IDLE: usize = 64;
@@ -29,6 +32,8 @@ type Recall = oneshot::Sender<oneshot::Sender<Wire>>;
 /// A parked connection as the pool sees it; the connection itself is with its watcher.
 struct Parked {
     id: u64,
+    /// What the connection was opened with: only sessions with the same get it.
+    settings: RelaySettings,
     recall: Recall,
 }
 
@@ -84,12 +89,12 @@ impl RelayPool {
         parked
     }
 
-    /// The most recently parked connection that is still open.
-    pub async fn take(&self) -> Option<Wire> {
+    /// The most recently parked connection opened with `settings` that is still open.
+    pub async fn take(&self, settings: &RelaySettings) -> Option<Wire> {
         loop {
             let parked = {
                 let mut idle = self.lock();
-                let newest = idle.len().checked_sub(1)?;
+                let newest = idle.iter().rposition(|parked| &parked.settings == settings)?;
                 self.remove(&mut idle, newest)
             };
             let (back, returned) = oneshot::channel();
@@ -102,8 +107,8 @@ impl RelayPool {
         }
     }
 
-    /// Parks a connection that is between transactions.
-    pub fn give(self: &Arc<Self>, wire: Wire) {
+    /// Parks a connection that is between transactions, opened with `settings`.
+    pub fn give(self: &Arc<Self>, wire: Wire, settings: &RelaySettings) {
         let (recall, recalled) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let refused = {
@@ -114,7 +119,7 @@ impl RelayPool {
                 (false, false) => None,
             };
             if refused.is_none() {
-                idle.push(Parked { id, recall });
+                idle.push(Parked { id, settings: settings.clone(), recall });
                 self.gauge.set(idle.len() as i64);
             }
             refused
@@ -196,7 +201,7 @@ mod tests {
     const BOUND: Duration = Duration::from_secs(30);
 
     #[tokio::test]
-    async fn the_gauge_counts_parked_connections_and_a_hang_up_is_noticed_unasked() {
+    async fn the_gauge_counts_parked_connections_only_their_settings_get_them_and_a_hang_up_is_noticed() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let (hang_up, hung_up) = oneshot::channel::<()>();
@@ -211,12 +216,18 @@ mod tests {
             let _ = hung_up.await;
         });
         let pool = Arc::new(RelayPool::new(Gauge::default()));
-        let wire = Wire::open(&address, "gw.test", BOUND, BOUND).await.unwrap();
-        pool.give(wire);
+        let settings =
+            RelaySettings { address, helo_name: "gw.test".into(), connect_timeout: BOUND, command_timeout: BOUND };
+        let wire = Wire::open(&settings.address, &settings.helo_name, BOUND, BOUND).await.unwrap();
+        pool.give(wire, &settings);
         assert_eq!(pool.gauge.get(), 1);
-        let wire = pool.take().await.expect("the parked connection");
+        // A reload moved the next hop: a connection to the old one is not handed out.
+        let moved = RelaySettings { address: "127.0.0.1:1".into(), ..settings.clone() };
+        assert!(pool.take(&moved).await.is_none());
+        assert_eq!(pool.gauge.get(), 1);
+        let wire = pool.take(&settings).await.expect("the parked connection");
         assert_eq!(pool.gauge.get(), 0);
-        pool.give(wire);
+        pool.give(wire, &settings);
         assert_eq!(pool.gauge.get(), 1);
         hang_up.send(()).unwrap();
         hop.await.unwrap();
@@ -228,7 +239,7 @@ mod tests {
         })
         .await
         .expect("the closed connection left the pool");
-        assert!(pool.take().await.is_none());
+        assert!(pool.take(&settings).await.is_none());
         timeout(BOUND, pool.close()).await.expect("the pool closes");
     }
 }

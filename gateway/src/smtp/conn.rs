@@ -21,12 +21,13 @@ use super::reply::Reply;
 use super::session::{Envelope, Request, Session, Step};
 use crate::chain::runner::{ContentOutcome, ContentRun};
 use crate::chain::stage::Verdict;
-use crate::chain::{Chain, EnvelopeOutcome, Transaction};
+use crate::chain::{EnvelopeOutcome, Transaction};
 use crate::context::Context;
 use crate::flow::gate::{FlowHandle, SessionFlow};
 use crate::next_hop::{Delivery, NextHop};
 use crate::server::Shutdown;
 use crate::sessions::Listing;
+use crate::settings::Settings;
 
 /// Socket reads ask for at least this much room.
 const READ_BUFFER: usize = 64 * 1024;
@@ -53,8 +54,9 @@ pub struct Connection {
     context: Arc<Context>,
     shutdown: Shutdown,
     session: Session,
-    /// The chain current when the session started: it keeps it across reloads.
-    chain: Arc<Chain>,
+    /// The settings generation (limits, next hop, chain) current when the session was admitted:
+    /// it keeps it across reloads.
+    settings: Arc<Settings>,
     flow: Arc<FlowHandle>,
     listing: Listing,
     next_hop: NextHop,
@@ -68,22 +70,29 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, peer: SocketAddr, id: u64, context: Arc<Context>, shutdown: Shutdown) -> Connection {
-        let flow = context.flows.open(id, context.watermarks);
+    pub fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        id: u64,
+        context: Arc<Context>,
+        settings: Arc<Settings>,
+        shutdown: Shutdown,
+    ) -> Connection {
+        let flow = context.flows.open(id, settings.watermarks);
         let local_port = stream.local_addr().map_or(0, |a| a.port());
         Connection {
             stream,
             peer,
-            session: Session::new(context.session.clone()),
-            chain: context.chain(),
+            session: Session::new(settings.session.clone()),
             listing: context.sessions.open(id, peer, local_port, flow.clone()),
             flow,
-            next_hop: context.next_hop(),
+            next_hop: settings.next_hop(),
             chained: Chained::None,
             input: BytesMut::with_capacity(READ_BUFFER),
             output: Vec::with_capacity(1024),
             transaction_start: Instant::now(),
-            clock: ReadClock::new(context.reads),
+            clock: ReadClock::new(settings.reads),
+            settings,
             context,
             shutdown,
         }
@@ -104,7 +113,7 @@ impl Connection {
                 },
                 Step::Request(request) => {
                     let Some(reply) = self.handle(request).await else {
-                        self.close_with(shutting_down(&self.context)).await;
+                        self.close_with(shutting_down(&self.settings)).await;
                         break;
                     };
                     let reply = self.session.answer(reply);
@@ -129,12 +138,12 @@ impl Connection {
                         Err(Interruption::Timeout(expiry)) => {
                             let phase = self.session.phase();
                             info!(target: "sluice::smtp", ?phase, reason = expiry.as_str(), "client timed out");
-                            let text = format!("{} Error: timeout exceeded", self.context.session.hostname);
+                            let text = format!("{} Error: timeout exceeded", self.settings.session.hostname);
                             self.close_with(Reply::new(421, "4.4.2", text)).await;
                             break;
                         }
                         Err(Interruption::Draining | Interruption::Deadline) => {
-                            self.close_with(shutting_down(&self.context)).await;
+                            self.close_with(shutting_down(&self.settings)).await;
                             break;
                         }
                     }
@@ -156,7 +165,7 @@ impl Connection {
     fn content(&mut self) -> Option<&mut ContentRun> {
         self.chained = match std::mem::replace(&mut self.chained, Chained::None) {
             Chained::Envelope(transaction) => {
-                Chained::Content(transaction.start_content(self.context.spool(), self.flow.clone()))
+                Chained::Content(transaction.start_content(self.settings.spool(), self.flow.clone()))
             }
             other => other,
         };
@@ -178,7 +187,7 @@ impl Connection {
 
     async fn mail(&mut self, helo: &str, from: &str, params: &MailParams) -> Reply {
         self.transaction_start = Instant::now();
-        let (transaction, outcome) = self.chain.begin(self.peer, helo, from).await;
+        let (transaction, outcome) = self.settings.chain.begin(self.peer, helo, from).await;
         if let EnvelopeOutcome::Refuse(reply) = outcome {
             return reply;
         }
@@ -208,7 +217,7 @@ impl Connection {
             return Some(Reply::new(451, "4.3.0", "Local error; try again later"));
         };
         let Some(outcome) = unless(deadline, run.finish()).await else {
-            self.log_message(Some(&envelope), 0, "tempfailed", &shutting_down(&self.context));
+            self.log_message(Some(&envelope), 0, "tempfailed", &shutting_down(&self.settings));
             return None;
         };
         let (result, reply, size) = match outcome {
@@ -217,7 +226,7 @@ impl Connection {
                 let started = Instant::now();
                 let delivery = self.next_hop.deliver(&envelope.mail_from, &mut spool, deadline).await;
                 let Delivery::Answered(reply) = delivery else {
-                    self.log_message(Some(&envelope), size, "tempfailed", &shutting_down(&self.context));
+                    self.log_message(Some(&envelope), size, "tempfailed", &shutting_down(&self.settings));
                     return None;
                 };
                 self.context.metrics.relay_reply(reply.code, started.elapsed());
@@ -309,7 +318,7 @@ impl Connection {
         if self.output.is_empty() {
             return true;
         }
-        let limit = self.context.reads.command_timeout;
+        let limit = self.settings.reads.command_timeout;
         let written = timeout(limit, self.stream.write_all(&self.output)).await;
         let bytes = self.output.len() as u64;
         tracing::trace!(target: "sluice::io", bytes, "write");
@@ -342,8 +351,8 @@ async fn unless<T>(deadline: &CancellationToken, work: impl Future<Output = T>) 
     }
 }
 
-fn shutting_down(context: &Context) -> Reply {
-    Reply::new(421, "4.3.2", format!("{} Service shutting down, try again later", context.session.hostname))
+fn shutting_down(settings: &Settings) -> Reply {
+    Reply::new(421, "4.3.2", format!("{} Service shutting down, try again later", settings.session.hostname))
 }
 
 /// Socket write bound used for one-shot replies outside a session (e.g. "too many sessions").
