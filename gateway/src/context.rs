@@ -161,6 +161,11 @@ impl Context {
         }
     }
 
+    /// The config file serve runs (None: the embedded default).
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config_path.as_deref()
+    }
+
     pub fn next_hop(&self) -> NextHop {
         match (&self.relay, &self.maildir) {
             (Some(relay), _) => NextHop::Relay(RelayClient::new(relay.clone(), self.relay_pool.clone())),
@@ -206,6 +211,7 @@ pub async fn chain_from_config(
         };
         specs.push(StageSpec {
             name: stage.name.clone(),
+            kind: stage.kind,
             on_error: stage.on_error,
             timeout: stage.timeout.0,
             content,

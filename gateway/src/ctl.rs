@@ -10,15 +10,17 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{bail, Context as _};
 use clap::Subcommand;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
 
+use crate::admin::views::{ErrorView, ReloadView, SessionView, StatsView, TraceView};
 use crate::config::{self, Config};
 
 #[derive(clap::Args)]
 pub struct CtlArgs {
-    /// Find the admin API (and its token file) in this config's [admin] section.
+    /// Find the admin API (and its token file) in this config's [admin] section. Without it
+    /// and --admin: the embedded default's address, 127.0.0.1:8025.
     #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "admin")]
     config: Option<PathBuf>,
     /// The admin API's base URL, e.g. http://127.0.0.1:8025.
@@ -27,8 +29,8 @@ pub struct CtlArgs {
     /// A file holding the bearer token (overrides [admin] token_file).
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
-    /// Print the server's JSON instead of tables.
-    #[arg(long)]
+    /// Print the server's JSON instead of tables (before or after the subcommand).
+    #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
     command: CtlCommand,
@@ -62,70 +64,66 @@ enum Show {
 
 pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args)?;
-    let json = match &args.command {
-        CtlCommand::Show(Show::Stats) => client.send("GET", "/stats")?.json()?,
-        CtlCommand::Show(Show::Sessions) => client.send("GET", "/sessions")?.json()?,
+    let json = args.json;
+    let text = match &args.command {
+        CtlCommand::Show(Show::Stats) => client.send("GET", "/stats")?.answer(json, render_stats)?,
+        CtlCommand::Show(Show::Sessions) => {
+            client.send("GET", "/sessions")?.answer(json, |sessions: &Vec<SessionView>| render_sessions(sessions))?
+        }
         CtlCommand::Show(Show::Session { id }) => {
             if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                bail!("invalid session ID {id:?}");
+                bail!("invalid session ID {id:?}: `sluice ctl show sessions` lists them");
             }
             let reply = client.send("GET", &format!("/sessions/{id}"))?;
             if reply.status == 404 {
-                bail!("no session {id}");
+                bail!("no session {id} (it may have ended): `sluice ctl show sessions` lists the open ones");
             }
-            reply.json()?
+            reply.answer(json, render_session)?
         }
         CtlCommand::Reload => {
             let reply = client.send("POST", "/reload")?;
             if reply.status == 422 {
-                let json: Value = serde_json::from_str(&reply.body).unwrap_or_default();
-                bail!("reload failed: {}", json["error"].as_str().unwrap_or(reply.body.trim()));
+                bail!("reload failed, the running chain stays: {}", reply.error_text());
             }
-            reply.json()?
+            reply.answer(json, |reload: &ReloadView| {
+                let stages = if reload.stages.is_empty() { "none".to_string() } else { reload.stages.join(", ") };
+                format!("reloaded: chain generation {} (stages: {stages})\n", reload.generation)
+            })?
         }
         CtlCommand::Trace { subsystem, state } => {
-            client.send("POST", &format!("/trace/{subsystem}/{state}"))?.json()?
+            client.send("POST", &format!("/trace/{subsystem}/{state}"))?.answer(json, |trace: &TraceView| {
+                format!("trace {}: {}\n", trace.subsystem, if trace.enabled { "on" } else { "off" })
+            })?
         }
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&json)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    print!(
-        "{}",
-        match &args.command {
-            CtlCommand::Show(Show::Stats) => render_stats(&json),
-            CtlCommand::Show(Show::Sessions) => {
-                render_sessions(json.as_array().context("the admin API sent no session list (try --json)")?)
-            }
-            CtlCommand::Show(Show::Session { .. }) => render_session(&json),
-            CtlCommand::Reload => {
-                let stages: Vec<String> =
-                    json["stages"].as_array().into_iter().flatten().map(|s| show(s, Plain)).collect();
-                let stages = if stages.is_empty() { "none".to_string() } else { stages.join(", ") };
-                format!("reloaded: chain generation {} (stages: {stages})\n", show(&json["generation"], Plain))
-            }
-            CtlCommand::Trace { subsystem, state } => format!("trace {subsystem}: {state}\n"),
-        }
-    );
+    print!("{text}");
     Ok(ExitCode::SUCCESS)
 }
 
-/// Where the admin API is and the file holding the token it wants.
+/// Where the admin API is, the file holding the token it wants, and where the address came
+/// from (for the error when nothing answers there).
 #[derive(Debug, PartialEq)]
 struct Target {
     url: String,
     token_file: Option<PathBuf>,
+    source: String,
 }
 
-/// Resolves the base URL and token file from `--admin`, `--config` and `--token-file`.
-fn target(admin: Option<&str>, config: Option<(&Path, &Config)>, token_file: Option<&Path>) -> anyhow::Result<Target> {
-    let (url, config_token) = match (admin, config) {
-        (Some(url), _) => (base_url(url)?, None),
-        (None, Some((path, config))) => {
-            let admin = config.admin.as_ref().ok_or_else(|| {
-                anyhow!("the admin API is not enabled in {}: add\n[admin]\nlisten = \"127.0.0.1:8025\"", path.display())
-            })?;
+/// What the admin API's address is taken from when `--admin` is absent: the `--config` file,
+/// or the embedded default (what `sluice serve` without --config runs).
+struct ConfigSource<'a> {
+    name: String,
+    config: &'a Config,
+}
+
+/// Resolves the base URL and token file from `--admin`, the config and `--token-file`.
+fn target(admin: Option<&str>, config: Option<ConfigSource<'_>>, token_file: Option<&Path>) -> anyhow::Result<Target> {
+    let (url, config_token, source) = match (admin, config) {
+        (Some(url), _) => (base_url(url)?, None, "--admin".to_string()),
+        (None, Some(ConfigSource { name, config })) => {
+            let Some(admin) = config.admin.as_ref() else {
+                bail!("the admin API is not enabled in {name}: add\n[admin]\nlisten = \"127.0.0.1:8025\"")
+            };
             let mut listen = admin.listen;
             if listen.ip().is_unspecified() {
                 // Listening on every address: talk to it over loopback.
@@ -134,11 +132,12 @@ fn target(admin: Option<&str>, config: Option<(&Path, &Config)>, token_file: Opt
                     SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
                 });
             }
-            (format!("http://{listen}"), admin.token_file.as_deref().map(|file| config.resolve(file)))
+            let token = admin.token_file.as_deref().map(|file| config.resolve(file));
+            (format!("http://{listen}"), token, format!("[admin] listen in {name}"))
         }
         (None, None) => bail!("no admin API address: pass --admin URL or --config FILE"),
     };
-    Ok(Target { url, token_file: token_file.map(Path::to_path_buf).or(config_token) })
+    Ok(Target { url, token_file: token_file.map(Path::to_path_buf).or(config_token), source })
 }
 
 /// `http://host:port` from what the operator typed (a bare `host:port` is taken as http).
@@ -166,7 +165,7 @@ fn read_token(file: &Path) -> anyhow::Result<String> {
 
 struct Client {
     agent: ureq::Agent,
-    url: String,
+    target: Target,
     token: Option<String>,
 }
 
@@ -178,30 +177,50 @@ struct Reply {
 }
 
 impl Reply {
-    /// The body as JSON, or an error naming the status for anything but 2xx.
-    fn json(self) -> anyhow::Result<Value> {
+    /// The body as a `T`, rendered, or as the server sent it with `json`; an error naming the
+    /// status for anything but 2xx.
+    fn answer<T: DeserializeOwned>(self, json: bool, render: impl FnOnce(&T) -> String) -> anyhow::Result<String> {
         if !(200..300).contains(&self.status) {
-            bail!("the admin API answered {} {}: {}", self.status, self.status_text, self.body.trim());
+            bail!("the admin API answered {} {}: {}", self.status, self.status_text, self.error_text());
         }
-        serde_json::from_str(&self.body).context("the admin API sent malformed JSON")
+        let view: T = serde_json::from_str(&self.body).context(
+            "the admin API's answer does not have the expected fields: are `sluice ctl` and `sluice serve` the same version?",
+        )?;
+        Ok(if json { self.body } else { render(&view) })
+    }
+
+    /// The message of an error answer (its body as is if it is not the API's error JSON).
+    fn error_text(&self) -> String {
+        serde_json::from_str::<ErrorView>(&self.body).map_or_else(|_| self.body.trim().to_string(), |view| view.error)
     }
 }
 
 impl Client {
     fn new(args: &CtlArgs) -> anyhow::Result<Client> {
-        let config = args.config.as_deref().map(|path| config::load_file(path).map(|c| (path, c))).transpose()?;
-        let config = config.as_ref().map(|(path, config)| (*path, config));
-        let target = target(args.admin.as_deref(), config, args.token_file.as_deref())?;
+        let target = match (&args.admin, &args.config) {
+            (Some(url), _) => target(Some(url), None, args.token_file.as_deref())?,
+            (None, Some(path)) => {
+                let config = config::load_file(path)?;
+                let source = ConfigSource { name: path.display().to_string(), config: &config };
+                target(None, Some(source), args.token_file.as_deref())?
+            }
+            (None, None) => {
+                let config = config::embedded_default()?;
+                let source = ConfigSource { name: "the embedded default".to_string(), config: &config };
+                target(None, Some(source), args.token_file.as_deref())?
+            }
+        };
         let token = target.token_file.as_deref().map(read_token).transpose()?;
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(5))
             .timeout(Duration::from_secs(120)) // a reload compiles every filter
             .build();
-        Ok(Client { agent, url: target.url, token })
+        Ok(Client { agent, target, token })
     }
 
     fn send(&self, method: &str, path: &str) -> anyhow::Result<Reply> {
-        let mut request = self.agent.request(method, &format!("{}{path}", self.url));
+        let url = &self.target.url;
+        let mut request = self.agent.request(method, &format!("{url}{path}"));
         if let Some(token) = &self.token {
             request = request.set("Authorization", &format!("Bearer {token}"));
         }
@@ -209,10 +228,13 @@ impl Client {
             Ok(response) | Err(ureq::Error::Status(_, response)) => response,
             Err(ureq::Error::Transport(err)) if err.kind() == ureq::ErrorKind::ConnectionFailed => {
                 let cause = std::error::Error::source(&err).map_or_else(|| err.to_string(), ToString::to_string);
-                let url = &self.url;
-                bail!("cannot reach the admin API at {url}: is `sluice serve` running with [admin] enabled? ({cause})")
+                let source = &self.target.source;
+                bail!(
+                    "cannot reach the admin API at {url} (from {source}): is `sluice serve` running with [admin] \
+                     enabled? Pass --config FILE or --admin URL to talk to another one ({cause})"
+                )
             }
-            Err(err) => bail!("admin API request {method} {}{path} failed: {err}", self.url),
+            Err(err) => bail!("admin API request {method} {url}{path} failed: {err}"),
         };
         if response.status() == 401 {
             bail!("the admin API refused the token: pass --token-file or set [admin] token_file");
@@ -223,22 +245,6 @@ impl Client {
     }
 }
 
-/// How a JSON value is shown.
-#[derive(Clone, Copy)]
-enum Format {
-    /// Strings unquoted, booleans yes/no, null `-`.
-    Plain,
-    /// A byte count as `1.2MiB`.
-    Size,
-    /// A byte count as `1234567 (1.2MiB)`.
-    Bytes,
-    /// Seconds as `4m12s`.
-    Time,
-    /// The sum of `bytes` over a list of per-stage queues, as `Size`.
-    Queued,
-}
-use Format::{Bytes, Plain, Queued, Size, Time};
-
 #[derive(Clone, Copy)]
 enum Align {
     Left,
@@ -246,133 +252,126 @@ enum Align {
 }
 use Align::{Left, Right};
 
-/// A `key: value` line: label, JSON pointer into the reply, format.
-type Field = (&'static str, &'static str, Format);
-/// A table column: header, alignment, JSON pointer into each row, format.
-type Column = (&'static str, Align, &'static str, Format);
+fn yes_no(value: bool) -> String {
+    if value { "yes" } else { "no" }.to_string()
+}
 
-const STATS: &[(&str, &[Field])] = &[
-    ("", &[("uptime", "/uptime_seconds", Time), ("chain generation", "/chain_generation", Plain)]),
-    ("sessions", &[("current", "/sessions/current", Plain), ("total", "/sessions/total", Plain)]),
-    (
-        "transactions",
+fn or_dash(value: Option<String>) -> String {
+    value.unwrap_or_else(|| "-".to_string())
+}
+
+/// A byte count as `1234567 (1.2MiB)`.
+fn bytes(count: u64) -> String {
+    format!("{count} ({})", human_size(count))
+}
+
+fn render_stats(stats: &StatsView) -> String {
+    let (t, b, f) = (&stats.transactions, &stats.bytes, &stats.flow);
+    let mut out = key_values(
+        "",
         &[
-            ("accepted", "/transactions/accepted", Plain),
-            ("rejected", "/transactions/rejected", Plain),
-            ("tempfailed", "/transactions/tempfailed", Plain),
-            ("discarded", "/transactions/discarded", Plain),
-            ("refused", "/transactions/refused", Plain),
+            ("uptime", human_duration(stats.uptime_seconds as f64)),
+            ("chain generation", stats.chain_generation.to_string()),
         ],
-    ),
-    ("bytes", &[("in", "/bytes/in", Bytes), ("out", "/bytes/out", Bytes)]),
-    (
-        "flow",
-        &[
-            ("pauses", "/flow/pauses", Plain),
-            ("resumes", "/flow/resumes", Plain),
-            ("paused now", "/flow/paused_now", Plain),
-        ],
-    ),
-];
-
-const STAGE_COLUMNS: &[Column] = &[
-    ("NAME", Left, "/name", Plain),
-    ("KIND", Left, "/kind", Plain),
-    ("CALLS", Right, "/calls", Plain),
-    ("FAILURES", Right, "/failures", Plain),
-];
-
-const SESSION_COLUMNS: &[Column] = &[
-    ("ID", Left, "/id", Plain),
-    ("PEER", Left, "/peer", Plain),
-    ("STATE", Left, "/state", Plain),
-    ("FROM", Left, "/transaction/from", Plain),
-    ("RCPTS", Right, "/transaction/rcpts", Plain),
-    ("IN", Right, "/bytes_in", Size),
-    ("OUT", Right, "/bytes_out", Size),
-    ("PAUSED", Left, "/paused", Plain),
-    ("BY", Left, "/paused_by", Plain),
-    ("QUEUED", Right, "/queued", Queued),
-    ("AGE", Right, "/age_seconds", Time),
-];
-
-const SESSION_FIELDS: &[Field] = &[
-    ("id", "/id", Plain),
-    ("peer", "/peer", Plain),
-    ("local port", "/local_port", Plain),
-    ("state", "/state", Plain),
-    ("from", "/transaction/from", Plain),
-    ("recipients", "/transaction/rcpts", Plain),
-    ("bytes in", "/bytes_in", Bytes),
-    ("bytes out", "/bytes_out", Bytes),
-    ("paused", "/paused", Plain),
-    ("paused by", "/paused_by", Plain),
-    ("pauses", "/pauses", Plain),
-    ("resumes", "/resumes", Plain),
-    ("age", "/age_seconds", Time),
-    ("queued", "/queued", Queued),
-];
-
-fn show(value: &Value, format: Format) -> String {
-    match (format, value) {
-        (Size, Value::Number(n)) => human_size(n.as_u64().unwrap_or(0)),
-        (Bytes, Value::Number(n)) => format!("{n} ({})", human_size(n.as_u64().unwrap_or(0))),
-        (Time, Value::Number(n)) => human_duration(n.as_f64().unwrap_or(0.0)),
-        (Queued, Value::Array(queues)) => human_size(queues.iter().filter_map(|q| q["bytes"].as_u64()).sum()),
-        (_, Value::String(s)) => s.clone(),
-        (_, Value::Bool(b)) => if *b { "yes" } else { "no" }.to_string(),
-        (_, Value::Null) => "-".to_string(),
-        (_, other) => other.to_string(),
-    }
-}
-
-fn field<'a>(value: &'a Value, pointer: &str) -> &'a Value {
-    value.pointer(pointer).unwrap_or(&Value::Null)
-}
-
-fn fields(indent: &str, value: &Value, layout: &[Field]) -> String {
-    let pairs: Vec<(&str, String)> =
-        layout.iter().map(|&(label, at, format)| (label, show(field(value, at), format))).collect();
-    key_values(indent, &pairs)
-}
-
-fn value_table(columns: &[Column], items: &[Value]) -> String {
-    let row = |item: &Value| columns.iter().map(|&(_, _, at, format)| show(field(item, at), format)).collect();
-    let rows: Vec<Vec<String>> = items.iter().map(row).collect();
-    let headers: Vec<(&str, Align)> = columns.iter().map(|&(name, align, _, _)| (name, align)).collect();
-    table(&headers, &rows)
-}
-
-fn render_stats(stats: &Value) -> String {
-    let mut out = String::new();
-    for &(group, layout) in STATS {
-        match group {
-            "" => out += &fields("", stats, layout),
-            group => out += &format!("{group}\n{}", fields("  ", stats, layout)),
-        }
+    );
+    let groups: [(&str, Vec<(&str, String)>); 4] = [
+        (
+            "sessions",
+            vec![("current", stats.sessions.current.to_string()), ("total", stats.sessions.total.to_string())],
+        ),
+        (
+            "transactions",
+            vec![
+                ("accepted", t.accepted.to_string()),
+                ("rejected", t.rejected.to_string()),
+                ("tempfailed", t.tempfailed.to_string()),
+                ("discarded", t.discarded.to_string()),
+                ("refused", t.refused.to_string()),
+            ],
+        ),
+        ("bytes", vec![("in", bytes(b.received)), ("out", bytes(b.sent))]),
+        (
+            "flow",
+            vec![
+                ("pauses", f.pauses.to_string()),
+                ("resumes", f.resumes.to_string()),
+                ("paused now", f.paused_now.to_string()),
+            ],
+        ),
+    ];
+    for (group, pairs) in groups {
+        out += &format!("{group}\n{}", key_values("  ", &pairs));
     }
     out += "stages\n";
-    match stats["stages"].as_array() {
-        Some(stages) if !stages.is_empty() => {
-            out.extend(value_table(STAGE_COLUMNS, stages).lines().map(|line| format!("  {line}\n")))
-        }
-        _ => out += "  (none)\n",
+    if stats.stages.is_empty() {
+        return out + "  (none)\n";
     }
+    let headers = [("NAME", Left), ("KIND", Left), ("CALLS", Right), ("FAILURES", Right)];
+    let rows: Vec<Vec<String>> = (stats.stages.iter())
+        .map(|s| vec![s.name.clone(), s.kind.to_string(), s.calls.to_string(), s.failures.to_string()])
+        .collect();
+    out.extend(table(&headers, &rows).lines().map(|line| format!("  {line}\n")));
     out
 }
 
-fn render_sessions(sessions: &[Value]) -> String {
-    match sessions {
-        [] => "no sessions\n".to_string(),
-        sessions => value_table(SESSION_COLUMNS, sessions),
-    }
+fn queued_total(session: &SessionView) -> u64 {
+    session.queued.iter().map(|q| q.bytes).sum()
 }
 
-fn render_session(session: &Value) -> String {
-    let queues: Vec<(&str, String)> = (session["queued"].as_array().into_iter().flatten())
-        .map(|q| (q["stage"].as_str().unwrap_or("?"), show(&q["bytes"], Size)))
-        .collect();
-    fields("", session, SESSION_FIELDS) + &key_values("  ", &queues)
+fn render_sessions(sessions: &[SessionView]) -> String {
+    if sessions.is_empty() {
+        return "no sessions\n".to_string();
+    }
+    let headers = [
+        ("ID", Left),
+        ("PEER", Left),
+        ("STATE", Left),
+        ("FROM", Left),
+        ("RCPTS", Right),
+        ("IN", Right),
+        ("OUT", Right),
+        ("PAUSED", Left),
+        ("BY", Left),
+        ("QUEUED", Right),
+        ("AGE", Right),
+    ];
+    let row = |s: &SessionView| {
+        vec![
+            s.id.clone(),
+            s.peer.clone(),
+            s.state.clone(),
+            or_dash(s.transaction.as_ref().map(|t| t.from.clone())),
+            or_dash(s.transaction.as_ref().map(|t| t.rcpts.to_string())),
+            human_size(s.bytes_in),
+            human_size(s.bytes_out),
+            yes_no(s.paused),
+            or_dash(s.paused_by.clone()),
+            human_size(queued_total(s)),
+            human_duration(s.age_seconds),
+        ]
+    };
+    table(&headers, &sessions.iter().map(row).collect::<Vec<_>>())
+}
+
+fn render_session(s: &SessionView) -> String {
+    let fields = [
+        ("id", s.id.clone()),
+        ("peer", s.peer.clone()),
+        ("local port", s.local_port.to_string()),
+        ("state", s.state.clone()),
+        ("from", or_dash(s.transaction.as_ref().map(|t| t.from.clone()))),
+        ("recipients", or_dash(s.transaction.as_ref().map(|t| t.rcpts.to_string()))),
+        ("bytes in", bytes(s.bytes_in)),
+        ("bytes out", bytes(s.bytes_out)),
+        ("paused", yes_no(s.paused)),
+        ("paused by", or_dash(s.paused_by.clone())),
+        ("pauses", s.pauses.to_string()),
+        ("resumes", s.resumes.to_string()),
+        ("age", human_duration(s.age_seconds)),
+        ("queued", human_size(queued_total(s))),
+    ];
+    let queues: Vec<(&str, String)> = s.queued.iter().map(|q| (q.stage.as_str(), human_size(q.bytes))).collect();
+    key_values("", &fields) + &key_values("  ", &queues)
 }
 
 /// A table with a header row; columns are as wide as their widest cell, two spaces apart.
@@ -433,8 +432,11 @@ fn human_duration(seconds: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admin::views::{
+        ByteCounts, FlowCounts, QueueView, SessionCounts, StageStats, TransactionCounts, TransactionView,
+    };
+    use crate::config::stages::StageKind;
     use clap::Parser;
-    use serde_json::json;
 
     #[test]
     fn sizes_and_durations_are_human() {
@@ -453,17 +455,42 @@ mod tests {
         assert_eq!(text, "  id:          1\n  local port:  25\n");
     }
 
-    fn session() -> Value {
-        json!({"id": "0000000a", "peer": "127.0.0.1:5555", "local_port": 2525, "state": "data",
-            "transaction": {"from": "a@b", "rcpts": 1}, "bytes_in": 1234, "bytes_out": 300, "paused": true,
-            "paused_by": "slow", "queued": [{"stage": "slow", "bytes": 12345}, {"stage": "spool", "bytes": 0}],
-            "pauses": 1, "resumes": 0, "age_seconds": 3.2})
+    fn session() -> SessionView {
+        SessionView {
+            id: "0000000a".into(),
+            peer: "127.0.0.1:5555".into(),
+            local_port: 2525,
+            state: "data".into(),
+            transaction: Some(TransactionView { from: "a@b".into(), rcpts: 1 }),
+            bytes_in: 1234,
+            bytes_out: 300,
+            paused: true,
+            paused_by: Some("slow".into()),
+            queued: vec![
+                QueueView { stage: "slow".into(), bytes: 12345 },
+                QueueView { stage: "spool".into(), bytes: 0 },
+            ],
+            pauses: 1,
+            resumes: 0,
+            age_seconds: 3.2,
+        }
     }
 
     #[test]
     fn sessions_render_as_a_table() {
-        let idle = json!({"id": "b", "peer": "[::1]:1", "state": "idle", "transaction": null, "paused": false,
-            "paused_by": null, "queued": [], "bytes_in": 0, "bytes_out": 0, "age_seconds": 75});
+        let idle = SessionView {
+            id: "b".into(),
+            peer: "[::1]:1".into(),
+            state: "idle".into(),
+            transaction: None,
+            paused: false,
+            paused_by: None,
+            queued: vec![],
+            bytes_in: 0,
+            bytes_out: 0,
+            age_seconds: 75.0,
+            ..session()
+        };
         let text = render_sessions(&[session(), idle]);
         assert_eq!(
             text,
@@ -486,17 +513,44 @@ b         [::1]:1         idle   -         -      0B    0B  no      -         0B
 
     #[test]
     fn stats_render_grouped() {
-        let stats = json!({"uptime_seconds": 12, "chain_generation": 1, "sessions": {"current": 2, "total": 10},
-            "transactions": {"accepted": 5, "rejected": 1, "tempfailed": 0, "discarded": 0, "refused": 0},
-            "bytes": {"in": 12345, "out": 12000}, "flow": {"pauses": 3, "resumes": 3, "paused_now": 0},
-            "stages": [{"name": "antivirus", "kind": "clamd", "calls": 10, "failures": 0}]});
+        let mut stats = StatsView {
+            uptime_seconds: 12,
+            chain_generation: 1,
+            sessions: SessionCounts { current: 2, total: 10 },
+            transactions: TransactionCounts { accepted: 5, rejected: 1, tempfailed: 0, discarded: 0, refused: 0 },
+            bytes: ByteCounts { received: 12345, sent: 12000 },
+            flow: FlowCounts { pauses: 3, resumes: 3, paused_now: 0 },
+            stages: vec![
+                StageStats { name: "antivirus".into(), kind: StageKind::Clamd, calls: 10, failures: 0 },
+                StageStats { name: "eicar".into(), kind: StageKind::Wasm, calls: 7, failures: 1 },
+            ],
+        };
         let text = render_stats(&stats);
         let start = "uptime:            12.0s\nchain generation:  1\nsessions\n  current:  2\n";
         assert!(text.starts_with(start), "{text}");
         assert!(text.contains("bytes\n  in:   12345 (12KiB)\n"), "{text}");
-        let end = "stages\n  NAME       KIND   CALLS  FAILURES\n  antivirus  clamd     10         0\n";
+        let end = "stages
+  NAME       KIND   CALLS  FAILURES
+  antivirus  clamd     10         0
+  eicar      wasm       7         1
+";
         assert!(text.ends_with(end), "{text}");
-        assert!(render_stats(&json!({})).ends_with("paused now:  -\nstages\n  (none)\n"));
+        stats.stages.clear();
+        assert!(render_stats(&stats).ends_with("paused now:  0\nstages\n  (none)\n"));
+    }
+
+    #[test]
+    fn answers_parse_into_views_or_report_the_api_error() {
+        let reply = |status, body: &str| Reply { status, status_text: "X".into(), body: body.into() };
+        let trace = r#"{"subsystem": "io", "enabled": true, "filter": "info,sluice::io=trace"}"#;
+        let render = |t: &TraceView| format!("{} {}", t.subsystem, t.enabled);
+        assert_eq!(reply(200, trace).answer(false, render).unwrap(), "io true");
+        assert_eq!(reply(200, trace).answer(true, render).unwrap(), trace, "--json prints what the API sent");
+        let missing = reply(200, r#"{"subsystem": "io"}"#).answer(false, render).unwrap_err();
+        assert!(format!("{missing:#}").contains("expected fields"), "{missing:#}");
+        let failed = reply(500, r#"{"error": "tracing is not set up"}"#).answer(false, render).unwrap_err();
+        assert_eq!(failed.to_string(), "the admin API answered 500 X: tracing is not set up");
+        assert_eq!(reply(502, "bad gateway\n").error_text(), "bad gateway");
     }
 
     #[test]
@@ -511,19 +565,34 @@ b         [::1]:1         idle   -         -      0B    0B  no      -         0B
     fn target_comes_from_arguments_or_config() {
         let mut config = config::parse("test.toml", "").unwrap();
         config.base_dir = PathBuf::from("/etc/sluice");
-        let path = Path::new("/etc/sluice/sluice.toml");
-        let err = target(None, Some((path, &config)), None).unwrap_err().to_string();
+        let file = || ConfigSource { name: "/etc/sluice/sluice.toml".into(), config: &config };
+        let err = target(None, Some(file()), None).unwrap_err().to_string();
         assert!(err.starts_with("the admin API is not enabled in /etc/sluice/sluice.toml: add\n[admin]\n"), "{err}");
         let listen = "0.0.0.0:8025".parse().unwrap();
         config.admin = Some(config::AdminConfig { listen, token_file: Some("t".into()) });
-        let expected = Target { url: "http://127.0.0.1:8025".into(), token_file: Some("/etc/sluice/t".into()) };
-        assert_eq!(target(None, Some((path, &config)), None).unwrap(), expected);
+        let file = || ConfigSource { name: "/etc/sluice/sluice.toml".into(), config: &config };
+        let expected = Target {
+            url: "http://127.0.0.1:8025".into(),
+            token_file: Some("/etc/sluice/t".into()),
+            source: "[admin] listen in /etc/sluice/sluice.toml".into(),
+        };
+        assert_eq!(target(None, Some(file()), None).unwrap(), expected);
         let mine = Some(Path::new("my.token"));
-        assert_eq!(target(None, Some((path, &config)), mine).unwrap().token_file, Some("my.token".into()));
-        let expected = Target { url: "http://[::1]:8025".into(), token_file: Some("my.token".into()) };
+        assert_eq!(target(None, Some(file()), mine).unwrap().token_file, Some("my.token".into()));
+        let expected =
+            Target { url: "http://[::1]:8025".into(), token_file: Some("my.token".into()), source: "--admin".into() };
         assert_eq!(target(Some("[::1]:8025"), None, mine).unwrap(), expected);
         let err = target(None, None, None).unwrap_err().to_string();
         assert_eq!(err, "no admin API address: pass --admin URL or --config FILE");
+    }
+
+    #[test]
+    fn without_arguments_ctl_talks_to_the_embedded_default() {
+        let embedded = config::embedded_default().unwrap();
+        let source = ConfigSource { name: "the embedded default".into(), config: &embedded };
+        let found = target(None, Some(source), None).unwrap();
+        assert_eq!(found.url, "http://127.0.0.1:8025");
+        assert_eq!((found.token_file, found.source.as_str()), (None, "[admin] listen in the embedded default"));
     }
 
     #[test]
@@ -548,6 +617,11 @@ b         [::1]:1         idle   -         -      0B    0B  no      -         0B
         let parse = |line: &str| Wrapper::try_parse_from(line.split(' ')).map(|w| w.args);
         let args = parse("x --admin http://h:1 --json show session 0a").unwrap();
         assert!(args.json && matches!(args.command, CtlCommand::Show(Show::Session { id }) if id == "0a"));
+        for after in ["x show stats --json", "x show --json sessions", "x reload --json", "x trace io on --json"] {
+            assert!(parse(after).unwrap().json, "{after}");
+        }
+        assert!(!parse("x show stats").unwrap().json);
+        assert!(parse("x show stats").unwrap().admin.is_none(), "no address given: the embedded default's");
         assert!(matches!(parse("x -c f trace flow on").unwrap().command, CtlCommand::Trace { .. }));
         assert!(parse("x trace flows on").is_err() && parse("x trace flow maybe").is_err());
         assert!(parse("x --admin u -c f reload").is_err());
