@@ -1,4 +1,4 @@
-//! The README's "Writing a filter" guide, followed to the letter: its Cargo.toml, src/lib.rs
+//! The README checked as a user reads it. Its "Writing a filter" guide, followed to the letter: its Cargo.toml, src/lib.rs
 //! and commands (the blocks marked `<!-- readme-filter: … -->`) are written into a fresh crate
 //! beside a `sluice` checkout, as the guide lays it out; its commands are run as written (the
 //! native unit test, the wasm build, `sluice filter-test` on `examples/sample.eml`), and the
@@ -6,7 +6,8 @@
 //!
 //! The crate's `target/` is a link to a directory kept under the workspace's target/, so the
 //! SDK's dependencies are built once, not on every run; the workspace's Cargo.lock is copied in
-//! so the versions are those the workspace is tested with, and cargo works offline.
+//! so the versions are those the workspace is tested with, and cargo works offline. And the
+//! files the README names exist.
 
 mod support;
 
@@ -106,6 +107,26 @@ fn the_readme_filter_builds_tests_and_runs_from_an_empty_directory() {
     assert_eq!(status.code(), Some(0), "{output}");
     assert!(output.contains("+ add header X-No-Word: checked"), "{output}");
     assert!(output.contains("result: delivered"), "{output}");
+}
+
+/// The README speaks to users of this repository: the files it names (in links and as
+/// `path` in backticks under the repository's top-level directories) exist, and it refers to
+/// nothing outside the repository or its issue tracker.
+#[test]
+fn the_readme_names_only_files_that_exist_in_the_repository() {
+    let readme = std::fs::read_to_string(workspace().join("README.md")).unwrap();
+    let tops = ["gateway/", "filter-sdk/", "filters/", "wit/", "examples/", "docs/", "bench/"];
+    let quoted = readme.split('`').skip(1).step_by(2);
+    let linked = readme.split("](").skip(1).filter_map(|rest| rest.split(')').next());
+    let named: Vec<&str> = quoted.chain(linked).filter(|p| tops.iter().any(|top| p.starts_with(top))).collect();
+    assert!(named.contains(&"docs/architecture.md"), "the README links the architecture");
+    for path in named {
+        assert!(workspace().join(path).exists(), "the README names {path}, which does not exist");
+    }
+    assert!(!readme.contains("../shared") && !readme.contains("DESIGN.md"), "no files outside the repository");
+    let issue_number =
+        readme.match_indices("issue ").any(|(at, _)| readme[at + 6..].starts_with(|c: char| c.is_ascii_digit()));
+    assert!(!issue_number, "the README says what exists, not which issue brought it");
 }
 
 #[test]
