@@ -88,7 +88,7 @@ fn ctl(gateway: &Gateway, args: &[&str]) -> (ExitStatus, String) {
 }
 
 #[test]
-fn ctl_show_stats_gives_each_stage_its_kind_from_the_real_api() {
+fn ctl_shows_each_stage_with_its_kind_and_reads_every_answer_of_the_real_api() {
     let stages = support::wasm_stage("virus", "eicar", "", "") + "\n[[stage]]\nname = \"pass\"\nkind = \"test\"\n";
     let gateway = gateway_with_admin(&stages);
     let mut client = gateway.connect();
@@ -114,6 +114,15 @@ fn ctl_show_stats_gives_each_stage_its_kind_from_the_real_api() {
     let kinds: Vec<(&str, StageKind)> = stats.stages.iter().map(|s| (s.name.as_str(), s.kind)).collect();
     assert_eq!(kinds, [("virus", StageKind::Wasm), ("pass", StageKind::Test)]);
     assert_eq!(stats.transactions.accepted, 1);
+    // The other answers ctl reads, from the real handlers.
+    let (status, output) = ctl(&gateway, &["reload"]);
+    assert!(status.success(), "{output}");
+    assert_eq!(output, "reloaded: chain generation 2 (stages: virus, pass)\n");
+    let (status, output) = ctl(&gateway, &["trace", "relay", "on"]);
+    assert!(status.success(), "{output}");
+    assert_eq!(output, "trace relay: on\n");
+    let (status, output) = ctl(&gateway, &["show", "session", "ffffffff"]);
+    assert!(!status.success() && output.contains("no session ffffffff"), "{output}");
 }
 
 const PARSE_METRICS: &str = r#"
