@@ -136,6 +136,11 @@ impl Context {
         Ok(config)
     }
 
+    /// The config file serve runs (None: the embedded default).
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config_path.as_deref()
+    }
+
     /// At shutdown, after the last session: idle next-hop connections say QUIT and close.
     pub async fn close_relay_pool(&self) {
         self.shared.relay_pool.close().await;
@@ -211,6 +216,7 @@ pub async fn chain_from_config(
         };
         specs.push(StageSpec {
             name: stage.name.clone(),
+            kind: stage.kind,
             on_error: stage.on_error,
             timeout: stage.timeout.0,
             content,

@@ -136,6 +136,12 @@ const LAST_REPLY_WRITE: Duration = Duration::from_secs(10);
 
 impl Server {
     pub async fn bind(config: &Config, context: Arc<Context>) -> anyhow::Result<Server> {
+        // Which build runs which config: the first thing to know when reading a log.
+        let source = match context.config_path() {
+            Some(path) => std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string(),
+            None => "embedded default".to_string(),
+        };
+        info!(version = env!("CARGO_PKG_VERSION"), config = %source, "sluice starting");
         let mut listeners = Vec::new();
         for address in &config.server.listen {
             let listener = TcpListener::bind(address).await.with_context(|| {

@@ -7,8 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde::Serialize;
-
+use crate::admin::views::{QueueView, SessionView, TransactionView};
 use crate::flow::gate::FlowHandle;
 
 /// What the session driver keeps up to date.
@@ -27,36 +26,6 @@ struct Entry {
     started: Instant,
     info: Arc<Mutex<SessionInfo>>,
     flow: Arc<FlowHandle>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct TransactionView {
-    pub from: String,
-    pub rcpts: usize,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct QueueView {
-    pub stage: String,
-    pub bytes: u64,
-}
-
-/// One session as `/sessions` serves it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct SessionView {
-    pub id: String,
-    pub peer: String,
-    pub local_port: u16,
-    pub state: String,
-    pub transaction: Option<TransactionView>,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub paused: bool,
-    pub paused_by: Option<String>,
-    pub queued: Vec<QueueView>,
-    pub pauses: u64,
-    pub resumes: u64,
-    pub age_seconds: f64,
 }
 
 #[derive(Default)]

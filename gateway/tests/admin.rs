@@ -1,9 +1,14 @@
 //! Operations end to end: the admin API shows a session paused by a slow stage (and `sluice ctl`
-//! does too), /metrics parses with a real Prometheus parser, every endpoint's error cases, hot
-//! reload, readiness while draining, and run-time trace switches changing what is logged.
+//! does too), `sluice ctl show stats` shows every stage's kind as the API gives it, /metrics
+//! parses with a real Prometheus parser, every endpoint's error cases, hot reload, readiness
+//! while draining, and run-time trace switches changing what is logged.
 
 mod support;
 
+use std::process::ExitStatus;
+
+use sluice::admin::views::StatsView;
+use sluice::config::stages::StageKind;
 use support::{http, message, run_tool, sluice_bin, Gateway, SmtpClient};
 
 const TOKEN: &str = "s3cret-admin-token";
@@ -56,15 +61,7 @@ fn a_session_paused_by_a_slow_stage_is_named_by_the_api_and_by_ctl() {
     assert!(queued[0]["bytes"].as_u64().unwrap() >= 16 * 1024, "{session:#}");
     let id = session["id"].as_str().unwrap().to_string();
     assert_eq!(get(&gateway, &format!("/sessions/{id}")).1["id"], id);
-    let admin = format!("http://{}", gateway.admin_address());
-    let token_file = gateway.dir.path().join("ctl-token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    let ctl = |args: &[&str]| {
-        let mut all = vec!["ctl", "--admin", admin.as_str(), "--token-file", token_file.to_str().unwrap()];
-        all.extend_from_slice(args);
-        run_tool(sluice_bin(), &all, None)
-    };
-    let (status, output) = ctl(&["show", "sessions"]);
+    let (status, output) = ctl(&gateway, &["show", "sessions"]);
     assert!(status.success(), "{output}");
     let row = output.lines().find(|l| l.starts_with(&id)).unwrap_or_else(|| panic!("no row for {id}:\n{output}"));
     assert!(row.contains("slow"), "the row names the stage: {row}");
@@ -76,8 +73,56 @@ fn a_session_paused_by_a_slow_stage_is_named_by_the_api_and_by_ctl() {
     assert_eq!(flow["pauses"], flow["resumes"], "{stats:#}");
     assert_eq!(flow["paused_now"], 0);
     assert_eq!(stats["transactions"]["accepted"], 1);
-    let (status, output) = ctl(&["--json", "show", "stats"]);
+    let (status, output) = ctl(&gateway, &["--json", "show", "stats"]);
     assert!(status.success() && output.contains("\"chain_generation\""), "{output}");
+}
+
+/// Runs `sluice ctl --admin … --token-file … ARGS` against `gateway`.
+fn ctl(gateway: &Gateway, args: &[&str]) -> (ExitStatus, String) {
+    let admin = format!("http://{}", gateway.admin_address());
+    let token_file = gateway.dir.path().join("ctl-token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let mut all = vec!["ctl", "--admin", admin.as_str(), "--token-file", token_file.to_str().unwrap()];
+    all.extend_from_slice(args);
+    run_tool(sluice_bin(), &all, None)
+}
+
+#[test]
+fn ctl_shows_each_stage_with_its_kind_and_reads_every_answer_of_the_real_api() {
+    let stages = support::wasm_stage("virus", "eicar", "", "") + "\n[[stage]]\nname = \"pass\"\nkind = \"test\"\n";
+    let gateway = gateway_with_admin(&stages);
+    let mut client = gateway.connect();
+    client.hello();
+    assert_eq!(client.send_message("a@client.test", &["b@dest.test"], &message("kinds", 1000)).code, 250);
+    let (status, output) = ctl(&gateway, &["show", "stats"]);
+    assert!(status.success(), "{output}");
+    let row = |name: &str| -> Vec<String> {
+        let line = output.lines().find(|l| l.trim_start().starts_with(&format!("{name} ")));
+        line.unwrap_or_else(|| panic!("no row for stage {name}:\n{output}"))
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(row("NAME"), ["NAME", "KIND", "CALLS", "FAILURES"], "{output}");
+    assert_eq!(row("virus")[1], "wasm", "{output}");
+    assert_eq!(row("pass")[1], "test", "{output}");
+    assert_ne!(row("virus")[2], "0", "the message was seen by the filter:\n{output}");
+    // --json after the subcommand too; what it prints is the API's own answer, in the API's type.
+    let (status, output) = ctl(&gateway, &["show", "stats", "--json"]);
+    assert!(status.success(), "{output}");
+    let stats: StatsView = serde_json::from_str(&output).unwrap_or_else(|e| panic!("{e}:\n{output}"));
+    let kinds: Vec<(&str, StageKind)> = stats.stages.iter().map(|s| (s.name.as_str(), s.kind)).collect();
+    assert_eq!(kinds, [("virus", StageKind::Wasm), ("pass", StageKind::Test)]);
+    assert_eq!(stats.transactions.accepted, 1);
+    // The other answers ctl reads, from the real handlers.
+    let (status, output) = ctl(&gateway, &["reload"]);
+    assert!(status.success(), "{output}");
+    assert_eq!(output, "reloaded: generation 2 (stages: virus, pass)\n  nothing changed in the config\n");
+    let (status, output) = ctl(&gateway, &["trace", "relay", "on"]);
+    assert!(status.success(), "{output}");
+    assert_eq!(output, "trace relay: on\n");
+    let (status, output) = ctl(&gateway, &["show", "session", "ffffffff"]);
+    assert!(!status.success() && output.contains("no session ffffffff"), "{output}");
 }
 
 const PARSE_METRICS: &str = r#"

@@ -1,5 +1,5 @@
-//! The process as an operator meets it: `check-config` errors, the embedded default, and the
-//! SIGTERM drain.
+//! The process as an operator meets it: `check-config` errors, the embedded default (with `sluice
+//! ctl` finding its admin API unaided), a busy admin port, and the SIGTERM drain.
 
 mod support;
 
@@ -40,6 +40,8 @@ fn embedded_default_listens_on_2525_and_delivers_to_local_maildir() {
     let dir = tempfile::tempdir().unwrap();
     let gateway = Gateway::spawn(dir, &["serve", "-d"]);
     assert_eq!(gateway.address, "127.0.0.1:2525");
+    let starting = gateway.wait_for_log("sluice starting");
+    assert!(starting.contains(env!("CARGO_PKG_VERSION")) && starting.contains("embedded default"), "{starting}");
     let (status, output) = run_tool(
         "swaks",
         &["--server", "127.0.0.1:2525", "--from", "a@client.test", "--to", "b@dest.test", "--body", "first run"],
@@ -49,6 +51,34 @@ fn embedded_default_listens_on_2525_and_delivers_to_local_maildir() {
     let delivered = support::maildir_messages(&gateway.dir.path().join("mail"));
     assert_eq!(delivered.len(), 1);
     assert!(String::from_utf8_lossy(&delivered[0]).contains("first run"));
+    // The embedded default serves the admin API where `sluice ctl` looks without arguments.
+    assert_eq!(gateway.admin_address(), "127.0.0.1:8025");
+    let (status, output) = run_tool(sluice_bin(), &["ctl", "show", "stats"], None);
+    assert!(status.success(), "{output}");
+    assert!(output.contains("\n  accepted:    1\n"), "{output}");
+    let eicar = output.lines().find(|l| l.trim_start().starts_with("eicar ")).unwrap_or_else(|| panic!("{output}"));
+    assert_eq!(eicar.split_whitespace().nth(1), Some("wasm"), "{output}");
+}
+
+#[test]
+fn the_start_is_logged_with_the_version_and_the_config_file() {
+    let gateway = Gateway::start();
+    let starting = gateway.wait_for_log("sluice starting");
+    let config = gateway.dir.path().join("sluice.toml");
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(starting.contains(version) && starting.contains(config.to_str().unwrap()), "{starting}");
+}
+
+#[test]
+fn an_admin_address_in_use_stops_the_start_with_an_error_saying_what_to_do() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let (_dir, config) = Gateway::builder().section(&format!("[admin]\nlisten = \"{address}\"")).write_config();
+    let (status, output) = run_tool(sluice_bin(), &["serve", "-d", "--config", config.to_str().unwrap()], None);
+    assert_eq!(status.code(), Some(1), "{output}");
+    let line = output.lines().last().unwrap_or_default();
+    assert!(line.starts_with(&format!("sluice: cannot listen on {address} for the admin API")), "{output}");
+    assert!(line.contains("set [admin] listen to a free address") && line.contains("in use"), "{output}");
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! `Authorization: Bearer TOKEN`.
 
 mod routes;
+pub mod views;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -19,13 +20,14 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde_json::json;
+use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::context::Context;
 use crate::server::Shutdown;
 use routes::{route, Route, Routing};
+use views::{ByteCounts, ErrorView, FlowCounts, SessionCounts, StageStats, StatsView, TraceView, TransactionCounts};
 
 struct State {
     token: Option<String>,
@@ -45,9 +47,13 @@ impl AdminApi {
         context: Arc<Context>,
         shutdown: Shutdown,
     ) -> anyhow::Result<AdminApi> {
-        let listener = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("cannot listen on {address} for the admin API (set [admin] listen)"))?;
+        let listener = TcpListener::bind(address).await.with_context(|| {
+            format!(
+                "cannot listen on {address} for the admin API: is another sluice running? Stop it, or set \
+                     [admin] listen to a free address in the config (the embedded default uses 127.0.0.1:8025: \
+                     run with --config FILE to choose another)"
+            )
+        })?;
         info!(target: "sluice::admin", address = %listener.local_addr()?, "admin API listening");
         Ok(AdminApi { listener, state: Arc::new(State { token, context, shutdown }) })
     }
@@ -79,12 +85,18 @@ fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes
     response
 }
 
-fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
-    respond(status, "application/json", format!("{value:#}\n"))
+fn json(status: StatusCode, view: impl Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_string_pretty(&view) {
+        Ok(text) => respond(status, "application/json", text + "\n"),
+        // Views are plain data; this would be a bug, not a condition to recover from.
+        Err(err) => {
+            respond(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("cannot encode the answer: {err}\n"))
+        }
+    }
 }
 
 fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    json(status, json!({ "error": message }))
+    json(status, ErrorView { error: message.to_string() })
 }
 
 async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -121,17 +133,17 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
             )
         }
         Route::Stats => json(StatusCode::OK, stats(context)),
-        Route::Sessions => json(StatusCode::OK, serde_json::to_value(context.sessions.list()).unwrap_or_default()),
+        Route::Sessions => json(StatusCode::OK, context.sessions.list()),
         Route::Session(id) => match u64::from_str_radix(&id, 16).ok().and_then(|id| context.sessions.get(id)) {
-            Some(session) => json(StatusCode::OK, serde_json::to_value(session).unwrap_or_default()),
+            Some(session) => json(StatusCode::OK, session),
             None => error(StatusCode::NOT_FOUND, &format!("no session {id}")),
         },
         Route::Reload => match context.reload().await {
-            Ok(report) => json(StatusCode::OK, serde_json::to_value(report).unwrap_or_default()),
+            Ok(report) => json(StatusCode::OK, &report),
             Err(err) => error(StatusCode::UNPROCESSABLE_ENTITY, &format!("{err:#}")),
         },
         Route::Trace(subsystem, enabled) => match crate::logging::set_trace(&subsystem, enabled) {
-            Ok(filter) => json(StatusCode::OK, json!({ "subsystem": subsystem, "enabled": enabled, "filter": filter })),
+            Ok(filter) => json(StatusCode::OK, TraceView { subsystem, enabled, filter }),
             Err(err @ crate::logging::TraceError::Unknown(_)) => error(StatusCode::NOT_FOUND, &err.to_string()),
             Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
         },
@@ -148,27 +160,31 @@ fn authorized(state: &State, request: &Request<Incoming>) -> bool {
     })
 }
 
-fn stats(context: &Context) -> serde_json::Value {
+fn stats(context: &Context) -> StatsView {
     let metrics = &context.metrics;
     let flow = context.flows.report();
     let chain = context.chain();
-    let stages: Vec<serde_json::Value> = chain
+    let stages = chain
         .stages()
         .map(|spec| {
             let (calls, failures) = metrics.stage_totals(&spec.name);
-            json!({ "name": spec.name, "calls": calls, "failures": failures })
+            StageStats { name: spec.name.clone(), kind: spec.kind, calls, failures }
         })
         .collect();
-    let results = ["accepted", "rejected", "tempfailed", "discarded", "refused"];
-    let transactions: serde_json::Map<String, serde_json::Value> =
-        results.iter().map(|r| (r.to_string(), json!(metrics.transactions_by(r)))).collect();
-    json!({
-        "uptime_seconds": context.started.elapsed().as_secs(),
-        "chain_generation": context.generation(),
-        "sessions": { "current": context.sessions.len(), "total": metrics.sessions_total.get() },
-        "transactions": transactions,
-        "bytes": { "in": metrics.bytes_in.get(), "out": metrics.bytes_out.get() },
-        "flow": { "pauses": flow.pauses, "resumes": flow.resumes, "paused_now": flow.paused_now },
-        "stages": stages,
-    })
+    let by = |result| metrics.transactions_by(result);
+    StatsView {
+        uptime_seconds: context.started.elapsed().as_secs(),
+        chain_generation: context.generation(),
+        sessions: SessionCounts { current: context.sessions.len() as u64, total: metrics.sessions_total.get() },
+        transactions: TransactionCounts {
+            accepted: by("accepted"),
+            rejected: by("rejected"),
+            tempfailed: by("tempfailed"),
+            discarded: by("discarded"),
+            refused: by("refused"),
+        },
+        bytes: ByteCounts { received: metrics.bytes_in.get(), sent: metrics.bytes_out.get() },
+        flow: FlowCounts { pauses: flow.pauses, resumes: flow.resumes, paused_now: flow.paused_now },
+        stages,
+    }
 }

@@ -29,6 +29,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::config::stages::StageKind;
 use crate::flow::gate::FlowHandle;
 use crate::metrics::Metrics;
 use crate::smtp::reply::Reply;
@@ -53,6 +54,8 @@ pub enum OnError {
 
 pub struct StageSpec {
     pub name: String,
+    /// What the stage is (wasm filter, clamd bridge, test stage), as the admin API shows it.
+    pub kind: StageKind,
     pub on_error: OnError,
     /// Bound on every single call into the stage.
     pub timeout: Duration,

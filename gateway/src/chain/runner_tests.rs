@@ -49,6 +49,7 @@ impl Stage for PanicsBeforeTheCall {
 fn stage(name: &str, on_error: OnError, instance: Box<dyn Stage>) -> RunningStage {
     let spec = StageSpec {
         name: name.into(),
+        kind: crate::config::stages::StageKind::Test,
         on_error,
         timeout: Duration::from_secs(5),
         content: crate::chain::answer::ContentRules {

@@ -23,7 +23,7 @@ impl Default for FlowConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StageKind {
     /// Built-in stage for tests and demonstrations (`[stage.test]` says what it does).

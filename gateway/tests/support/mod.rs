@@ -63,6 +63,13 @@ impl GatewayBuilder {
     }
 
     pub fn start(self) -> Gateway {
+        let (dir, path) = self.write_config();
+        Gateway::spawn(dir, &["serve", "-d", "--config", path.to_str().unwrap()])
+    }
+
+    /// Writes the config into a fresh temp dir without starting anything (for runs expected
+    /// to fail); returns the dir and the config file's path.
+    pub fn write_config(self) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = String::from("[server]\nlisten = [\"127.0.0.1:0\"]\nhostname = \"gw.test\"\n");
         for line in &self.server {
@@ -77,7 +84,7 @@ impl GatewayBuilder {
         }
         let path = dir.path().join("sluice.toml");
         std::fs::write(&path, config).expect("write config");
-        Gateway::spawn(dir, &["serve", "-d", "--config", path.to_str().unwrap()])
+        (dir, path)
     }
 }
 
