@@ -132,6 +132,12 @@ mod tests {
     }
 
     #[test]
+    fn reports_keys_it_does_not_know() {
+        let config = Config::new(vec![("reply".into(), "No".into()), ("action".into(), "tag".into())]);
+        assert_eq!(sluice_filter_sdk::check_config::<Eicar>(&config), Ok(vec!["action".to_string()]));
+    }
+
+    #[test]
     fn clean_mail_continues_and_body_is_untouched() {
         let content = b"Subject: t\r\n\r\nX5O!P%@AP[4 almost but not quite\r\nQUJD\r\n";
         let outcome = run::<Eicar>(&[], &TestMessage::new(content)).unwrap();
