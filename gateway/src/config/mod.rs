@@ -67,12 +67,20 @@ impl Config {
 
     /// `FILE:LINE: KEY` for a dotted key of this config (`stage[1].config.rules` is shown as
     /// `stage "rules": [stage.config] rules`), to begin an error found after parsing. The line
-    /// is the key's (or, for a key the file does not have, its table's).
+    /// is the key's or, for a key the file does not have, that of the nearest table it has.
     pub fn locate(&self, dotted: &str) -> String {
         let text = &self.source.text;
-        let line = key_offset(text, dotted)
-            .or_else(|| dotted.rsplit_once('.').and_then(|(table, _)| key_offset(text, table)))
-            .map_or(1, |offset| text[..offset.min(text.len())].matches('\n').count() + 1);
+        let mut path = dotted;
+        let offset = loop {
+            if let Some(offset) = key_offset(text, path) {
+                break offset;
+            }
+            match path.rsplit_once('.') {
+                Some((table, _)) => path = table,
+                None => break 0,
+            }
+        };
+        let line = text[..offset.min(text.len())].matches('\n').count() + 1;
         format!("{}:{line}: {}", self.source.name, wording::shown_key(text, dotted))
     }
 }
@@ -463,12 +471,10 @@ mod tests {
     fn located_keys_after_parsing() {
         let text = "[server]\nlisten = [\"127.0.0.1:1\"]\n\n[[stage]]\nname = \"rules\"\nkind = \"wasm\"\npath = \"r.wasm\"\n[stage.config]\nrules = \"x\"\n";
         let config = parse("/etc/sluice.toml", text).unwrap();
-        assert_eq!(
-            config.locate("stage[0].config.rules"),
-            "/etc/sluice.toml:9: stage \"rules\": [stage.config] rules"
-        );
+        assert_eq!(config.locate("stage[0].config.rules"), "/etc/sluice.toml:9: stage \"rules\": [stage.config] rules");
         assert_eq!(config.locate("stage[0].path"), "/etc/sluice.toml:7: stage \"rules\": path");
-        // A key the file lacks points at its table.
+        // A key the file lacks points at its table, or the stage.
+        assert_eq!(config.locate("stage[0].files.key"), "/etc/sluice.toml:4: stage \"rules\": [stage.files] key");
         assert_eq!(
             config.locate("stage[0].config.absent"),
             "/etc/sluice.toml:8: stage \"rules\": [stage.config] absent"
