@@ -53,6 +53,13 @@
 //! `sluice filter-test FILTER.wasm --eml MESSAGE --config word=lottery` runs it offline in the
 //! real host and prints every verdict and change.
 //!
+//! # Configuration
+//! Read every key in `new` (or `interests`) and refuse what you cannot use with a `ConfigError`
+//! naming the key. The host runs both once when it loads the filter (`validate-config` in the
+//! contract), so `sluice check-config`, the start and every reload report
+//! `FILE:LINE: stage "NAME": [stage.config] KEY: MESSAGE`, and warn about keys you never read.
+//! [`check_config`] shows in a unit test what the host would see.
+//!
 //! # Semantics in short
 //! Calls come in order: connect, helo, mail-from, each rcpt-to, headers, body chunks, end. A
 //! verdict other than `Continue` ends calls for the message (`Accept` passes it on; reject,

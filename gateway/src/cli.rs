@@ -25,7 +25,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway (the embedded default config when --config is absent).
+    /// Run the gateway (the embedded default config when --config is absent). Before it binds
+    /// any port it checks the config as check-config does, and exits 1 on a problem.
     Serve {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
@@ -146,12 +147,13 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         let stop = stop_signal()?;
         let token = preflight::admin_token(&config).map_err(anyhow::Error::msg)?;
         let context = Arc::new(Context::from_config(&config, path, hostname).await?);
+        // Before anything listens: a SIGHUP sent once the port is seen must reload, not kill.
+        tokio::spawn(reload_on_sighup(context.clone())?);
         let server = Server::bind(&config, context.clone()).await?;
         if let Some(admin) = &config.admin {
             let api = AdminApi::bind(admin.listen, token, context.clone(), server.shutdown()).await?;
             tokio::spawn(api.run());
         }
-        tokio::spawn(reload_on_sighup(context)?);
         tokio::spawn(crate::allocator::purge_every_second());
         server.run(stop).await;
         Ok(())

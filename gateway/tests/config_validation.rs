@@ -260,6 +260,16 @@ fn filter_test_explains_files_that_are_not_filters_and_its_exit_codes() {
         );
         assert_eq!(output.trim_end(), expected);
     }
+    // A component, but not a filter.
+    let other = dir.path().join("other.wasm");
+    std::fs::write(&other, wasm_encoder::Component::new().finish()).unwrap();
+    let (code, output) = filter_test(other.to_str().unwrap(), &eml, &[]);
+    assert_eq!(code, Some(2), "{output}");
+    let expected = format!(
+        "sluice: {} is not a usable sluice:filter@0.2.0 filter: it does not export sluice:filter/handler@0.2.0: is it a Sluice filter?",
+        other.display()
+    );
+    assert_eq!(output.trim_end(), expected);
     let (status, help) = run_tool(sluice_bin(), &["filter-test", "--help"], None);
     assert!(status.success(), "{help}");
     for code in ["0 the message would be delivered", "1 it would be refused", "2 the run could not be made"] {
