@@ -8,9 +8,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::admin::AdminApi;
-use crate::chain::answer::ContentRules;
 use crate::config::{self, Config};
-use crate::context::{load_stages, Context};
+use crate::context::Context;
 use crate::filter_test::{Fate, FilterTest};
 use crate::logging::{self, LogFormat};
 use crate::preflight;
@@ -103,13 +102,8 @@ impl Cli {
             }
             Command::CheckConfig { file } => {
                 let config = config::load_file(&file)?;
-                preflight::check(&config)?;
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                let content = ContentRules {
-                    max_message_size: config.server.max_message_size.0,
-                    bare_line_endings: config.server.bare_line_endings,
-                };
-                let (_, warnings) = runtime.block_on(load_stages(&config, content, &Arc::default()))?;
+                let warnings = runtime.block_on(preflight::check_all(&config))?;
                 for warning in warnings {
                     eprintln!("warning: {warning}");
                 }

@@ -1,12 +1,16 @@
 //! Pre-flight checks: what a config needs from the machine before anything is served. Every
 //! file the config names exists and can be read, the admin token is not empty, and the
-//! directories Sluice writes to (spool, maildir) are writable. `check-config`, `serve` (before
-//! it binds a port) and every reload run these; the filters themselves are then checked as the
-//! chain is built (`context::chain_from_config`: compiled, linked against the contract, their
-//! configuration accepted), in the same three places. Problems name the file, line and key.
+//! directories Sluice writes to (spool, maildir) are writable. `serve` (before it binds a port)
+//! and every reload run `check`, then check the filters as they build the chain
+//! (`context::load_stages`: compiled, linked against the contract, their configuration
+//! accepted); `check-config` runs both as `check_all`. Problems name the file, line and key.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::chain::answer::ContentRules;
+use crate::context::load_stages;
 
 use crate::config::{Config, FILTER_DIR_VAR};
 
@@ -17,7 +21,20 @@ const TOKEN_KEY: &str = "admin.token_file";
 #[error("{}", .0.join("\n"))]
 pub struct Problems(pub Vec<String>);
 
-/// Runs every check and reports all problems found, not only the first.
+/// The whole validation, as `check-config` runs it: `check`, then every stage loaded as the
+/// chain would be (filters compiled, linked, their configuration checked) and dropped. Returns
+/// the warnings (`[stage.config]` keys a filter does not use).
+pub async fn check_all(config: &Config) -> anyhow::Result<Vec<String>> {
+    check(config)?;
+    let content = ContentRules {
+        max_message_size: config.server.max_message_size.0,
+        bare_line_endings: config.server.bare_line_endings,
+    };
+    let (_, warnings) = load_stages(config, content, &Arc::default()).await?;
+    Ok(warnings)
+}
+
+/// Runs every check on the machine and reports all problems found, not only the first.
 pub fn check(config: &Config) -> Result<(), Problems> {
     let mut problems = Vec::new();
     let mut unreadable_keys = Vec::new();

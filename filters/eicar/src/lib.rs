@@ -64,7 +64,7 @@ impl Eicar {
     fn base64_line(&mut self, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let is_base64 = !line.is_empty()
-            && line.len() % 4 == 0
+            && line.len().is_multiple_of(4)
             && line.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
         if !is_base64 {
             // Not base64 (a boundary or a header line): a match cannot span it.
