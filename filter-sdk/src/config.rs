@@ -74,8 +74,13 @@ impl Config {
     {
         self.get(key)
             .map(|raw| {
-                raw.parse::<T>()
-                    .map_err(|err| ConfigError { key: key.into(), message: format!("invalid value {raw:?}: {err}") })
+                raw.parse::<T>().map_err(|err| {
+                    let message = match expected::<T>() {
+                        Some(what) => format!("must be {what}, not {raw:?}"),
+                        None => format!("invalid value {raw:?}: {err}"),
+                    };
+                    ConfigError { key: key.into(), message }
+                })
             })
             .transpose()
     }
@@ -97,6 +102,18 @@ impl Config {
     }
 }
 
+/// What a value of a primitive type looks like, in an operator's words (the standard library's
+/// parse errors say "invalid digit found in string").
+fn expected<T>() -> Option<&'static str> {
+    match std::any::type_name::<T>() {
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => Some("a whole number, 0 or more"),
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => Some("a whole number"),
+        "f32" | "f64" => Some("a number"),
+        "bool" => Some("true or false"),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,8 +124,11 @@ mod tests {
         assert_eq!(config.require::<u32>("n"), Ok(42));
         assert_eq!(config.get_or::<u32>("missing", 7), Ok(7));
         let err = config.parse::<bool>("flag").unwrap_err();
-        assert_eq!(err.key, "flag");
-        assert!(err.to_string().starts_with("[stage.config] flag: invalid value \"yes\""));
+        assert_eq!(err.to_string(), "[stage.config] flag: must be true or false, not \"yes\"");
+        let err = config.parse::<u16>("flag").unwrap_err();
+        assert_eq!(err.to_string(), "[stage.config] flag: must be a whole number, 0 or more, not \"yes\"");
+        let err = config.parse::<std::net::IpAddr>("flag").unwrap_err();
+        assert_eq!(err.to_string(), "[stage.config] flag: invalid value \"yes\": invalid IP address syntax");
         assert_eq!(config.require::<String>("absent").unwrap_err().message, "is required");
     }
 

@@ -70,6 +70,10 @@ fn a_filter_refusing_its_configuration_is_reported_at_the_key_by_check_config_an
             wasm_stage("faults", "faults", "", "mode = \"explode\""),
             "stage \"faults\": [stage.config] mode: \"explode\" is not one of pass, verdict,",
         ),
+        (
+            wasm_stage("faults", "faults", "", "mode = \"header\"\ncount = \"many\""),
+            "stage \"faults\": [stage.config] count: must be a whole number, 0 or more, not \"many\"",
+        ),
     ];
     for (stage, message) in cases {
         let config = write_config(dir.path(), &stage);
