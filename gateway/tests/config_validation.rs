@@ -164,7 +164,10 @@ fn the_embedded_default_says_how_to_get_its_filters() {
 #[test]
 fn a_reload_with_a_refused_configuration_keeps_the_running_chain() {
     let good = "rules = \"header Subject /./ tag-subject [checked]\"";
-    let gateway = Gateway::builder().section(&wasm_stage("rules", "header_rules", "", good)).start();
+    let gateway = Gateway::builder()
+        .section(&wasm_stage("rules", "header_rules", "", good))
+        .section("[admin]\nlisten = \"127.0.0.1:0\"")
+        .start();
     let config = gateway.dir.path().join("sluice.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace(good, BAD_RULES)).unwrap();
@@ -172,6 +175,10 @@ fn a_reload_with_a_refused_configuration_keeps_the_running_chain() {
     let logged = gateway.wait_for_log(BAD_PATTERN);
     let at = format!("{}:{}: stage \"rules\": [stage.config] rules:", config.display(), line_of(&config, "rules ="));
     assert!(logged.contains(&at), "want {at:?} in {logged}");
+    // The admin API's reload answers with the same error.
+    let (status, body) = support::http(&gateway.admin_address(), "POST", "/reload", None);
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains(BAD_PATTERN), "{body}");
     // The old chain still runs (it tags), and nothing answers 451.
     let mut client = gateway.connect();
     client.hello();
