@@ -28,6 +28,14 @@ pub fn wants<F: Filter>() -> WitInterests {
     table.iter().filter(|(event, _)| interests.wants(*event)).fold(WitInterests::empty(), |all, (_, flag)| all | *flag)
 }
 
+/// `validate-config` for the component: `check_config` on the host's configuration.
+pub fn validate_config<F: Filter>() -> Result<wit::ConfigReport, wit::ConfigProblem> {
+    match crate::check_config::<F>(&host_config()) {
+        Ok(unused_keys) => Ok(wit::ConfigReport { unused_keys }),
+        Err(err) => Err(wit::ConfigProblem { key: err.key, message: err.message }),
+    }
+}
+
 /// One message's filter instance behind the WIT resource.
 pub struct Adapter<F: Filter>(RefCell<F>);
 
@@ -36,8 +44,10 @@ impl<F: Filter> GuestMessage for Adapter<F> {
         match F::new(&host_config()) {
             Ok(filter) => Adapter(RefCell::new(filter)),
             Err(err) => {
+                // `validate-config` accepted this configuration at load, so only a filter whose
+                // `new` depends on more than its configuration gets here. A trap is a stage
+                // failure: the host applies the stage's on_error policy.
                 crate::log::error(&err.to_string());
-                // A trap is a stage failure: the host applies the stage's on_error policy.
                 panic!("{err}");
             }
         }

@@ -53,6 +53,13 @@
 //! `sluice filter-test FILTER.wasm --eml MESSAGE --config word=lottery` runs it offline in the
 //! real host and prints every verdict and change.
 //!
+//! # Configuration
+//! Read every key in `new` (or `interests`) and refuse what you cannot use with a `ConfigError`
+//! naming the key. The host runs both once when it loads the filter (`validate-config` in the
+//! contract), so `sluice check-config`, the start and every reload report
+//! `FILE:LINE: stage "NAME": [stage.config] KEY: MESSAGE`, and warn about keys you never read.
+//! [`check_config`] shows in a unit test what the host would see.
+//!
 //! # Semantics in short
 //! Calls come in order: connect, helo, mail-from, each rcpt-to, headers, body chunks, end. A
 //! verdict other than `Continue` ends calls for the message (`Accept` passes it on; reject,
@@ -95,7 +102,11 @@ pub trait Filter: Sized + 'static {
         Interests::ALL
     }
 
-    /// Starts a message. An error is a stage failure (logged, then `on_error` applies).
+    /// Starts a message. Read every configuration key you use here (or in `interests`), and
+    /// refuse a configuration you cannot work with by returning an error naming the key: the host
+    /// runs `interests` and `new` once when it loads the filter (see [`check_config`]), so the
+    /// error reaches the operator at start, `check-config` or reload, never at a message, and
+    /// keys neither read are reported as unknown.
     fn new(config: &Config) -> Result<Self, ConfigError>;
 
     /// The client's address, `ip:port`.
@@ -134,6 +145,16 @@ pub trait Filter: Sized + 'static {
     }
 }
 
+/// The filter's check of its configuration, as the host runs it once at load
+/// (`validate-config`): `F::interests` and `F::new` on `config`, the value dropped. Returns the
+/// keys neither read (unknown or misspelt keys, which the host warns about), or the filter's
+/// refusal. Call it in unit tests to see what an operator would see.
+pub fn check_config<F: Filter>(config: &Config) -> Result<Vec<String>, ConfigError> {
+    F::interests(config);
+    drop(F::new(config)?);
+    Ok(config.unread_keys())
+}
+
 /// Exports a `Filter` type as the component's implementation of `sluice:filter/filter`.
 #[macro_export]
 macro_rules! export_filter {
@@ -145,6 +166,12 @@ macro_rules! export_filter {
                 type Message = $crate::adapter::Adapter<$filter>;
                 fn wants() -> $crate::bindings::exports::sluice::filter::handler::Interests {
                     $crate::adapter::wants::<$filter>()
+                }
+                fn validate_config() -> Result<
+                    $crate::bindings::sluice::filter::types::ConfigReport,
+                    $crate::bindings::sluice::filter::types::ConfigProblem,
+                > {
+                    $crate::adapter::validate_config::<$filter>()
                 }
             }
     $crate::bindings::__export_filter_world!(SluiceFilterComponent with_types_in $crate::bindings);

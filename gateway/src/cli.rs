@@ -12,6 +12,7 @@ use crate::config::{self, Config};
 use crate::context::Context;
 use crate::filter_test::{Fate, FilterTest};
 use crate::logging::{self, LogFormat};
+use crate::preflight;
 use crate::server::Server;
 
 #[derive(Parser)]
@@ -23,7 +24,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway (the embedded default config when --config is absent).
+    /// Run the gateway (the embedded default config when --config is absent). Before it binds
+    /// any port it checks the config as check-config does, and exits 1 on a problem.
     Serve {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
@@ -41,16 +43,25 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
-    /// Validate a config file: exit 0 if valid, 1 with FILE:LINE:COLUMN: key: error otherwise.
+    /// Validate a config file as `serve` does before it serves, and a reload before it swaps:
+    /// syntax and values, every file it names, the spool and maildir directories, and each
+    /// filter (loaded, linked against the contract, its [stage.config] accepted).
+    ///
+    /// Exit 0 if valid (with a warning on stderr for each [stage.config] key a filter does not
+    /// use), 1 otherwise, with a line per problem: FILE:LINE[:COLUMN]: KEY: what is wrong.
     CheckConfig { file: PathBuf },
     /// Talk to a running gateway's admin API (stats, sessions, reload, trace).
     Ctl(crate::ctl::CtlArgs),
     /// Run a wasm filter on a message offline and print every verdict and change.
-    /// Exit 0 if the message would be delivered, 1 if refused (reject, tempfail, discard).
+    ///
+    /// Exit codes: 0 the message would be delivered; 1 it would be refused (reject, tempfail,
+    /// discard); 2 the run could not be made: the filter file is not a usable component, the
+    /// filter refused its --config (a missing or bad key), the filter failed (trap, limit,
+    /// malformed answer), or the message could not be read.
     FilterTest {
         /// The filter component (.wasm).
         filter: PathBuf,
-        /// The message (RFC 5322, CRLF or LF line endings).
+        /// The message (RFC 5322; LF line endings are taken as CRLF).
         #[arg(long, value_name = "MESSAGE")]
         eml: PathBuf,
         /// A [stage.config] entry; repeat for several.
@@ -86,10 +97,16 @@ impl Cli {
                     Some(path) => config::load_file(path)?,
                     None => config::embedded_default()?,
                 };
+                preflight::check(&config)?;
                 serve(config, path).map(|()| ExitCode::SUCCESS)
             }
             Command::CheckConfig { file } => {
-                config::load_file(&file)?;
+                let config = config::load_file(&file)?;
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let warnings = runtime.block_on(preflight::check_all(&config))?;
+                for warning in warnings {
+                    eprintln!("warning: {warning}");
+                }
                 println!("{}: ok", file.display());
                 Ok(ExitCode::SUCCESS)
             }
@@ -121,29 +138,19 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     runtime.block_on(async {
         let stop = stop_signal()?;
+        let token = preflight::admin_token(&config).map_err(anyhow::Error::msg)?;
         let context = Arc::new(Context::from_config(&config, path, machine_hostname()).await?);
+        // Before anything listens: a SIGHUP sent once the port is seen must reload, not kill.
+        tokio::spawn(reload_on_sighup(context.clone())?);
         let server = Server::bind(&config, context.clone()).await?;
         if let Some(admin) = &config.admin {
-            let token = match &admin.token_file {
-                Some(file) => Some(read_token(&config.resolve(file))?),
-                None => None,
-            };
             let api = AdminApi::bind(admin.listen, token, context.clone(), server.shutdown()).await?;
             tokio::spawn(api.run());
         }
-        tokio::spawn(reload_on_sighup(context)?);
         tokio::spawn(crate::allocator::purge_every_second());
         server.run(stop).await;
         Ok(())
     })
-}
-
-fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
-    let token = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the admin token file {} ([admin] token_file)", path.display()))?;
-    let token = token.trim().to_string();
-    anyhow::ensure!(!token.is_empty(), "the admin token file {} is empty", path.display());
-    Ok(token)
 }
 
 /// SIGHUP reloads the config, by the same path as the admin API's POST /reload.

@@ -9,14 +9,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::chain::answer::ContentRules;
 use crate::chain::stage::StageFactory;
 use crate::chain::test_stage::TestStageFactory;
 use crate::chain::{Chain, StageSpec};
-use crate::config::stages::{StageConfig, StageKind};
+use crate::config::stages::StageKind;
 use crate::config::{self, Config};
 use crate::flow::gate::{FlowRegistry, FlowStats};
 use crate::metrics::Metrics;
@@ -26,7 +25,7 @@ use crate::scanner::clamd::{self, ClamdAddress, ClamdFactory, ClamdSettings};
 use crate::sessions::SessionBook;
 use crate::settings::{content_rules, Settings, Shared};
 use crate::spool::SpoolBudget;
-use crate::wasm::{WasmFilter, WasmLimits};
+use crate::wasm::{LoadError, WasmFilter, WasmLimits};
 
 /// The config the current generation was built from, for the next reload to compare with.
 struct Running {
@@ -133,6 +132,7 @@ impl Context {
             Some(path) => config::load_file(path)?,
             None => config::embedded_default()?,
         };
+        crate::preflight::check(&config)?;
         Ok(config)
     }
 
@@ -189,19 +189,41 @@ async fn file_digests(config: &Config) -> FileDigests {
     digests
 }
 
-/// Builds the chain's stages from `[[stage]]` tables (already validated): wasm filters are
-/// compiled and linked here, so a broken filter stops the start (or the reload) with an error
-/// naming it.
+/// Builds the chain from `[[stage]]` tables (already validated), logging `load_stages`'
+/// warnings: a broken filter stops the start (or the reload) with an error naming it.
 pub async fn chain_from_config(
     config: &Config,
     content: ContentRules,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Chain> {
+    let (specs, warnings) = load_stages(config, content, metrics).await?;
+    for warning in warnings {
+        warn!(target: "sluice::filters", "{warning}");
+    }
+    Ok(Chain::new(specs))
+}
+
+/// The chain's stages from `[[stage]]` tables: wasm filters are compiled, linked and have their
+/// configuration checked here. Returns them with warnings for the operator (`[stage.config]`
+/// keys a filter never reads), each `FILE:LINE: stage "NAME": …`; an error is one such line.
+pub async fn load_stages(
+    config: &Config,
+    content: ContentRules,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(Vec<StageSpec>, Vec<String>)> {
     let mut specs = Vec::new();
-    for stage in &config.stage {
+    let mut warnings = Vec::new();
+    for (index, stage) in config.stage.iter().enumerate() {
         let factory: Box<dyn StageFactory> = match stage.kind {
             StageKind::Test => Box::new(TestStageFactory::new(stage.test.clone().unwrap_or_default())),
-            StageKind::Wasm => Box::new(Arc::new(load_wasm(config, stage, metrics).await?)),
+            StageKind::Wasm => {
+                let filter = load_wasm(config, index, metrics).await?;
+                warnings.extend(filter.unused_config_keys().iter().map(|key| {
+                    let at = config.locate(&format!("stage[{index}].config.{key}"));
+                    format!("{at}: unknown key, not used by the filter")
+                }));
+                Box::new(Arc::new(filter))
+            }
             StageKind::Clamd => {
                 let settings = ClamdSettings {
                     stage: stage.name.clone(),
@@ -224,10 +246,13 @@ pub async fn chain_from_config(
             metrics: metrics.clone(),
         });
     }
-    Ok(Chain::new(specs))
+    Ok((specs, warnings))
 }
 
-async fn load_wasm(config: &Config, stage: &StageConfig, metrics: &Arc<Metrics>) -> anyhow::Result<WasmFilter> {
+/// Loads the wasm filter of stage `index`; errors point at its `path` or, when the filter refuses
+/// its configuration, at the `[stage.config]` key it names.
+async fn load_wasm(config: &Config, index: usize, metrics: &Arc<Metrics>) -> anyhow::Result<WasmFilter> {
+    let stage = &config.stage[index];
     let defaults = WasmLimits::default();
     let limits = WasmLimits {
         memory: stage.memory_limit.map_or(defaults.memory, |m| usize::try_from(m.0).unwrap_or(usize::MAX)),
@@ -235,9 +260,16 @@ async fn load_wasm(config: &Config, stage: &StageConfig, metrics: &Arc<Metrics>)
         per_message: stage.message_timeout.map_or(defaults.per_message, |m| m.0),
     };
     let path = config.resolve(stage.path.as_deref().unwrap_or(std::path::Path::new("")));
-    let mut filter = WasmFilter::load(&stage.name, &path, stage.filter_config(), limits)
-        .await
-        .with_context(|| format!("stage {:?}: cannot load its wasm filter", stage.name))?;
+    let mut filter = match WasmFilter::load(&stage.name, &path, stage.filter_config(), limits).await {
+        Ok(filter) => filter,
+        Err(LoadError::Refused { key, message }) if key.is_empty() => {
+            anyhow::bail!("{}: {message}", config.locate(&format!("stage[{index}].config")))
+        }
+        Err(LoadError::Refused { key, message }) => {
+            anyhow::bail!("{}: {message}", config.locate(&format!("stage[{index}].config.{key}")))
+        }
+        Err(err) => anyhow::bail!("{}: {err}", config.locate(&format!("stage[{index}].path"))),
+    };
     filter.observe_instantiation(metrics.wasm_instantiation.clone());
     info!(target: "sluice::filters", stage = %stage.name, path = %path.display(), compile_ms = filter.compile_time.as_millis() as u64, "filter loaded");
     Ok(filter)

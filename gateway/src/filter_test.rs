@@ -1,6 +1,8 @@
 //! `sluice filter-test`: runs one wasm filter on one message offline, in the real host (same
 //! limits, same instance life), and prints every call's verdict and changes. It is how filter
-//! authors develop: edit, build, `sluice filter-test my.wasm --eml sample.eml`.
+//! authors develop: edit, build, `sluice filter-test my.wasm --eml sample.eml`. The filter's
+//! configuration is checked as the gateway checks it at load: a refused `--config` is an error
+//! naming the key, a key the filter never reads a warning.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,7 +16,7 @@ use crate::chain::headers::{BodyOpening, HeaderChange, HeaderSplitter};
 use crate::chain::runner::EndOfData;
 use crate::chain::stage::{BodyOutput, EnvelopeEvent, MessageContext, Reaction, StageEvent, StageFactory, Verdict};
 use crate::config::ServerConfig;
-use crate::wasm::{WasmFilter, WasmLimits};
+use crate::wasm::{LoadError, WasmFilter, WasmLimits};
 
 /// Body pieces handed to the filter, as the gateway's reads would.
 const CHUNK: usize = 64 * 1024;
@@ -42,7 +44,17 @@ impl FilterTest {
     /// Runs the filter, printing a line per call; returns whether the message would be delivered.
     pub async fn run(&self) -> anyhow::Result<Fate> {
         let content = std::fs::read(&self.eml).with_context(|| format!("cannot read {}", self.eml.display()))?;
-        let filter = WasmFilter::load("filter-test", &self.filter, self.config.clone(), WasmLimits::default()).await?;
+        let content = crlf(&content);
+        let filter =
+            match WasmFilter::load("filter-test", &self.filter, self.config.clone(), WasmLimits::default()).await {
+                Ok(filter) => filter,
+                Err(LoadError::Refused { key, message }) if key.is_empty() => anyhow::bail!("--config: {message}"),
+                Err(LoadError::Refused { key, message }) => anyhow::bail!("--config {key}: {message}"),
+                Err(err) => return Err(err.into()),
+            };
+        for key in filter.unused_config_keys() {
+            eprintln!("warning: --config {key}: unknown key, not used by the filter");
+        }
         let interests = filter.interests();
         let filter = Arc::new(filter);
         let (end_of_data, end_signal) = EndOfData::channel();
@@ -163,6 +175,25 @@ impl FilterTest {
     }
 }
 
+/// The message with every line ending CRLF, as SMTP delivers it: a bare LF (a file written on
+/// Unix) becomes CRLF, as does a bare CR.
+fn crlf(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + content.len() / 32);
+    let mut bytes = content.iter().peekable();
+    while let Some(&byte) = bytes.next() {
+        match byte {
+            b'\r' | b'\n' => {
+                if byte == b'\r' {
+                    bytes.next_if_eq(&&b'\n');
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// Reject, tempfail and discard end the run; accept ends calls but delivers.
 fn final_verdict(verdict: Verdict) -> Option<Verdict> {
     verdict.is_final().then_some(verdict)
@@ -205,5 +236,19 @@ fn print_changes(changes: &[HeaderChange]) {
             HeaderChange::Remove { name, index: 0 } => println!("  - remove every header {name}"),
             HeaderChange::Remove { name, index } => println!("  - remove header {name}[{index}]"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::crlf;
+
+    #[test]
+    fn line_endings_become_crlf() {
+        assert_eq!(crlf(b"Subject: s\n\nhello\nworld\n"), b"Subject: s\r\n\r\nhello\r\nworld\r\n");
+        assert_eq!(crlf(b"a\r\nb\r\n\r\nc"), b"a\r\nb\r\n\r\nc");
+        assert_eq!(crlf(b"mixed\r\nlf\nbare cr\rend"), b"mixed\r\nlf\r\nbare cr\r\nend");
+        assert_eq!(crlf(b"\r"), b"\r\n");
+        assert_eq!(crlf(b""), b"");
     }
 }

@@ -15,6 +15,7 @@ pub mod logging;
 pub mod maildir;
 pub mod metrics;
 pub mod next_hop;
+pub mod preflight;
 pub mod relay;
 pub mod reload;
 pub mod scanner;

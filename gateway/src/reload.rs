@@ -57,7 +57,9 @@ pub fn plan(running: &Config, running_files: &FileDigests, new: Config, new_file
     let mut diff = Diff::default();
     let mut next = new;
     // Every section, named (see `Diff`): a new one must be sorted in below to compile.
-    let Config { server: _, relay: _, maildir: _, spool: _, flow: _, stage: _, admin: _, base_dir: _ } = &next;
+    // (`base_dir` and `source` say where the config came from; they are not settings.)
+    let Config { server: _, relay: _, maildir: _, spool: _, flow: _, stage: _, admin: _, base_dir: _, source: _ } =
+        &next;
     diff.restart("server.listen", &running.server.listen, &mut next.server.listen);
     diff.restart("spool.directory", &running.spool.directory, &mut next.spool.directory);
     match (&running.admin, &mut next.admin) {

@@ -14,7 +14,7 @@ fn check_config_accepts_the_example_and_names_file_line_and_key() {
     let cases = [
         (
             "[server]\nlisten = [\"127.0.0.1:2525\"]\nmax_mesage_size = \"1MiB\"\n",
-            ":3:1: server.max_mesage_size: unknown field",
+            ":3:1: server.max_mesage_size: unknown key \"max_mesage_size\"",
         ),
         ("[server]\nmax_message_size = \"ten\"\n", ":2:20: server.max_message_size: invalid size"),
         ("[relay]\naddress = \"no-port\"\n", ":2:1: relay.address: must be host:port"),

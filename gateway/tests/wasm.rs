@@ -161,7 +161,8 @@ fn a_broken_filter_file_stops_the_start_with_a_clear_error() {
     let (status, output) =
         support::run_tool(support::sluice_bin(), &["serve", "--config", config.to_str().unwrap()], None);
     assert_eq!(status.code(), Some(1), "{output}");
-    assert!(output.contains("stage \"bogus\": cannot load its wasm filter"), "{output}");
+    let expected = format!("stage \"bogus\": path: {} is not a WebAssembly component", bogus.display());
+    assert!(output.contains(&expected), "{output}");
 }
 
 #[test]

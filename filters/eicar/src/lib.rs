@@ -64,7 +64,7 @@ impl Eicar {
     fn base64_line(&mut self, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let is_base64 = !line.is_empty()
-            && line.len() % 4 == 0
+            && line.len().is_multiple_of(4)
             && line.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
         if !is_base64 {
             // Not base64 (a boundary or a header line): a match cannot span it.
@@ -129,6 +129,12 @@ mod tests {
         for chunk in [3, 64, 100_000] {
             assert!(matches!(verdict(&content, chunk), Verdict::Reject(_)), "chunk {chunk}");
         }
+    }
+
+    #[test]
+    fn reports_keys_it_does_not_know() {
+        let config = Config::new(vec![("reply".into(), "No".into()), ("action".into(), "tag".into())]);
+        assert_eq!(sluice_filter_sdk::check_config::<Eicar>(&config), Ok(vec!["action".to_string()]));
     }
 
     #[test]

@@ -26,11 +26,54 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// Messages this instance has seen; fresh instances start at 0.
 static SEEN: AtomicU32 = AtomicU32::new(0);
 
+const MODES: &[&str] = &[
+    "pass",
+    "verdict",
+    "trap",
+    "loop",
+    "alloc",
+    "garbage",
+    "remember",
+    "reply",
+    "header",
+    "body",
+    "grow",
+    "drop-then-trap",
+];
+const VERDICTS: &[&str] = &["continue", "accept", "reject", "tempfail", "discard"];
+const OPS: &[&str] = &["add", "prepend", "change", "remove"];
+
+/// `key`, which must be one of `allowed` (or `default` when absent).
+fn one_of(config: &Config, key: &str, allowed: &[&str], default: &str) -> Result<String, ConfigError> {
+    let value = config.get_or(key, default.to_string())?;
+    match allowed.contains(&value.as_str()) {
+        true => Ok(value),
+        false => {
+            Err(ConfigError { key: key.into(), message: format!("{value:?} is not one of {}", allowed.join(", ")) })
+        }
+    }
+}
+
 pub struct Faults {
     mode: String,
     at: String,
     verdict: String,
-    config: Config,
+    /// Only messages with this header field are affected.
+    when: Option<String>,
+    /// Mode `reply`.
+    code: u16,
+    enhanced: String,
+    text: String,
+    /// Mode `header`.
+    count: usize,
+    op: String,
+    name: String,
+    value: String,
+    /// Mode `body`: the output and the size of its pieces.
+    output: String,
+    pieces: usize,
+    /// Mode `grow`.
+    factor: usize,
     /// False until the header section showed the `when` field (always true without `when`).
     armed: bool,
     /// Body chunks answered so far.
@@ -58,11 +101,7 @@ impl Faults {
                 }
             }
             "garbage" => Verdict::reject(250, "2.0.0", "a reject that is not one"),
-            "reply" => Verdict::reject(
-                self.number("code", 550) as u16,
-                &self.text("enhanced", "5.7.1"),
-                self.text("text", "faults reply"),
-            ),
+            "reply" => Verdict::reject(self.code, &self.enhanced, self.text.clone()),
             "verdict" => match self.verdict.as_str() {
                 "accept" => Verdict::Accept,
                 "reject" => Verdict::reject(550, "5.7.1", format!("faults rejects at {here}")),
@@ -74,24 +113,13 @@ impl Faults {
         }
     }
 
-    fn text(&self, key: &str, default: &str) -> String {
-        self.config.get(key).unwrap_or(default).to_string()
-    }
-
-    fn number(&self, key: &str, default: usize) -> usize {
-        self.config.get(key).and_then(|v| v.parse().ok()).unwrap_or(default)
-    }
-
     /// The configured header changes (mode `header`).
     fn header_changes(&self) -> Vec<HeaderChange> {
-        let count = self.number("count", 1);
-        let value = self.text("value", "x").repeat(self.number("repeat", 1));
-        let base = self.text("name", "X-Faults");
-        (1..=count)
+        (1..=self.count)
             .map(|i| {
-                let name = if count > 1 { format!("{base}-{i}") } else { base.clone() };
-                let value = value.clone();
-                match self.text("op", "add").as_str() {
+                let name = if self.count > 1 { format!("{}-{i}", self.name) } else { self.name.clone() };
+                let value = self.value.clone();
+                match self.op.as_str() {
                     "prepend" => HeaderChange::Prepend(Header { name, value }),
                     "change" => HeaderChange::Change { name, index: 1, value },
                     "remove" => HeaderChange::Remove { name, index: 0 },
@@ -103,8 +131,7 @@ impl Faults {
 
     /// `output` in pieces of `pieces` bytes (mode `body`).
     fn output(&self) -> Vec<Vec<u8>> {
-        let output = self.text("output", "");
-        output.as_bytes().chunks(self.number("pieces", output.len()).max(1)).map(<[u8]>::to_vec).collect()
+        self.output.as_bytes().chunks(self.pieces.max(1)).map(<[u8]>::to_vec).collect()
     }
 
     /// What mode `at` answers with beyond its verdict: header changes or body output.
@@ -119,6 +146,8 @@ impl Faults {
         }
     }
 }
+
+const EVENTS: &[&str] = &["connect", "helo", "mail", "rcpt", "headers", "body", "end"];
 
 fn event(name: &str) -> Option<Event> {
     Some(match name.trim() {
@@ -144,13 +173,31 @@ impl Filter for Faults {
     fn new(config: &Config) -> Result<Self, ConfigError> {
         let seen = SEEN.fetch_add(1, Ordering::Relaxed) + 1;
         log::debug(&format!("message number {seen} in this instance"));
+        if let Some(wanted) = config.get("wants") {
+            if let Some(bad) = wanted.split(',').find(|name| event(name).is_none()) {
+                let message = format!("{:?} is not an event ({})", bad.trim(), EVENTS.join(", "));
+                return Err(ConfigError { key: "wants".into(), message });
+            }
+        }
+        let output: String = config.get_or("output", String::new())?;
+        let when = config.get("when").map(str::to_string);
         Ok(Faults {
-            mode: config.get_or("mode", "pass".to_string())?,
-            at: config.get_or("at", "body".to_string())?,
-            verdict: config.get_or("verdict", "continue".to_string())?,
-            armed: config.get("when").is_none(),
+            mode: one_of(config, "mode", MODES, "pass")?,
+            at: one_of(config, "at", EVENTS, "body")?,
+            verdict: one_of(config, "verdict", VERDICTS, "continue")?,
+            code: config.get_or("code", 550)?,
+            enhanced: config.get_or("enhanced", "5.7.1".to_string())?,
+            text: config.get_or("text", "faults reply".to_string())?,
+            count: config.get_or("count", 1)?,
+            op: one_of(config, "op", OPS, "add")?,
+            name: config.get_or("name", "X-Faults".to_string())?,
+            value: config.get_or::<String>("value", "x".into())?.repeat(config.get_or("repeat", 1)?),
+            pieces: config.get_or("pieces", output.len())?,
+            output,
+            factor: config.get_or("factor", 2)?,
+            armed: when.is_none(),
+            when,
             chunks: 0,
-            config: config.clone(),
         })
     }
 
@@ -171,7 +218,7 @@ impl Filter for Faults {
     }
 
     fn on_headers(&mut self, headers: &Headers) -> Reaction {
-        if let Some(name) = self.config.get("when") {
+        if let Some(name) = &self.when {
             self.armed = headers.get(name).is_some();
         }
         let reaction = self.changes("headers", Reaction::from(self.act("headers")));
@@ -192,7 +239,7 @@ impl Filter for Faults {
                 1 => reaction.replace_body(self.output()),
                 _ => reaction.replace_body(Vec::new()),
             },
-            "grow" => reaction.replace_body(vec![chunk.to_vec(); self.number("factor", 2)]),
+            "grow" => reaction.replace_body(vec![chunk.to_vec(); self.factor]),
             "drop-then-trap" if self.chunks == 1 => reaction.replace_body(Vec::new()),
             "drop-then-trap" => panic!("faults filter: trap after dropping the first chunk"),
             _ => reaction,
@@ -208,3 +255,24 @@ impl Filter for Faults {
 }
 
 export_filter!(Faults);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_filter_sdk::check_config;
+
+    fn check(pairs: &[(&str, &str)]) -> Result<Vec<String>, ConfigError> {
+        check_config::<Faults>(&Config::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()))
+    }
+
+    #[test]
+    fn every_key_is_read_at_load_and_bad_values_name_their_key() {
+        let all = [("mode", "header"), ("at", "end"), ("count", "2"), ("op", "prepend"), ("wants", "end, headers")];
+        assert_eq!(check(&all), Ok(vec![]));
+        assert_eq!(check(&[("mode", "pass"), ("mdoe", "trap")]), Ok(vec!["mdoe".to_string()]));
+        assert_eq!(check(&[("mode", "explode")]).unwrap_err().key, "mode");
+        assert_eq!(check(&[("at", "later")]).unwrap_err().key, "at");
+        assert_eq!(check(&[("count", "many")]).unwrap_err().key, "count");
+        assert_eq!(check(&[("wants", "body,nothing")]).unwrap_err().key, "wants");
+    }
+}

@@ -91,5 +91,7 @@ mod tests {
     #[test]
     fn needs_text() {
         assert_eq!(run::<Footer>(&[], &TestMessage::new("\r\n")).unwrap_err().key, "text");
+        let config = Config::new(vec![("text".into(), "f".into()), ("seperator".into(), "==".into())]);
+        assert_eq!(sluice_filter_sdk::check_config::<Footer>(&config), Ok(vec!["seperator".to_string()]));
     }
 }

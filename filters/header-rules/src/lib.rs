@@ -2,7 +2,7 @@
 //! rejects, tempfails, adds a header or tags the subject. It never looks at the body (the host
 //! skips body calls for it).
 //!
-//! Config: `rules`, one rule per line (`#` starts a comment):
+//! Config: `rules` (required), one rule per line (`#` starts a comment):
 //!
 //! ```text
 //! FIELD /REGEX/ ACTION [ARGUMENTS]
@@ -146,7 +146,7 @@ impl Filter for HeaderRules {
     }
 
     fn new(config: &Config) -> Result<Self, ConfigError> {
-        let rules = parse_rules(config.get("rules").unwrap_or_default())?;
+        let rules = parse_rules(&config.require::<String>("rules")?)?;
         Ok(HeaderRules { rules, pending: Vec::new() })
     }
 
@@ -245,5 +245,15 @@ mod tests {
         assert!(err.message.contains("unknown field"), "{err}");
         let err = run::<HeaderRules>(&[("rules", "helo /x/ reject 450 4.7.1 x")], &TestMessage::new("")).unwrap_err();
         assert!(err.message.contains("must be 5xx"), "{err}");
+    }
+
+    #[test]
+    fn config_check_reports_unknown_keys_and_missing_rules() {
+        let config =
+            |pairs: &[(&str, &str)]| Config::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        let unused = sluice_filter_sdk::check_config::<HeaderRules>(&config(&[("rules", RULES), ("rulez", "x")]));
+        assert_eq!(unused, Ok(vec!["rulez".to_string()]));
+        let err = sluice_filter_sdk::check_config::<HeaderRules>(&config(&[("rulez", RULES)])).unwrap_err();
+        assert_eq!(err.to_string(), "[stage.config] rules: is required");
     }
 }

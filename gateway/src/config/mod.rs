@@ -1,14 +1,18 @@
 //! The configuration file: its types (the public interface operators write), defaults, and
-//! validation that reports errors as `FILE:LINE:COLUMN: key: what is wrong`.
+//! validation that reports errors as `FILE:LINE:COLUMN: key: what is wrong`, and where the
+//! embedded default finds its filters. A loaded config keeps its source text, so checks made
+//! later (files, filters: `preflight`, `context`) point at the line of the key too.
 //!
 //! Loading is pure (text in, `Config` or `ConfigError` out) so every error path is unit-tested;
-//! only `load_file` touches the filesystem.
+//! only `load_file` and `embedded_default` touch the filesystem.
 
 pub mod stages;
 mod units;
+mod wording;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -37,15 +41,47 @@ pub struct Config {
     pub stage: Vec<StageConfig>,
     /// The admin HTTP API; disabled when absent.
     pub admin: Option<AdminConfig>,
-    /// Relative paths in the config (filter files) are relative to this directory.
+    /// Relative paths in the config (filter files) are relative to this directory (absolute).
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// Where the config came from, for errors found after parsing.
+    #[serde(skip)]
+    pub source: Source,
+}
+
+/// The text a config was parsed from and its name in errors.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Source {
+    /// The file as shown in errors (absolute), or `(embedded default)`.
+    pub name: String,
+    text: Arc<str>,
+    /// The embedded default, whose filters are built with Sluice (`make filters`).
+    pub embedded: bool,
 }
 
 impl Config {
     /// A path from the config, made absolute against the config's directory.
     pub fn resolve(&self, path: &Path) -> PathBuf {
         self.base_dir.join(path)
+    }
+
+    /// `FILE:LINE: KEY` for a dotted key of this config (`stage[1].config.rules` is shown as
+    /// `stage "rules": [stage.config] rules`), to begin an error found after parsing. The line
+    /// is the key's or, for a key the file does not have, that of the nearest table it has.
+    pub fn locate(&self, dotted: &str) -> String {
+        let text = &self.source.text;
+        let mut path = dotted;
+        let offset = loop {
+            if let Some(offset) = key_offset(text, path) {
+                break offset;
+            }
+            match path.rsplit_once('.') {
+                Some((table, _)) => path = table,
+                None => break 0,
+            }
+        };
+        let line = text[..offset.min(text.len())].matches('\n').count() + 1;
+        format!("{}:{line}: {}", self.source.name, wording::shown_key(text, dotted))
     }
 }
 
@@ -181,49 +217,73 @@ pub enum ConfigError {
 
 /// Reads and validates a config file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    // Paths in errors are absolute, so an operator sees which file was meant wherever they ran it.
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
     let mut config = parse(&file, &text)?;
     config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     Ok(config)
 }
 
-/// The embedded default; its filter paths are relative to where the build puts the filters
-/// (`target/wasm32-wasip2/release`, beside the binary's `target/<profile>`), or to
-/// `$SLUICE_FILTER_DIR`.
+/// The environment variable naming the directory of the embedded default's filters.
+pub const FILTER_DIR_VAR: &str = "SLUICE_FILTER_DIR";
+
+/// The embedded default; its filter paths are relative to the directory `filter_dirs` finds.
 pub fn embedded_default() -> Result<Config, ConfigError> {
     let mut config = parse("(embedded default)", EMBEDDED_DEFAULT)?;
-    config.base_dir = match std::env::var_os("SLUICE_FILTER_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(|dir| dir.join("../wasm32-wasip2/release")))
-            .unwrap_or_default(),
-    };
+    config.source.embedded = true;
+    let env = std::env::var_os(FILTER_DIR_VAR).map(PathBuf::from);
+    let candidates = filter_dirs(env.as_deref(), std::env::current_exe().ok().as_deref());
+    // The first that holds the filters; else the first, so a missing filter is reported there.
+    let holds_filters =
+        |dir: &&PathBuf| config.stage.iter().filter_map(|s| s.path.as_ref()).all(|p| dir.join(p).is_file());
+    let dir = candidates.iter().find(holds_filters).or(candidates.first()).cloned().unwrap_or_default();
+    config.base_dir = std::path::absolute(&dir).unwrap_or(dir);
     Ok(config)
+}
+
+/// Where the embedded default looks for its filters, in order: `$SLUICE_FILTER_DIR` alone when
+/// set; else the build's output (`target/wasm32-wasip2/release` beside the binary's
+/// `target/<profile>`, as `make run` has it), `../lib/sluice/filters` beside the binary's
+/// directory (an install under a prefix: `/usr/local/bin/sluice` →
+/// `/usr/local/lib/sluice/filters`), and `/usr/lib/sluice/filters`.
+fn filter_dirs(env: Option<&Path>, exe: Option<&Path>) -> Vec<PathBuf> {
+    if let Some(dir) = env {
+        return vec![dir.to_path_buf()];
+    }
+    let mut dirs = Vec::new();
+    if let Some(bin) = exe.and_then(Path::parent) {
+        dirs.push(bin.join("../wasm32-wasip2/release"));
+        dirs.push(bin.join("../lib/sluice/filters"));
+    }
+    dirs.push(PathBuf::from("/usr/lib/sluice/filters"));
+    dirs
 }
 
 /// Parses and validates config text; `file` names it in errors.
 pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let deserializer = toml::Deserializer::new(text);
-    let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+    let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let key = err.path().to_string();
         let inner = err.into_inner();
         let offset = inner.span().map(|span| span.start).unwrap_or(0);
-        invalid(file, text, offset, if key == "." { "(top level)".into() } else { key }, inner.message().to_string())
+        let key = if key == "." { "(top level)".into() } else { key };
+        invalid(file, text, offset, &key, wording::plain(inner.message()))
     })?;
     validate(&config).map_err(|(key, message)| {
         let offset = key_offset(text, &key).unwrap_or(0);
-        invalid(file, text, offset, key, message)
+        invalid(file, text, offset, &key, message)
     })?;
+    config.source = Source { name: file.to_string(), text: Arc::from(text), embedded: false };
     Ok(config)
 }
 
-fn invalid(file: &str, text: &str, offset: usize, key: String, message: String) -> ConfigError {
+fn invalid(file: &str, text: &str, offset: usize, key: &str, message: String) -> ConfigError {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
-    ConfigError::Invalid { file: file.to_string(), line, column, key, message }
+    ConfigError::Invalid { file: file.to_string(), line, column, key: wording::shown_key(text, key), message }
 }
 
 /// Byte offset of a dotted key (`server.max_recipients`) in the text, for semantic errors.
@@ -331,7 +391,7 @@ mod tests {
     #[test]
     fn unknown_key_names_file_line_and_key() {
         let err = error("[server]\nhostname = \"a\"\nmax_mesage_size = \"1MiB\"\n");
-        assert!(err.starts_with("test.toml:3:1: server.max_mesage_size: unknown field `max_mesage_size`"), "{err}");
+        assert!(err.starts_with("test.toml:3:1: server.max_mesage_size: unknown key \"max_mesage_size\"; the keys here are listen, hostname,"), "{err}");
     }
 
     #[test]
@@ -347,7 +407,7 @@ mod tests {
         let err = error("[server]\ncommand_timeout = \"5 minutes\"\n");
         assert!(err.starts_with("test.toml:2:") && err.contains("server.command_timeout"), "{err}");
         let err = error("[server]\nmax_recipients = \"many\"\n");
-        assert!(err.starts_with("test.toml:2:") && err.contains("server.max_recipients"), "{err}");
+        assert_eq!(err, "test.toml:2:18: server.max_recipients: must be a whole number, not \"many\"");
     }
 
     #[test]
@@ -390,13 +450,51 @@ mod tests {
     fn stage_errors_point_into_the_array() {
         let text = "[[stage]]\nname = \"a\"\nkind = \"test\"\n\n[[stage]]\nname = \"a\"\nkind = \"test\"\n";
         let err = error(text);
-        assert!(err.starts_with("test.toml:6:1: stage[1].name: another stage has this name"), "{err}");
+        assert!(err.starts_with("test.toml:6:1: stage \"a\": name: another stage has this name"), "{err}");
         let err = error("[[stage]]\nname = \"a\"\nkind = \"wasm2\"\n");
-        assert!(err.starts_with("test.toml:3:") && err.contains("stage[0].kind"), "{err}");
+        assert_eq!(
+            err,
+            "test.toml:3:8: stage \"a\": kind: unknown value \"wasm2\"; use one of \"test\", \"wasm\", \"clamd\""
+        );
         let err = error("[[stage]]\nname = \"a\"\nkind = \"test\"\n[stage.test]\ndelay = \"fast\"\n");
-        assert!(err.starts_with("test.toml:5:") && err.contains("stage[0].test.delay"), "{err}");
+        assert!(
+            err.starts_with("test.toml:5:") && err.contains("stage \"a\": [stage.test] delay: invalid duration"),
+            "{err}"
+        );
+        let err = error("[[stage]]\nkind = \"test\"\n");
+        assert!(err.starts_with("test.toml:1:1: [[stage]] number 1: the key name is required here"), "{err}");
         let err = error("[flow]\nhigh_watermark = \"64KiB\"\nlow_watermark = \"64KiB\"\n");
         assert!(err.starts_with("test.toml:3:1: flow.low_watermark: must be below"), "{err}");
+    }
+
+    #[test]
+    fn located_keys_after_parsing() {
+        let text = "[server]\nlisten = [\"127.0.0.1:1\"]\n\n[[stage]]\nname = \"rules\"\nkind = \"wasm\"\npath = \"r.wasm\"\n[stage.config]\nrules = \"x\"\n";
+        let config = parse("/etc/sluice.toml", text).unwrap();
+        assert_eq!(config.locate("stage[0].config.rules"), "/etc/sluice.toml:9: stage \"rules\": [stage.config] rules");
+        assert_eq!(config.locate("stage[0].path"), "/etc/sluice.toml:7: stage \"rules\": path");
+        // A key the file lacks points at its table, or the stage.
+        assert_eq!(config.locate("stage[0].files.key"), "/etc/sluice.toml:4: stage \"rules\": [stage.files] key");
+        assert_eq!(
+            config.locate("stage[0].config.absent"),
+            "/etc/sluice.toml:8: stage \"rules\": [stage.config] absent"
+        );
+    }
+
+    #[test]
+    fn embedded_default_filter_dirs() {
+        let env = Path::new("/opt/filters");
+        assert_eq!(filter_dirs(Some(env), Some(Path::new("/usr/bin/sluice"))), vec![PathBuf::from("/opt/filters")]);
+        let dirs = filter_dirs(None, Some(Path::new("/usr/local/bin/sluice")));
+        assert_eq!(
+            dirs,
+            [
+                "/usr/local/bin/../wasm32-wasip2/release",
+                "/usr/local/bin/../lib/sluice/filters",
+                "/usr/lib/sluice/filters"
+            ]
+            .map(PathBuf::from)
+        );
     }
 
     #[test]

@@ -249,7 +249,7 @@ pub(super) fn validate(flow: &FlowConfig, stages: &[StageConfig]) -> Result<(), 
                 return fail(format!("stage[{i}].test.verdict"), "verdict and at go together");
             }
             if let Some(reply) = &test.reply {
-                if crate::smtp::reply::Reply::parse_lines(&[reply.clone()]).is_none() {
+                if crate::smtp::reply::Reply::parse_lines(std::slice::from_ref(reply)).is_none() {
                     return fail(format!("stage[{i}].test.reply"), "must be an SMTP reply such as \"550 5.7.1 text\"");
                 }
             }

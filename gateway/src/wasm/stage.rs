@@ -59,6 +59,15 @@ impl Instance {
         Ok(Instance { store, filter, message: None })
     }
 
+    /// The filter's verdict on its configuration (`validate-config`).
+    pub(super) async fn validate_config(
+        &mut self,
+    ) -> Result<Result<wit::ConfigReport, wit::ConfigProblem>, StageError> {
+        arm(&mut self.store);
+        let result = self.filter.sluice_filter_handler().call_validate_config(&mut self.store).await;
+        result.map_err(|err| failure(&self.store, err))
+    }
+
     pub(super) async fn wants(&mut self) -> Result<WitInterests, StageError> {
         arm(&mut self.store);
         let result = self.filter.sluice_filter_handler().call_wants(&mut self.store).await;

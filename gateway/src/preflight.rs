@@ -1,0 +1,223 @@
+//! Pre-flight checks: what a config needs from the machine before anything is served. Every
+//! file the config names exists and can be read, the admin token is not empty, and the
+//! directories Sluice writes to (spool, maildir) are writable. `serve` (before it binds a port)
+//! and every reload run `check`, then check the filters as they build the chain
+//! (`context::load_stages`: compiled, linked against the contract, their configuration
+//! accepted); `check-config` runs both as `check_all`. Problems name the file, line and key.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::chain::answer::ContentRules;
+use crate::context::load_stages;
+
+use crate::config::{Config, FILTER_DIR_VAR};
+
+const TOKEN_KEY: &str = "admin.token_file";
+
+/// Everything wrong, one problem per line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct Problems(pub Vec<String>);
+
+/// The whole validation, as `check-config` runs it: `check`, then every stage loaded as the
+/// chain would be (filters compiled, linked, their configuration checked) and dropped. Returns
+/// the warnings (`[stage.config]` keys a filter does not use).
+pub async fn check_all(config: &Config) -> anyhow::Result<Vec<String>> {
+    check(config)?;
+    let content = ContentRules {
+        max_message_size: config.server.max_message_size.0,
+        bare_line_endings: config.server.bare_line_endings,
+    };
+    let (_, warnings) = load_stages(config, content, &Arc::default()).await?;
+    Ok(warnings)
+}
+
+/// Runs every check on the machine and reports all problems found, not only the first.
+pub fn check(config: &Config) -> Result<(), Problems> {
+    let mut problems = Vec::new();
+    let mut unreadable_keys = Vec::new();
+    for (key, path) in named_files(config) {
+        if let Err(why) = readable(&path) {
+            problems.push(format!("{}: {why}{}", config.locate(&key), build_hint(config, &key)));
+            unreadable_keys.push(key);
+        }
+    }
+    if !unreadable_keys.iter().any(|key| key == TOKEN_KEY) {
+        if let Err(problem) = admin_token(config) {
+            problems.push(problem);
+        }
+    }
+    if let Some(dir) = &config.spool.directory {
+        if let Err(why) = writable_dir(dir, false) {
+            let hint = "; create it, or leave spool.directory out to use the system's temporary directory";
+            problems.push(format!("{}: {why}{hint}", config.locate("spool.directory")));
+        }
+    }
+    if config.relay.is_none() {
+        if let Err(why) = writable_dir(&config.maildir.path, true) {
+            problems.push(format!("{}: {why}", config.locate("maildir.path")));
+        }
+    }
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(Problems(problems)),
+    }
+}
+
+/// The files the config names, each with its dotted key, resolved against the config's
+/// directory. Keys that name files (a stage's `[stage.files]`, TLS certificates) belong here.
+fn named_files(config: &Config) -> Vec<(String, PathBuf)> {
+    let mut files = Vec::new();
+    for (index, stage) in config.stage.iter().enumerate() {
+        if let Some(path) = &stage.path {
+            files.push((format!("stage[{index}].path"), config.resolve(path)));
+        }
+    }
+    if let Some(file) = config.admin.as_ref().and_then(|admin| admin.token_file.as_ref()) {
+        files.push((TOKEN_KEY.to_string(), config.resolve(file)));
+    }
+    files
+}
+
+/// The admin API's bearer token, read from `[admin] token_file` (None without one).
+pub fn admin_token(config: &Config) -> Result<Option<String>, String> {
+    let Some(file) = config.admin.as_ref().and_then(|admin| admin.token_file.as_ref()) else { return Ok(None) };
+    let path = config.resolve(file);
+    let at = config.locate(TOKEN_KEY);
+    let token = std::fs::read_to_string(&path).map_err(|err| format!("{at}: {}", unreadable(&path, &err)))?;
+    let token = token.trim();
+    match token.is_empty() {
+        true => Err(format!("{at}: {} is empty; write the token into it", path.display())),
+        false => Ok(Some(token.to_string())),
+    }
+}
+
+/// For the embedded default's own filters: how to get them.
+fn build_hint(config: &Config, key: &str) -> String {
+    match config.source.embedded && key.starts_with("stage[") {
+        true => format!(
+            "; it is one of the embedded default's filters: build them with `make filters`, or set \
+             {FILTER_DIR_VAR} to the directory that holds them"
+        ),
+        false => String::new(),
+    }
+}
+
+fn readable(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Err(format!("{} is a directory, not a file", path.display())),
+        Ok(_) => std::fs::File::open(path).map(drop).map_err(|err| unreadable(path, &err)),
+        Err(err) => Err(unreadable(path, &err)),
+    }
+}
+
+fn unreadable(path: &Path, err: &std::io::Error) -> String {
+    match err.kind() {
+        ErrorKind::NotFound => format!("{} does not exist", path.display()),
+        ErrorKind::PermissionDenied => format!("{} cannot be read (permission denied)", path.display()),
+        _ => format!("cannot read {}: {err}", path.display()),
+    }
+}
+
+/// `dir` is a directory Sluice can create files in; with `may_create`, a missing one is fine
+/// when its nearest existing parent is writable (it is created at start).
+fn writable_dir(dir: &Path, may_create: bool) -> Result<(), String> {
+    // Shown absolute; used as written (relative to the working directory), as the gateway does.
+    let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let shown = shown.display();
+    let mut existing = dir;
+    if may_create {
+        while !existing.exists() {
+            existing = match existing.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+        }
+    }
+    match std::fs::metadata(existing) {
+        Err(err) if err.kind() == ErrorKind::NotFound => return Err(format!("{shown} does not exist")),
+        Err(err) => return Err(format!("cannot use {shown}: {err}")),
+        Ok(meta) if !meta.is_dir() => return Err(format!("{} is not a directory", existing.display())),
+        Ok(_) => {}
+    }
+    // Creating a file is the one test that holds for every reason (mode, read-only mount, ACLs).
+    tempfile::tempfile_in(existing).map(drop).map_err(|err| match existing == dir {
+        true => format!("{shown} is not writable: {err}"),
+        false => format!("{shown} cannot be created: {} is not writable: {err}", existing.display()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    fn config_in(dir: &Path, text: &str) -> Config {
+        let path = dir.join("sluice.toml");
+        std::fs::write(&path, text).unwrap();
+        config::load_file(&path).unwrap()
+    }
+
+    #[test]
+    fn every_named_file_is_checked_and_every_problem_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[server]\nlisten = [\"127.0.0.1:1\"]\n\n[[stage]]\nname = \"rules\"\nkind = \"wasm\"\npath = \"rules.wasm\"\n\n[admin]\ntoken_file = \"token\"\n";
+        let config = config_in(dir.path(), text);
+        let problems = check(&config).unwrap_err().0;
+        let file = dir.path().join("sluice.toml");
+        assert_eq!(
+            problems,
+            [
+                format!(
+                    "{}:7: stage \"rules\": path: {} does not exist",
+                    file.display(),
+                    dir.path().join("rules.wasm").display()
+                ),
+                format!(
+                    "{}:10: admin.token_file: {} does not exist",
+                    file.display(),
+                    dir.path().join("token").display()
+                ),
+            ]
+        );
+        std::fs::write(dir.path().join("rules.wasm"), "").unwrap();
+        std::fs::write(dir.path().join("token"), " \n").unwrap();
+        let problems = check(&config).unwrap_err().0;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].ends_with("token is empty; write the token into it"), "{problems:?}");
+        std::fs::write(dir.path().join("token"), "secret\n").unwrap();
+        check(&config).unwrap();
+        assert_eq!(admin_token(&config), Ok(Some("secret".to_string())));
+    }
+
+    #[test]
+    fn the_spool_directory_must_exist_and_be_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nowhere");
+        let config = config_in(dir.path(), &format!("[spool]\ndirectory = \"{}\"\n", missing.display()));
+        let problems = check(&config).unwrap_err().0;
+        assert!(
+            problems[0].contains(":2: spool.directory: ") && problems[0].contains("nowhere does not exist"),
+            "{problems:?}"
+        );
+        // /proc takes no new files, whoever runs the test (root ignores permission bits).
+        let config = config_in(dir.path(), "[spool]\ndirectory = \"/proc\"\n");
+        let problems = check(&config).unwrap_err().0;
+        assert!(problems[0].contains("spool.directory: /proc is not writable"), "{problems:?}");
+        let config = config_in(dir.path(), &format!("[spool]\ndirectory = \"{}\"\n", dir.path().display()));
+        check(&config).unwrap();
+    }
+
+    #[test]
+    fn the_embedded_defaults_filters_come_with_a_hint() {
+        let mut config = config::embedded_default().unwrap();
+        config.base_dir = PathBuf::from("/nonexistent");
+        config.maildir.path = std::env::temp_dir();
+        let problems = check(&config).unwrap_err().0;
+        let line = config::EMBEDDED_DEFAULT.lines().position(|l| l.starts_with("path = \"eicar.wasm\"")).unwrap() + 1;
+        let expected = format!("(embedded default):{line}: stage \"eicar\": path: /nonexistent/eicar.wasm does not exist; it is one of the embedded default's filters: build them with `make filters`");
+        assert!(problems[0].starts_with(&expected), "{problems:?}");
+    }
+}
