@@ -13,7 +13,7 @@ use bytes::Bytes;
 use wasmtime::component::ResourceAny;
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 
-use super::engine::TICK;
+use super::engine::{Ticking, TICK};
 use super::host::bindings::exports::sluice::filter::handler::Interests as WitInterests;
 use super::host::bindings::sluice::filter::types as wit;
 use super::host::{bindings, State};
@@ -49,7 +49,7 @@ impl Instance {
             // Let other sessions run before continuing this busy guest.
             Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
         });
-        arm(&mut store);
+        let _ticking = arm(&mut store);
         let started = Instant::now();
         let instance = filter.pre.instantiate_async(&mut store).await;
         if let Some(histogram) = &filter.instantiation {
@@ -60,7 +60,7 @@ impl Instance {
     }
 
     pub(super) async fn wants(&mut self) -> Result<WitInterests, StageError> {
-        arm(&mut self.store);
+        let _ticking = arm(&mut self.store);
         let result = self.filter.sluice_filter_handler().call_wants(&mut self.store).await;
         result.map_err(|err| failure(&self.store, err))
     }
@@ -70,7 +70,7 @@ impl Instance {
         if let Some(message) = self.message {
             return Ok(message);
         }
-        arm(&mut self.store);
+        let _ticking = arm(&mut self.store);
         let result = self.filter.sluice_filter_handler().message().call_constructor(&mut self.store).await;
         let message = result.map_err(|err| failure(&self.store, err))?;
         self.message = Some(message);
@@ -78,10 +78,11 @@ impl Instance {
     }
 }
 
-/// Resets the CPU budget for the next call.
-fn arm(store: &mut Store<State>) {
+/// Resets the CPU budget for the next call; the epoch clock ticks while the guard is held.
+fn arm(store: &mut Store<State>) -> Ticking {
     store.data_mut().ticks_used = 0;
     store.set_epoch_deadline(1);
+    Ticking::start()
 }
 
 /// Describes a failed call: CPU or memory bound, trap, with the guest's stderr if it wrote any.
@@ -156,7 +157,7 @@ impl WasmStage {
             match &mut self.life {
                 Life::Live(instance) => {
                     let message = instance.message().await?;
-                    arm(&mut instance.store);
+                    let _ticking = arm(&mut instance.store);
                     call(instance, message).await
                 }
                 Life::Poisoned(err) => Err(err.clone()),
