@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument, Span};
 
+use crate::logging::SESSION_SPAN;
+
 use crate::config::Config;
 use crate::context::Context;
 use crate::smtp::conn::{Connection, REFUSAL_WRITE_TIMEOUT};
@@ -207,7 +209,7 @@ impl Server {
     /// Applies the session limits and starts the session task.
     fn admit(&self, stream: TcpStream, peer: SocketAddr, id: u64) {
         let _ = stream.set_nodelay(true);
-        let span = info_span!("session", id = %crate::sessions::format_id(id), peer = %peer);
+        let span = info_span!(target: SESSION_SPAN, "session", id = %crate::sessions::format_id(id), peer = %peer);
         let hostname = self.context.session.hostname.clone();
         let permit: Option<OwnedSemaphorePermit> = self.max_sessions.clone().try_acquire_owned().ok();
         let slot = permit.as_ref().and_then(|_| self.per_ip.acquire(peer.ip(), self.max_sessions_per_ip));
@@ -247,7 +249,7 @@ impl Server {
                 parent: span,
                 sessions,
                 max_sessions = self.session_limit,
-                top_addresses = ?top.join(", "),
+                top_addresses = top.join(", ").as_str(),
                 unlogged,
                 "refused: session limit reached"
             );

@@ -33,7 +33,7 @@ fn run_with(config: SessionConfig, input: &[u8], piece: usize) -> Run {
         match session.step(&mut buf) {
             Step::Reply(reply) => run.replies.push(reply.code),
             Step::Body(bytes) => run.spool.extend_from_slice(&bytes),
-            Step::Refuse(reply) => {
+            Step::Refuse { reply, .. } => {
                 run.replies.push(reply.code);
                 run.abandoned += 1;
                 run.spool.clear();
@@ -45,7 +45,7 @@ fn run_with(config: SessionConfig, input: &[u8], piece: usize) -> Run {
             Step::Request(request) => {
                 let reply = match request {
                     Request::Rcpt { to } if to.starts_with("bad") => Reply::new(550, "5.1.1", "no"),
-                    Request::Deliver(envelope) => {
+                    Request::Deliver { envelope, .. } => {
                         run.delivered.push((envelope, mem::take(&mut run.spool)));
                         Reply::new(250, "2.0.0", "queued")
                     }
@@ -306,7 +306,7 @@ fn the_header_refusal_names_the_limit_and_nothing_past_it_is_passed_on() {
                 session.answer(Reply::new(250, "2.0.0", "Ok"));
             }
             Step::Body(bytes) => passed_on += bytes.len(),
-            Step::Refuse(reply) => break reply,
+            Step::Refuse { reply, .. } => break reply,
             Step::NeedInput => input.extend_from_slice(pieces.next().expect("refused at the end")),
             _ => {}
         }

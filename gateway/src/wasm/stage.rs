@@ -95,7 +95,7 @@ fn failure(store: &Store<State>, err: wasmtime::Error) -> StageError {
         Some(trap) => format!("trapped: {trap}"),
         None => err.root_cause().to_string(),
     };
-    tracing::debug!(target: "sluice::filters", stage = %state.stage, error = ?err, "filter failure in detail");
+    tracing::debug!(target: "sluice::filters", stage = %state.stage, error = format!("{err:#}").as_str(), "filter failure in detail");
     let stderr = state.stderr.contents();
     let stderr = String::from_utf8_lossy(&stderr);
     let stderr: Vec<&str> =
