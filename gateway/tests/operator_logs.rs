@@ -1,5 +1,6 @@
 //! The logs an operator reads: one logfmt `message` line per transaction that answers what
-//! happened to a message (read back here with a logfmt parser), and the trace subsystems (`-T smtp`, `-T relay`, `-T filters`)
+//! happened to a message (read back here with a logfmt parser), flow pauses at debug naming the
+//! stage that is really behind, and the trace subsystems (`-T smtp`, `-T relay`, `-T filters`)
 //! showing the dialogues without body bytes, each line in its session's span.
 
 mod support;
@@ -80,6 +81,30 @@ fn a_mail_refused_because_the_next_hop_is_down_has_its_line() {
     assert_eq!(field(&line, "from"), "a@client.test");
     assert_eq!(field(&line, "reply"), reply.text());
     assert_eq!(field(&line, "rcpt_count"), "0");
+}
+
+#[test]
+fn flow_pauses_are_debug_lines_naming_the_slow_stage_not_the_one_before_it() {
+    // Default RUST_LOG aside, `-v` is what shows them.
+    let stages = "[[stage]]\nname = \"fast\"\nkind = \"test\"\n\n[[stage]]\nname = \"slow\"\nkind = \"test\"\n[stage.test]\ndelay = \"20ms\"\n";
+    let gateway = Gateway::builder().section(stages).logging(&["-v"], None).start();
+    let mut client = gateway.connect();
+    client.hello();
+    let reply = client.send_message("a@client.test", &["b@dest.test"], &message("big", 3_000_000));
+    assert_eq!(reply.code, 250, "{}", reply.text());
+    client.cmd("QUIT", 221);
+    gateway.wait_for_log("session closed");
+    let log = gateway.log();
+    let pauses: Vec<&str> = log.lines().filter(|l| l.contains("sluice::flow: pause")).collect();
+    assert!(!pauses.is_empty(), "a 3 MB message through a slow stage pauses the client:\n{log}");
+    let resumes: Vec<&str> = log.lines().filter(|l| l.contains("sluice::flow: resume")).collect();
+    assert_eq!(resumes.len(), pauses.len(), "{log}");
+    for line in pauses.iter().chain(&resumes) {
+        assert!(line.contains(" DEBUG "), "flow lines are debug, not info: {line}");
+    }
+    for resume in &resumes {
+        assert!(resume.contains("stage=slow"), "the pause blamed on the wrong stage: {resume}");
+    }
 }
 
 /// Runs one message, with `BODY-MARKER` in its body, through a gateway started with `-T what`.

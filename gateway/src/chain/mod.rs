@@ -108,7 +108,7 @@ pub(crate) async fn call<T: Answer>(
         Err(err) => format!("failed: {err}"),
     };
     let micros = started.elapsed().as_micros() as u64;
-    trace!(target: "sluice::filters", stage = spec.name.as_str(), event = event.name(), answer = answer.as_str(), micros, "call");
+    trace!(target: "sluice::filters", stage = %spec.name, event = event.name(), answer = answer.as_str(), micros, "call");
     spec.metrics.stage_call(&spec.name, started.elapsed());
     if let Err(err) = &result {
         spec.metrics.stage_failure(&spec.name, err.cause());
@@ -244,18 +244,18 @@ impl Transaction {
                     self.decision.close(index);
                 }
                 Ok(Verdict::Reject(reply) | Verdict::Tempfail(reply)) => {
-                    info!(target: "sluice::filters", stage = spec.name.as_str(), event = event.kind().name(), reply = reply.summary().as_str(), "envelope refused");
+                    info!(target: "sluice::filters", stage = %spec.name, event = event.kind().name(), reply = reply.summary().as_str(), "envelope refused");
                     let verdict = if reply.is_transient() { "tempfail" } else { "reject" };
                     self.refused_by =
                         Some((spec.name.clone(), format!("{verdict} verdict at {}", event.kind().name())));
                     return EnvelopeOutcome::Refuse(reply);
                 }
                 Ok(Verdict::Discard) => {
-                    info!(target: "sluice::filters", stage = spec.name.as_str(), event = event.kind().name(), "message will be discarded");
+                    info!(target: "sluice::filters", stage = %spec.name, event = event.kind().name(), "message will be discarded");
                     self.decision.decide(&spec.name, Verdict::Discard, "discard verdict");
                 }
                 Err(err) => {
-                    warn!(target: "sluice::filters", stage = spec.name.as_str(), event = event.kind().name(), error = %err, on_error = spec.on_error.name(), "stage failed");
+                    warn!(target: "sluice::filters", stage = %spec.name, event = event.kind().name(), error = %err, on_error = spec.on_error.name(), "stage failed");
                     match spec.on_error.verdict(&spec.name, false) {
                         None => {
                             stage.standing = Standing::Bypassed;

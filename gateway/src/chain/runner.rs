@@ -80,9 +80,12 @@ struct Mailbox {
 }
 
 impl Mailbox {
-    /// The next item; None once the inbox is drained and the task upstream has ended.
+    /// The next item; None once the inbox is drained and the task upstream has ended. The
+    /// consumer works on it until it reports it `drained`.
     async fn recv(&mut self) -> Option<Item> {
-        self.items.recv().await
+        let item = self.items.recv().await?;
+        self.flow.taken(self.index);
+        Some(item)
     }
 
     fn drained(&self, bytes: u64) {
@@ -477,7 +480,7 @@ fn settle(
                 Verdict::Continue => {}
                 Verdict::Accept => stage.standing = Standing::Accepted,
                 verdict => {
-                    info!(target: "sluice::filters", stage = spec.name.as_str(), verdict = verdict.kind(), "content verdict");
+                    info!(target: "sluice::filters", stage = %spec.name, verdict = verdict.kind(), "content verdict");
                     if decision.decide(&spec.name, verdict.clone(), &format!("{} verdict", verdict.kind())) {
                         flow.report(FlowEvent::EarlyVerdict);
                     }
@@ -486,7 +489,7 @@ fn settle(
             reaction
         }
         Err(err) => {
-            warn!(target: "sluice::filters", stage = spec.name.as_str(), error = %err, on_error = spec.on_error.name(), edited = stage.edited, "stage failed");
+            warn!(target: "sluice::filters", stage = %spec.name, error = %err, on_error = spec.on_error.name(), edited = stage.edited, "stage failed");
             match spec.on_error.verdict(&spec.name, stage.edited) {
                 None => stage.standing = Standing::Bypassed,
                 Some(verdict) => {

@@ -273,7 +273,7 @@ impl Connection {
             ContentOutcome::Decided { stage, verdict, reason } => {
                 // Cut by the deadline, the reset leaves the connection dropped instead.
                 unless(deadline, self.next_hop.reset()).await;
-                debug!(target: "sluice::filters", stage = stage.as_str(), verdict = verdict.kind(), "message decided by the chain");
+                debug!(target: "sluice::filters", stage = %stage, verdict = verdict.kind(), "message decided by the chain");
                 if let Some(record) = &mut self.record {
                     record.decided_by = Some((stage, reason));
                 }

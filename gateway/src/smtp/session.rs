@@ -288,12 +288,12 @@ impl Session {
                     return Some(Step::NeedInput);
                 };
                 self.lines += 1;
+                if let CommandFrame::Line(line) = &frame {
+                    self.trace_command(line);
+                }
                 match frame {
                     CommandFrame::TooLong => Some(self.error(Reply::new(500, "5.5.0", "Error: line too long"))),
-                    CommandFrame::Line(line) => match {
-                        self.trace_command(&line);
-                        command::parse(&line)
-                    } {
+                    CommandFrame::Line(line) => match command::parse(&line) {
                         Ok(command) => {
                             let state = mem::replace(&mut self.state, State::Closed);
                             let (next, step) = self.transition(state, command);
