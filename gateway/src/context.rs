@@ -161,12 +161,12 @@ fn log_reload(report: &ReloadReport) {
     info!(
         target: "sluice::reload",
         generation = report.generation,
-        stages = ?reload::list(&report.stages),
-        added = ?reload::list(&c.stages_added),
-        removed = ?reload::list(&c.stages_removed),
-        changed = ?reload::list(&c.stages_changed),
-        applied = ?reload::list(&c.applied),
-        restart_needed = ?reload::list(&c.restart_needed),
+        stages = reload::list(&report.stages).as_str(),
+        added = reload::list(&c.stages_added).as_str(),
+        removed = reload::list(&c.stages_removed).as_str(),
+        changed = reload::list(&c.stages_changed).as_str(),
+        applied = reload::list(&c.applied).as_str(),
+        restart_needed = reload::list(&c.restart_needed).as_str(),
         "{headline}"
     );
 }

@@ -10,6 +10,11 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, reload, EnvFilter, Registry};
 
+/// The target of the `session{id=… peer=…}` span. It is always enabled, whatever RUST_LOG or the
+/// traced subsystems say, so that every line of a session carries it: a span is filtered by its
+/// own target, and filters such as `sluice::smtp=trace` would otherwise drop it.
+pub const SESSION_SPAN: &str = "sluice::session";
+
 /// Subsystems and the targets they switch to `trace`.
 pub const SUBSYSTEMS: &[(&str, &[&str])] = &[
     ("smtp", &["sluice::smtp", "sluice::server"]),
@@ -57,7 +62,7 @@ fn check(subsystem: &str) -> Result<(), TraceError> {
 
 /// The filter text for a base and a set of traced subsystems.
 pub fn directives(base: &str, on: &BTreeSet<String>) -> String {
-    let mut text = base.to_string();
+    let mut text = format!("{base},{SESSION_SPAN}=trace");
     for (name, targets) in SUBSYSTEMS {
         if on.contains(*name) {
             for target in *targets {
@@ -122,8 +127,9 @@ mod tests {
     #[test]
     fn subsystems_map_to_targets() {
         let on = parse_subsystems("flow, relay").unwrap();
-        assert_eq!(directives("info", &on), "info,sluice::flow=trace,sluice::relay=trace");
+        let span = "sluice::session=trace";
+        assert_eq!(directives("info", &on), format!("info,{span},sluice::flow=trace,sluice::relay=trace"));
         assert_eq!(parse_subsystems("flow,bogus"), Err(TraceError::Unknown("bogus".into())));
-        assert_eq!(directives("warn", &parse_subsystems("all").unwrap()), "warn,sluice=trace");
+        assert_eq!(directives("warn", &parse_subsystems("all").unwrap()), format!("warn,{span},sluice=trace"));
     }
 }

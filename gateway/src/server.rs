@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument, Span};
 
 use crate::config::Config;
+use crate::logging::SESSION_SPAN;
 use crate::context::Context;
 use crate::settings::Admission;
 use crate::smtp::conn::{Connection, REFUSAL_WRITE_TIMEOUT};
@@ -224,7 +225,7 @@ impl Server {
     /// Applies the session limits and starts the session task with the current settings.
     fn admit(&self, stream: TcpStream, peer: SocketAddr, id: u64) {
         let _ = stream.set_nodelay(true);
-        let span = info_span!("session", id = %crate::sessions::format_id(id), peer = %peer);
+        let span = info_span!(target: SESSION_SPAN, "session", id = %crate::sessions::format_id(id), peer = %peer);
         let settings = self.context.settings();
         let slot = match self.slots.acquire(peer.ip(), settings.admission) {
             Ok(slot) => slot,
@@ -264,7 +265,7 @@ impl Server {
                 parent: span,
                 sessions,
                 max_sessions = limits.max_sessions,
-                top_addresses = ?top.join(", "),
+                top_addresses = top.join(", ").as_str(),
                 unlogged,
                 "refused: session limit reached"
             );

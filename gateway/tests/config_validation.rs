@@ -86,6 +86,20 @@ fn a_filter_refusing_its_configuration_is_reported_at_the_key_by_check_config_an
     }
 }
 
+/// The load-time check runs guest code, so it is bounded like every call: a filter that spins
+/// or traps while checking its configuration fails the load with its cause, it does not hang it.
+#[test]
+fn a_filter_spinning_or_trapping_while_checking_its_configuration_fails_the_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for (mode, cause) in [("loop", "exceeded its CPU limit (100 ms per call)"), ("trap", "trapped")] {
+        let stage = wasm_stage("faulty", "faults", "cpu_limit = \"100ms\"", &format!("mode = \"{mode}\"\nat = \"new\""));
+        let config = write_config(dir.path(), &stage);
+        let (code, output) = check_config(&config);
+        assert_eq!(code, Some(1), "{output}");
+        assert!(output.contains("stage \"faulty\"") && output.contains(cause), "{mode}: want {cause:?} in:\n{output}");
+    }
+}
+
 #[test]
 fn unknown_filter_keys_are_warned_about_and_a_valid_config_passes() {
     let dir = tempfile::tempdir().unwrap();

@@ -34,7 +34,7 @@ fn relayed_content_and_envelope_are_exact() {
     assert_eq!(messages[0].rcpt_to, vec!["b@dest.test", "c@dest.test"]);
     assert_eq!(messages[0].data, content);
     let line = gateway.wait_for_log("result=\"accepted\"");
-    assert!(line.contains("rcpts=b@dest.test,c@dest.test"), "{line}");
+    assert!(line.contains("rcpts=\"b@dest.test,c@dest.test\""), "{line}");
 }
 
 #[test]

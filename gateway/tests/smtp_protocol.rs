@@ -30,7 +30,7 @@ fn swaks_message_reaches_the_maildir_byte_exact() {
     assert!(output.contains("250 2.0.0 Ok: delivered as"), "{output}");
     assert_eq!(gateway.delivered(), vec![[&content[..], b"\r\n"].concat()]);
     let line = gateway.wait_for_log("message");
-    assert!(line.contains("from=a@client.test") && line.contains("result=\"accepted\""), "{line}");
+    assert!(line.contains("from=\"a@client.test\"") && line.contains("result=\"accepted\""), "{line}");
 }
 
 const SMTPLIB_SEND: &str = r#"

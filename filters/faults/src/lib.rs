@@ -1,5 +1,6 @@
 //! `faults`: a filter that misbehaves on command, for the host's tests (not a stock filter).
-//! Config `mode` chooses, and `at` says where (`connect`, `helo`, `mail`, `rcpt`, `headers`,
+//! Config `mode` chooses, and `at` says where (`new` — the constructor, which the host also runs
+//! once at load to check the configuration —, `connect`, `helo`, `mail`, `rcpt`, `headers`,
 //! `body`, `end`; default `body`):
 //! `verdict` (answers the verdict named by `verdict`: accept, reject, tempfail or discard),
 //! `trap` (panics), `loop` (spins forever: the CPU limit must stop it), `alloc` (allocates without
@@ -87,12 +88,7 @@ impl Faults {
         }
         match self.mode.as_str() {
             "trap" => panic!("faults filter: trap at {here}"),
-            "loop" => {
-                let mut n: u64 = 0;
-                loop {
-                    n = std::hint::black_box(n.wrapping_add(1));
-                }
-            }
+            "loop" => spin(),
             "alloc" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
@@ -148,6 +144,16 @@ impl Faults {
 }
 
 const EVENTS: &[&str] = &["connect", "helo", "mail", "rcpt", "headers", "body", "end"];
+/// Busy forever, until the host's CPU limit stops the call.
+fn spin() -> ! {
+    let mut n: u64 = 0;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
+}
+
+/// Where a fault can be placed: the events, or the constructor.
+const AT: &[&str] = &["new", "connect", "helo", "mail", "rcpt", "headers", "body", "end"];
 
 fn event(name: &str) -> Option<Event> {
     Some(match name.trim() {
@@ -181,9 +187,17 @@ impl Filter for Faults {
         }
         let output: String = config.get_or("output", String::new())?;
         let when = config.get("when").map(str::to_string);
+        let mode = one_of(config, "mode", MODES, "pass")?;
+        if one_of(config, "at", AT, "body")? == "new" {
+            match mode.as_str() {
+                "loop" => spin(),
+                "trap" => panic!("faults: trap in the constructor, as configured"),
+                _ => {}
+            }
+        }
         Ok(Faults {
-            mode: one_of(config, "mode", MODES, "pass")?,
-            at: one_of(config, "at", EVENTS, "body")?,
+            mode,
+            at: one_of(config, "at", AT, "body")?,
             verdict: one_of(config, "verdict", VERDICTS, "continue")?,
             code: config.get_or("code", 550)?,
             enhanced: config.get_or("enhanced", "5.7.1".to_string())?,

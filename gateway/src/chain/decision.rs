@@ -25,6 +25,8 @@ struct State {
     open: Vec<bool>,
     /// The winning verdict so far and its stage's position.
     verdict: Option<(usize, Verdict)>,
+    /// Why the winning stage decided (its verdict, or its failure), for the transaction's log line.
+    reason: String,
     /// Whether `settled` has become true (it is announced once).
     settled: bool,
 }
@@ -45,18 +47,20 @@ impl Decision {
     /// A decision over these stages (their names, in chain order).
     pub fn new(names: Vec<String>) -> Decision {
         let open = vec![true; names.len()];
-        Decision { state: Mutex::new(State { names, open, verdict: None, settled: false }) }
+        Decision { state: Mutex::new(State { names, open, verdict: None, reason: String::new(), settled: false }) }
     }
 
     /// Records a stage's final verdict (reject, tempfail, discard). It replaces the verdict so far
     /// if it comes from an earlier stage; the stage is not called again either way. Returns
-    /// whether this settled the message (announce `EarlyVerdict` then).
-    pub fn decide(&self, stage: &str, verdict: Verdict) -> bool {
+    /// whether this settled the message (announce `EarlyVerdict` then). `reason` says why, for the
+    /// transaction's log line.
+    pub fn decide(&self, stage: &str, verdict: Verdict, reason: &str) -> bool {
         let mut state = self.lock();
         // An unknown name cannot occur; ranked after every stage, its verdict still counts.
         let position = state.names.iter().position(|name| name == stage).unwrap_or(state.names.len());
         if state.verdict.as_ref().is_none_or(|(decider, _)| position < *decider) {
             state.verdict = Some((position, verdict));
+            state.reason = reason.to_string();
         }
         if let Some(open) = state.open.get_mut(position) {
             *open = false;
@@ -94,6 +98,11 @@ impl Decision {
         Some((name, verdict))
     }
 
+    /// Why the winning stage decided (empty while none has).
+    pub fn reason(&self) -> String {
+        self.lock().reason.clone()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -121,11 +130,11 @@ mod tests {
         for later_first in [false, true] {
             let decision = decision(3);
             if later_first {
-                assert!(!decision.decide("s2", reject()), "s0 and s1 may still decide");
-                assert!(!decision.decide("s1", tempfail()));
+                assert!(!decision.decide("s2", reject(), "test"), "s0 and s1 may still decide");
+                assert!(!decision.decide("s1", tempfail(), "test"));
             } else {
-                assert!(!decision.decide("s1", tempfail()));
-                assert!(!decision.decide("s2", reject()));
+                assert!(!decision.decide("s1", tempfail(), "test"));
+                assert!(!decision.decide("s2", reject(), "test"));
             }
             assert_eq!(decision.get(), Some(("s1".to_string(), tempfail())));
             assert!(decision.reaches(0) && !decision.reaches(1) && !decision.reaches(2));
@@ -140,8 +149,8 @@ mod tests {
     fn the_first_stage_settles_at_once_and_settling_is_announced_once() {
         let decision = decision(2);
         assert!(decision.reaches(1) && decision.get().is_none());
-        assert!(decision.decide("s0", Verdict::Discard));
-        assert!(!decision.decide("s1", reject()), "already settled; a later stage cannot win");
+        assert!(decision.decide("s0", Verdict::Discard, "test"));
+        assert!(!decision.decide("s1", reject(), "test"), "already settled; a later stage cannot win");
         assert!(!decision.close(1) && !decision.close(0));
         assert_eq!(decision.get(), Some(("s0".to_string(), Verdict::Discard)));
     }
@@ -151,7 +160,7 @@ mod tests {
         let decision = decision(3);
         assert!(!decision.close(0) && !decision.close(1), "no verdict: nothing to settle");
         assert!(!decision.is_decided());
-        assert!(decision.decide("s2", reject()));
+        assert!(decision.decide("s2", reject(), "test"));
         assert!(decision.is_decided() && !decision.reaches(2) && decision.reaches(1));
     }
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use serde::Deserialize;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{info, trace, warn};
 
 use crate::config::stages::StageKind;
 use crate::flow::gate::FlowHandle;
@@ -52,6 +52,17 @@ pub enum OnError {
     Reject,
 }
 
+impl OnError {
+    /// The policy as the config spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OnError::Tempfail => "tempfail",
+            OnError::Accept => "accept",
+            OnError::Reject => "reject",
+        }
+    }
+}
+
 pub struct StageSpec {
     pub name: String,
     /// What the stage is (wasm filter, clamd bridge, test stage), as the admin API shows it.
@@ -65,9 +76,28 @@ pub struct StageSpec {
     pub metrics: Arc<Metrics>,
 }
 
+/// What a stage call answers, in a few words for the `filters` trace.
+pub(crate) trait Answer {
+    fn summary(&self) -> String;
+}
+
+impl Answer for Verdict {
+    fn summary(&self) -> String {
+        Verdict::summary(self)
+    }
+}
+
+impl Answer for stage::Reaction {
+    fn summary(&self) -> String {
+        stage::Reaction::summary(self)
+    }
+}
+
 /// Calls into a stage with its time bound; a panic inside the stage is a failure, not a crash.
-pub(crate) async fn call<T>(
+/// Traced (`-T filters`) with the event, the answer and the time it took.
+pub(crate) async fn call<T: Answer>(
     spec: &StageSpec,
+    event: StageEvent,
     call: impl Future<Output = Result<T, StageError>>,
 ) -> Result<T, StageError> {
     let started = std::time::Instant::now();
@@ -76,6 +106,12 @@ pub(crate) async fn call<T>(
         Ok(Err(_panic)) => Err(StageError::Failed("stage panicked".into())),
         Ok(Ok(result)) => result,
     };
+    let answer = match &result {
+        Ok(answer) => answer.summary(),
+        Err(err) => format!("failed: {err}"),
+    };
+    let micros = started.elapsed().as_micros() as u64;
+    trace!(target: "sluice::filters", stage = %spec.name, event = event.name(), answer = answer.as_str(), micros, "call");
     spec.metrics.stage_call(&spec.name, started.elapsed());
     if let Err(err) = &result {
         spec.metrics.stage_failure(&spec.name, err.cause());
@@ -131,6 +167,7 @@ impl Chain {
         let context = MessageContext { end_of_data };
         let mut stages = Vec::new();
         let mut refusal = None;
+        let mut refused_by = None;
         for spec in &self.stages {
             match spec.factory.instantiate(&context) {
                 Ok(instance) => stages.push(RunningStage::new(spec.clone(), instance)),
@@ -138,14 +175,17 @@ impl Chain {
                     warn!(target: "sluice::filters", stage = %spec.name, error = %err, "cannot instantiate stage");
                     match spec.on_error.verdict(&spec.name, false) {
                         None => {}
-                        Some(Verdict::Reject(reply) | Verdict::Tempfail(reply)) => refusal = refusal.or(Some(reply)),
+                        Some(Verdict::Reject(reply) | Verdict::Tempfail(reply)) if refusal.is_none() => {
+                            refused_by = Some((spec.name.clone(), format!("cannot instantiate ({err})")));
+                            refusal = Some(reply);
+                        }
                         Some(_) => {}
                     }
                 }
             }
         }
         let decision = Arc::new(Decision::new(stages.iter().map(|s| s.spec.name.clone()).collect()));
-        let mut transaction = Transaction { stages, decision, end_of_data: end_sender };
+        let mut transaction = Transaction { stages, decision, end_of_data: end_sender, refused_by };
         if let Some(reply) = refusal {
             return (transaction, EnvelopeOutcome::Refuse(reply));
         }
@@ -169,9 +209,16 @@ pub struct Transaction {
     stages: Vec<RunningStage>,
     decision: Arc<Decision>,
     end_of_data: watch::Sender<bool>,
+    /// The stage that refused MAIL (or the transaction's instantiation), and why.
+    refused_by: Option<(String, String)>,
 }
 
 impl Transaction {
+    /// The stage that refused the envelope, and why (for the transaction's log line).
+    pub fn refused_by(&self) -> Option<&(String, String)> {
+        self.refused_by.as_ref()
+    }
+
     pub async fn rcpt(&mut self, to: &str) -> EnvelopeOutcome {
         self.envelope(&EnvelopeEvent::RcptTo { address: to.to_string() }).await
     }
@@ -185,7 +232,7 @@ impl Transaction {
             let spec = stage.spec.clone();
             let result = match interested(&spec, stage.instance.as_ref(), event.kind()) {
                 Ok(false) => continue,
-                Ok(true) => call(&spec, stage.instance.envelope(event))
+                Ok(true) => call(&spec, event.kind(), stage.instance.envelope(event))
                     .await
                     .and_then(|verdict| answer::verdict(verdict).map_err(|err: Malformed| failed_answer(&spec, err))),
                 Err(err) => Err(err),
@@ -200,22 +247,27 @@ impl Transaction {
                     self.decision.close(index);
                 }
                 Ok(Verdict::Reject(reply) | Verdict::Tempfail(reply)) => {
-                    info!(target: "sluice::filters", stage = %spec.name, event = ?event.kind(), reply = %reply, "envelope refused");
+                    info!(target: "sluice::filters", stage = %spec.name, event = event.kind().name(), reply = reply.summary().as_str(), "envelope refused");
+                    let verdict = if reply.is_transient() { "tempfail" } else { "reject" };
+                    self.refused_by =
+                        Some((spec.name.clone(), format!("{verdict} verdict at {}", event.kind().name())));
                     return EnvelopeOutcome::Refuse(reply);
                 }
                 Ok(Verdict::Discard) => {
-                    info!(target: "sluice::filters", stage = %spec.name, event = ?event.kind(), "message will be discarded");
-                    self.decision.decide(&spec.name, Verdict::Discard);
+                    info!(target: "sluice::filters", stage = %spec.name, event = event.kind().name(), "message will be discarded");
+                    self.decision.decide(&spec.name, Verdict::Discard, "discard verdict");
                 }
                 Err(err) => {
-                    warn!(target: "sluice::filters", stage = %spec.name, event = ?event.kind(), error = %err, policy = ?spec.on_error, "stage failed");
+                    warn!(target: "sluice::filters", stage = %spec.name, event = event.kind().name(), error = %err, on_error = spec.on_error.name(), "stage failed");
                     match spec.on_error.verdict(&spec.name, false) {
                         None => {
                             stage.standing = Standing::Bypassed;
                             self.decision.close(index);
                         }
                         Some(Verdict::Reject(reply) | Verdict::Tempfail(reply)) => {
-                            return EnvelopeOutcome::Refuse(reply)
+                            let policy = spec.on_error.name();
+                            self.refused_by = Some((spec.name.clone(), format!("failed ({err}); on_error = {policy}")));
+                            return EnvelopeOutcome::Refuse(reply);
                         }
                         Some(_) => {}
                     }

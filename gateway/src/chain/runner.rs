@@ -80,9 +80,12 @@ struct Mailbox {
 }
 
 impl Mailbox {
-    /// The next item; None once the inbox is drained and the task upstream has ended.
+    /// The next item; None once the inbox is drained and the task upstream has ended. The
+    /// consumer works on it until it reports it `drained`.
     async fn recv(&mut self) -> Option<Item> {
-        self.items.recv().await
+        let item = self.items.recv().await?;
+        self.flow.taken(self.index);
+        Some(item)
     }
 
     fn drained(&self, bytes: u64) {
@@ -156,6 +159,8 @@ enum Head {
 
 pub struct ContentRun {
     head: Head,
+    /// The header section's Message-ID field, once the section is split off (for the log).
+    message_id: Option<String>,
     first: Inbox,
     flow: MessageFlow,
     decision: Arc<Decision>,
@@ -164,11 +169,22 @@ pub struct ContentRun {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// What the content phase gives the session at its end.
+pub struct Finished {
+    pub outcome: ContentOutcome,
+    /// The message's Message-ID field, for the transaction's log line.
+    pub message_id: Option<String>,
+}
+
 /// How the content phase ended.
 pub enum ContentOutcome {
     Deliver(Spool),
-    /// A stage's final verdict (reject, tempfail or discard) and the stage's name.
-    Decided(String, Verdict),
+    /// A stage's final verdict (reject, tempfail or discard), the stage's name and why it decided.
+    Decided {
+        stage: String,
+        verdict: Verdict,
+        reason: String,
+    },
     /// The spool or a stage task failed unexpectedly.
     Failed(String),
 }
@@ -201,6 +217,7 @@ impl ContentRun {
         }
         ContentRun {
             head: Head::Splitting(HeaderSplitter::default()),
+            message_id: None,
             first: next,
             flow,
             decision,
@@ -219,10 +236,7 @@ impl ContentRun {
             Head::Splitting(splitter) => {
                 if let Some((section, rest)) = splitter.push(&bytes) {
                     self.head = Head::Passed;
-                    self.first.send(Item::Headers(section));
-                    if !rest.is_empty() {
-                        self.first.send(Item::Body(Bytes::from(rest)));
-                    }
+                    self.pass_head(section, rest);
                 } else if splitter.overflowed() {
                     // The session refuses such a message before it gets here; should one slip
                     // through, it is refused rather than passed on cut. No stage has seen any of
@@ -236,18 +250,34 @@ impl ContentRun {
         }
     }
 
+    /// The header section goes to the first stage, then the body bytes read with it.
+    fn pass_head(&mut self, section: HeaderSection, rest: Vec<u8>) {
+        self.message_id = section.get("Message-ID").map(|id| id.trim().to_string());
+        self.first.send(Item::Headers(section));
+        if !rest.is_empty() {
+            self.first.send(Item::Body(Bytes::from(rest)));
+        }
+    }
+
     /// Ends the content and waits for every stage and the spool.
-    pub async fn finish(mut self) -> ContentOutcome {
+    pub async fn finish(mut self) -> Finished {
+        let outcome = self.outcome().await;
+        Finished { outcome, message_id: self.message_id.take() }
+    }
+
+    async fn outcome(&mut self) -> ContentOutcome {
         if let Head::Refused(reply) = &self.head {
             self.flow.report(FlowEvent::EndOfMessage);
-            return ContentOutcome::Decided("headers".into(), Verdict::Reject(reply.clone()));
+            let reason = "header section beyond what the chain holds".to_string();
+            return ContentOutcome::Decided {
+                stage: "headers".into(),
+                verdict: Verdict::Reject(reply.clone()),
+                reason,
+            };
         }
         if let Head::Splitting(mut splitter) = std::mem::replace(&mut self.head, Head::Passed) {
             let (section, rest) = splitter.finish();
-            self.first.send(Item::Headers(section));
-            if !rest.is_empty() {
-                self.first.send(Item::Body(Bytes::from(rest)));
-            }
+            self.pass_head(section, rest);
         }
         self.first.send(Item::End(Vec::new()));
         self.end_of_data.send_replace(true);
@@ -260,7 +290,7 @@ impl ContentRun {
             let _ = task.await;
         }
         if let Some((stage, verdict)) = self.decision.get() {
-            return ContentOutcome::Decided(stage, verdict);
+            return ContentOutcome::Decided { stage, verdict, reason: self.decision.reason() };
         }
         match self.spooled.try_recv() {
             Ok(Ok(spool)) => ContentOutcome::Deliver(spool),
@@ -335,7 +365,7 @@ async fn pass_items(mut inbox: Mailbox, stage: &mut RunningStage, next: Inbox, d
         match item {
             Item::Headers(mut section) => {
                 if called {
-                    let result = call(&stage.spec, stage.instance.headers(&section)).await;
+                    let result = call(&stage.spec, StageEvent::Headers, stage.instance.headers(&section)).await;
                     let result = host_work(stage, result, |reaction| answers.headers(reaction, &section));
                     let result = result.map(|(reaction, changed)| {
                         section = changed;
@@ -351,7 +381,7 @@ async fn pass_items(mut inbox: Mailbox, stage: &mut RunningStage, next: Inbox, d
                 // differed from its input, what it passes on must be normalised with the rest.
                 let reaction = match called {
                     true => {
-                        let result = call(&stage.spec, stage.instance.body(chunk.clone())).await;
+                        let result = call(&stage.spec, StageEvent::Body, stage.instance.body(chunk.clone())).await;
                         let result = host_work(stage, result, |reaction| answers.body(&chunk, reaction));
                         settle(stage, result, &decision, &inbox.flow)
                     }
@@ -371,7 +401,7 @@ async fn pass_items(mut inbox: Mailbox, stage: &mut RunningStage, next: Inbox, d
             Item::End(mut late) => {
                 let reaction = match called {
                     true => {
-                        let result = call(&stage.spec, stage.instance.end()).await;
+                        let result = call(&stage.spec, StageEvent::End, stage.instance.end()).await;
                         let result = host_work(stage, result, |reaction| answers.end(reaction));
                         settle(stage, result, &decision, &inbox.flow)
                     }
@@ -451,7 +481,7 @@ fn settle(
                 Verdict::Accept => stage.standing = Standing::Accepted,
                 verdict => {
                     info!(target: "sluice::filters", stage = %spec.name, verdict = verdict.kind(), "content verdict");
-                    if decision.decide(&spec.name, verdict.clone()) {
+                    if decision.decide(&spec.name, verdict.clone(), &format!("{} verdict", verdict.kind())) {
                         flow.report(FlowEvent::EarlyVerdict);
                     }
                 }
@@ -459,11 +489,12 @@ fn settle(
             reaction
         }
         Err(err) => {
-            warn!(target: "sluice::filters", stage = %spec.name, error = %err, policy = ?spec.on_error, edited = stage.edited, "stage failed");
+            warn!(target: "sluice::filters", stage = %spec.name, error = %err, on_error = spec.on_error.name(), edited = stage.edited, "stage failed");
             match spec.on_error.verdict(&spec.name, stage.edited) {
                 None => stage.standing = Standing::Bypassed,
                 Some(verdict) => {
-                    if decision.decide(&spec.name, verdict) {
+                    let reason = format!("failed ({err}); on_error = {}", spec.on_error.name());
+                    if decision.decide(&spec.name, verdict, &reason) {
                         flow.report(FlowEvent::EarlyVerdict);
                     }
                 }

@@ -78,7 +78,7 @@ async fn run(stages: Vec<RunningStage>, prepare: impl FnOnce(&mut ContentRun)) -
     let mut run = ContentRun::start(stages, spool, flow, Arc::new(Decision::new(names)), end_of_data);
     prepare(&mut run);
     run.push(b"Subject: x\r\n\r\nbody\r\n".to_vec());
-    tokio::time::timeout(Duration::from_secs(20), run.finish()).await.expect("finish must not hang")
+    tokio::time::timeout(Duration::from_secs(20), run.finish()).await.expect("finish must not hang").outcome
 }
 
 #[tokio::test]
@@ -93,7 +93,7 @@ async fn a_panic_outside_the_calls_is_the_stages_on_error_verdict() {
     let brittle = || Box::new(PanicsBeforeTheCall);
     let outcome = run(vec![pass("first"), stage("brittle", OnError::Reject, brittle())], |_| {}).await;
     match outcome {
-        ContentOutcome::Decided(stage, Verdict::Reject(reply)) => {
+        ContentOutcome::Decided { stage, verdict: Verdict::Reject(reply), .. } => {
             assert_eq!((stage.as_str(), reply.code), ("brittle", 554))
         }
         _ => panic!("expected brittle's on_error reject"),
@@ -126,7 +126,7 @@ async fn a_header_section_beyond_what_the_splitter_holds_is_refused_and_never_pa
     })
     .await;
     match outcome {
-        ContentOutcome::Decided(_, Verdict::Reject(reply)) => assert_eq!(reply.code, 552),
+        ContentOutcome::Decided { verdict: Verdict::Reject(reply), .. } => assert_eq!(reply.code, 552),
         _ => panic!("expected 552"),
     }
 }

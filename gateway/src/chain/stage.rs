@@ -34,6 +34,14 @@ impl Verdict {
         matches!(self, Verdict::Reject(_) | Verdict::Tempfail(_) | Verdict::Discard)
     }
 
+    /// The verdict with its reply, for logs: `reject 550 5.7.1 …`.
+    pub fn summary(&self) -> String {
+        match self {
+            Verdict::Reject(reply) | Verdict::Tempfail(reply) => format!("{} {}", self.kind(), reply.summary()),
+            _ => self.kind().to_string(),
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Verdict::Continue => "continue",
@@ -69,6 +77,20 @@ impl Reaction {
     /// Whether this answer changes the message: header changes, or bytes of its own for the body.
     pub fn edits(&self) -> bool {
         !self.header_changes.is_empty() || matches!(self.body, BodyOutput::Replace(_))
+    }
+
+    /// The answer in a few words, for the `filters` trace (the body bytes themselves are not
+    /// shown): `continue, 2 header changes, body replaced by 3 chunks (120 bytes)`.
+    pub fn summary(&self) -> String {
+        let mut text = self.verdict.summary();
+        if !self.header_changes.is_empty() {
+            text.push_str(&format!(", {} header changes", self.header_changes.len()));
+        }
+        if let BodyOutput::Replace(chunks) = &self.body {
+            let bytes: usize = chunks.iter().map(Bytes::len).sum();
+            text.push_str(&format!(", body replaced by {} chunks ({bytes} bytes)", chunks.len()));
+        }
+        text
     }
 
     pub fn verdict(verdict: Verdict) -> Reaction {
@@ -117,6 +139,21 @@ pub enum StageEvent {
     Headers,
     Body,
     End,
+}
+
+impl StageEvent {
+    /// The event's name, as the config spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StageEvent::Connect => "connect",
+            StageEvent::Helo => "helo",
+            StageEvent::Mail => "mail",
+            StageEvent::Rcpt => "rcpt",
+            StageEvent::Headers => "headers",
+            StageEvent::Body => "body",
+            StageEvent::End => "end",
+        }
+    }
 }
 
 /// The set of events a stage wants; the runner skips calls for the others (as if the stage had

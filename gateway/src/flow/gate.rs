@@ -1,16 +1,19 @@
 //! The shared side of flow control: `FlowHandle` wraps one session's `FlowController` for the
 //! stage tasks that report into it and the reader that waits on it. The read gate is written only
-//! here, from the controller's actions; everything else can only wait for it to open.
+//! here, from the controller's actions; everything else can only wait for it to open. It also
+//! names the stage a pause is due to (`behind`), from the stage tasks' work while paused.
 //! `FlowRegistry` makes the handles and keeps the gateway-wide counters; the session book
 //! (`crate::sessions`) lists each session's flow state for the admin API.
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
 
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{debug, error};
 
+use super::behind::Workload;
 use super::{FlowAction, FlowController, FlowEvent, Reader, Watermarks};
 
 /// Whether the client socket may be read.
@@ -33,7 +36,7 @@ pub struct FlowStats {
 pub struct SessionFlow {
     pub session: u64,
     pub paused: bool,
-    /// The stage whose inbox held the most bytes when the reader was paused.
+    /// The stage the pause is due to so far: the one that worked longest since it began.
     pub paused_by: Option<String>,
     /// Bytes queued per stage inbox of the current message.
     pub queued: Vec<(String, u64)>,
@@ -53,6 +56,8 @@ struct Inner {
     inbox_names: Vec<String>,
     /// Counts messages, so late events of a finished message's tasks are recognised.
     generation: u64,
+    /// The stage tasks' work, to name the stage behind a pause.
+    workload: Workload,
 }
 
 pub struct FlowHandle {
@@ -73,6 +78,14 @@ impl MessageFlow {
     pub fn report(&self, event: FlowEvent) {
         self.handle.report_for(Some(self.generation), event);
     }
+
+    /// Inbox `inbox`'s task took an item to work on (its `Drained` says it is done).
+    pub fn taken(&self, inbox: usize) {
+        let mut inner = self.handle.lock();
+        if inner.generation == self.generation {
+            inner.workload.started(inbox, Instant::now());
+        }
+    }
 }
 
 impl FlowHandle {
@@ -82,6 +95,7 @@ impl FlowHandle {
         let generation = {
             let mut inner = self.lock();
             inner.inbox_names = inbox_names;
+            inner.workload = Workload::new(inboxes);
             inner.generation += 1;
             inner.generation
         };
@@ -104,6 +118,10 @@ impl FlowHandle {
             // The message's tasks may still report (drop guards): from now on they are not ours.
             inner.generation += 1;
         }
+        let now = Instant::now();
+        if let FlowEvent::Drained { inbox, .. } | FlowEvent::InboxGone { inbox } = event {
+            inner.workload.finished(inbox, now);
+        }
         let action = match inner.controller.handle(event) {
             Ok(action) => action,
             Err(err) => {
@@ -113,15 +131,17 @@ impl FlowHandle {
             }
         };
         match action {
-            Some(FlowAction::Pause { by }) => {
+            Some(FlowAction::Pause) => {
                 self.stats.pauses.inc();
-                let stage = inner.inbox_names.get(by).cloned().unwrap_or_default();
-                info!(target: "sluice::flow", session = %format_args!("{:08x}", self.session), stage = %stage, queued = inner.controller.live_queued(), "pause");
+                inner.workload.paused(now);
+                debug!(target: "sluice::flow", session = %format_args!("{:08x}", self.session), queued = inner.controller.live_queued(), "pause");
                 self.gate.send_replace(Gate::Closed);
             }
             Some(FlowAction::Resume) => {
                 self.stats.resumes.inc();
-                info!(target: "sluice::flow", session = %format_args!("{:08x}", self.session), queued = inner.controller.live_queued(), ?event, "resume");
+                let stage = inner.stage_behind(now);
+                let paused_ms = inner.workload.resumed(now).as_millis() as u64;
+                debug!(target: "sluice::flow", session = %format_args!("{:08x}", self.session), stage = %stage, paused_ms, queued = inner.controller.live_queued(), cause = event.name(), "resume");
                 self.gate.send_replace(Gate::Open);
             }
             None => {}
@@ -139,7 +159,7 @@ impl FlowHandle {
         let inner = self.lock();
         let controller = &inner.controller;
         let paused_by = match controller.reader() {
-            Reader::Paused { by } => inner.inbox_names.get(by).cloned(),
+            Reader::Paused => Some(inner.stage_behind(Instant::now())),
             Reader::Reading => None,
         };
         SessionFlow {
@@ -154,6 +174,14 @@ impl FlowHandle {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Inner {
+    /// The name of the stage the current pause is due to so far.
+    fn stage_behind(&self, now: Instant) -> String {
+        let by = self.workload.behind(&self.controller.queued(), now);
+        self.inbox_names.get(by).cloned().unwrap_or_default()
     }
 }
 
@@ -181,7 +209,12 @@ impl FlowRegistry {
     pub fn open(&self, session: u64, marks: Watermarks) -> Arc<FlowHandle> {
         Arc::new(FlowHandle {
             session,
-            inner: Mutex::new(Inner { controller: FlowController::new(marks), inbox_names: Vec::new(), generation: 0 }),
+            inner: Mutex::new(Inner {
+                controller: FlowController::new(marks),
+                inbox_names: Vec::new(),
+                generation: 0,
+                workload: Workload::default(),
+            }),
             gate: watch::Sender::new(Gate::Open),
             stats: self.stats.clone(),
         })

@@ -7,12 +7,16 @@
 //! needs the client's bytes throttled. This is the lesson of the OpenSMTPD 6.1 hang (see
 //! `shared/seeds/`): a resume that depends on which I/O callback happens to run gets lost.
 //!
+//! Which stage a pause is due to is not the controller's business: the gate (`gate.rs`) names
+//! it from what the stages did while the reader was paused.
+//!
 //! Invariants (checked by the property tests below):
 //! 1. paused ⇒ the message is being received and live inboxes hold queued bytes;
 //! 2. `pauses - resumes` is 1 while paused and 0 otherwise;
 //! 3. after end-of-message, an early verdict or the end of the session, the reader is not paused;
 //! 4. only this controller produces `Resume` (the gate in `gate.rs` is written nowhere else).
 
+pub mod behind;
 pub mod gate;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,11 +55,25 @@ pub enum FlowEvent {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlowAction {
-    /// Stop reading the client; `by` is the inbox holding the most bytes.
-    Pause {
-        by: usize,
-    },
+    /// Stop reading the client.
+    Pause,
     Resume,
+}
+
+impl FlowEvent {
+    /// The event's name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FlowEvent::MessageStart { .. } => "message start",
+            FlowEvent::Queued { .. } => "queued",
+            FlowEvent::Drained { .. } => "drained",
+            FlowEvent::InboxGone { .. } => "stage gone",
+            FlowEvent::EarlyVerdict => "early verdict",
+            FlowEvent::EndOfMessage => "end of message",
+            FlowEvent::MessageDone => "message done",
+            FlowEvent::SessionEnd => "session end",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,7 +82,7 @@ pub enum FlowError {
     UnknownInbox(usize),
     #[error("inbox {inbox} drained {bytes} bytes but held only {held}")]
     Overdrained { inbox: usize, bytes: u64, held: u64 },
-    #[error("event {0:?} after the session ended")]
+    #[error("event \"{}\" after the session ended", .0.name())]
     AfterSessionEnd(FlowEvent),
 }
 
@@ -91,7 +109,7 @@ pub enum Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reader {
     Reading,
-    Paused { by: usize },
+    Paused,
 }
 
 #[derive(Debug, Clone)]
@@ -202,17 +220,15 @@ impl FlowController {
     fn decide(&mut self) -> Option<FlowAction> {
         let queued = self.live_queued();
         match self.reader {
-            Reader::Paused { .. } if self.phase != Phase::Receiving || queued <= self.marks.low => {
+            Reader::Paused if self.phase != Phase::Receiving || queued <= self.marks.low => {
                 self.reader = Reader::Reading;
                 self.resumes += 1;
                 Some(FlowAction::Resume)
             }
             Reader::Reading if self.phase == Phase::Receiving && queued >= self.marks.high => {
-                let queued = self.queued();
-                let by = (0..queued.len()).max_by_key(|&i| (queued[i], std::cmp::Reverse(i))).unwrap_or(0);
-                self.reader = Reader::Paused { by };
+                self.reader = Reader::Paused;
                 self.pauses += 1;
-                Some(FlowAction::Pause { by })
+                Some(FlowAction::Pause)
             }
             _ => None,
         }

@@ -49,7 +49,7 @@ fn event_for(flow: &FlowController, op: &Op) -> Option<FlowEvent> {
 }
 
 fn check_invariants(flow: &FlowController, event: FlowEvent) {
-    let paused = matches!(flow.reader(), Reader::Paused { .. });
+    let paused = matches!(flow.reader(), Reader::Paused);
     // 1. paused ⇒ receiving, and live inboxes hold bytes (above the low watermark).
     if paused {
         assert_eq!(flow.phase(), Phase::Receiving);
@@ -86,8 +86,8 @@ proptest! {
             let action = result.expect("valid event");
             // Actions are exactly the reader's transitions.
             match (before, flow.reader(), action) {
-                (Reader::Reading, Reader::Paused { by }, Some(FlowAction::Pause { by: b })) => prop_assert_eq!(by, b),
-                (Reader::Paused { .. }, Reader::Reading, Some(FlowAction::Resume)) => {}
+                (Reader::Reading, Reader::Paused, Some(FlowAction::Pause)) => {}
+                (Reader::Paused, Reader::Reading, Some(FlowAction::Resume)) => {}
                 (a, b, None) => prop_assert_eq!(
                     std::mem::discriminant(&a), std::mem::discriminant(&b)
                 ),
@@ -132,7 +132,7 @@ fn seed_bug_final_chunk_crosses_high_water_then_end_of_message_then_drain() {
     let mut flow = FlowController::new(MARKS);
     flow.handle(FlowEvent::MessageStart { inboxes: 3 }).unwrap();
     assert_eq!(flow.handle(FlowEvent::Queued { inbox: 0, bytes: 600 }).unwrap(), None);
-    assert_eq!(flow.handle(FlowEvent::Queued { inbox: 1, bytes: 500 }).unwrap(), Some(FlowAction::Pause { by: 0 }));
+    assert_eq!(flow.handle(FlowEvent::Queued { inbox: 1, bytes: 500 }).unwrap(), Some(FlowAction::Pause));
     assert_eq!(flow.handle(FlowEvent::EndOfMessage).unwrap(), Some(FlowAction::Resume));
     assert_eq!(flow.handle(FlowEvent::Drained { inbox: 0, bytes: 600 }).unwrap(), None);
     assert_eq!(flow.handle(FlowEvent::Drained { inbox: 1, bytes: 500 }).unwrap(), None);
@@ -140,7 +140,7 @@ fn seed_bug_final_chunk_crosses_high_water_then_end_of_message_then_drain() {
     flow.handle(FlowEvent::MessageDone).unwrap();
     // The next message on the same session pauses and resumes normally.
     flow.handle(FlowEvent::MessageStart { inboxes: 3 }).unwrap();
-    assert_eq!(flow.handle(FlowEvent::Queued { inbox: 2, bytes: 1000 }).unwrap(), Some(FlowAction::Pause { by: 2 }));
+    assert_eq!(flow.handle(FlowEvent::Queued { inbox: 2, bytes: 1000 }).unwrap(), Some(FlowAction::Pause));
     assert_eq!(flow.handle(FlowEvent::Drained { inbox: 2, bytes: 700 }).unwrap(), None, "hysteresis: 300 > low");
     assert_eq!(flow.handle(FlowEvent::Drained { inbox: 2, bytes: 50 }).unwrap(), Some(FlowAction::Resume));
     assert_eq!((flow.pauses(), flow.resumes()), (2, 2));
@@ -150,10 +150,7 @@ fn seed_bug_final_chunk_crosses_high_water_then_end_of_message_then_drain() {
 fn dead_stage_releases_the_reader() {
     let mut flow = FlowController::new(MARKS);
     flow.handle(FlowEvent::MessageStart { inboxes: 2 }).unwrap();
-    assert!(matches!(
-        flow.handle(FlowEvent::Queued { inbox: 1, bytes: 2000 }).unwrap(),
-        Some(FlowAction::Pause { by: 1 })
-    ));
+    assert!(matches!(flow.handle(FlowEvent::Queued { inbox: 1, bytes: 2000 }).unwrap(), Some(FlowAction::Pause)));
     assert_eq!(flow.handle(FlowEvent::InboxGone { inbox: 1 }).unwrap(), Some(FlowAction::Resume));
     // Bytes sent to a gone inbox count for nothing.
     assert_eq!(flow.handle(FlowEvent::Queued { inbox: 1, bytes: 5000 }).unwrap(), None);

@@ -271,7 +271,7 @@ impl RelayClient {
         }
         if let Some(reply) = changed {
             // The connection is dropped here, whatever the pipelined DATA got.
-            tracing::warn!(target: "sluice::relay", reply = %reply, "next hop refused the replayed envelope");
+            tracing::warn!(target: "sluice::relay", reply = reply.summary().as_str(), "next hop refused the replayed envelope");
             return Ok(Started::Refused(Reply::new(451, "4.4.1", "Next hop changed its answer; try again later")));
         }
         let reply = match wire.extensions.pipelining {
@@ -288,7 +288,7 @@ impl RelayClient {
         if let Link::InFlight(wire) = Link::after(Exchange::Data, wire, &reply) {
             return Started::Streaming(wire);
         }
-        tracing::warn!(target: "sluice::relay", reply = %reply, "next hop did not answer DATA with 354; connection dropped");
+        tracing::warn!(target: "sluice::relay", reply = reply.summary().as_str(), "next hop did not answer DATA with 354; connection dropped");
         Started::Refused(match reply.code {
             // Its "closing" is about its connection, not about our session with the client.
             421 => self.unavailable(&RelayError::Closed),

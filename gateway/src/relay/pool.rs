@@ -57,6 +57,17 @@ enum Leave {
     Stopping,
 }
 
+impl Leave {
+    fn name(self) -> &'static str {
+        match self {
+            Leave::HungUp => "hung up",
+            Leave::Expired => "idle limit",
+            Leave::Full => "pool full",
+            Leave::Stopping => "stopping",
+        }
+    }
+}
+
 pub struct RelayPool {
     /// Newest last: sessions take the most recently parked connection.
     idle: Mutex<Vec<Parked>>,
@@ -186,8 +197,12 @@ async fn let_go(wire: Wire, why: Leave) {
         Leave::Stopping => wire.quit_now().await,
     };
     match said_quit {
-        Ok(()) => tracing::debug!(target: "sluice::relay", ?why, "idle next-hop connection closed with QUIT"),
-        Err(err) => tracing::debug!(target: "sluice::relay", ?why, error = %err, "idle next-hop connection closed"),
+        Ok(()) => {
+            tracing::debug!(target: "sluice::relay", why = why.name(), "idle next-hop connection closed with QUIT")
+        }
+        Err(err) => {
+            tracing::debug!(target: "sluice::relay", why = why.name(), error = %err, "idle next-hop connection closed")
+        }
     }
 }
 

@@ -107,6 +107,7 @@ impl Wire {
 
     /// Queues a command line without flushing (for pipelining).
     pub async fn send(&mut self, line: &str) -> Result<(), RelayError> {
+        tracing::trace!(target: "sluice::relay", command = line, "to next hop:");
         self.write(format!("{line}\r\n").as_bytes(), "a command").await
     }
 
@@ -145,7 +146,9 @@ impl Wire {
             let last = line.as_bytes().get(3) != Some(&b'-');
             lines.push(line);
             if last {
-                return Reply::parse_lines(&lines).ok_or_else(|| RelayError::Malformed(lines.join(" | ")));
+                let reply = Reply::parse_lines(&lines).ok_or_else(|| RelayError::Malformed(lines.join(" | ")))?;
+                tracing::trace!(target: "sluice::relay", reply = reply.summary().as_str(), "next hop:");
+                return Ok(reply);
             }
         }
     }
@@ -156,12 +159,16 @@ impl Wire {
         let mut stuffer = DotStuffer::default();
         let mut reader = spool.reader().await.map_err(RelayError::Spool)?;
         let mut out = Vec::with_capacity(80 * 1024);
+        let mut sent = 0;
         while let Some(chunk) = reader.next_chunk().await.map_err(RelayError::Spool)? {
             out.clear();
             stuffer.stuff(chunk, &mut out);
             self.write(&out, "the content").await?;
+            sent += out.len();
         }
         self.write(stuffer.terminator(), "the content").await?;
+        // The content itself is never logged; its size is.
+        tracing::trace!(target: "sluice::relay", bytes = sent, "to next hop: content and final dot");
         self.flush().await
     }
 

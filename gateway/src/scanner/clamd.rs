@@ -52,6 +52,25 @@ pub struct ClamdSettings {
     pub oversize: OversizeAction,
 }
 
+/// As the config spells it: `127.0.0.1:3310` or `unix:/run/clamav/clamd.ctl`.
+impl std::fmt::Display for ClamdAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClamdAddress::Tcp(address) => f.write_str(address),
+            ClamdAddress::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// The `oversize` action as the config spells it.
+fn oversize_name(action: OversizeAction) -> &'static str {
+    match action {
+        OversizeAction::Tempfail => "tempfail",
+        OversizeAction::Reject => "reject",
+        OversizeAction::Accept => "accept",
+    }
+}
+
 /// What clamd said about a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScanResult {
@@ -60,6 +79,17 @@ pub enum ScanResult {
     /// clamd refused the stream as larger than its StreamMaxLength.
     TooLarge,
     Error(String),
+}
+
+impl std::fmt::Display for ScanResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScanResult::Clean => f.write_str("clean"),
+            ScanResult::Infected(name) => write!(f, "infected: {name}"),
+            ScanResult::TooLarge => f.write_str("too large for clamd"),
+            ScanResult::Error(text) => write!(f, "error: {text}"),
+        }
+    }
 }
 
 impl ScanResult {
@@ -89,13 +119,13 @@ pub async fn check(settings: &ClamdSettings) {
     };
     match reply {
         Ok(pong) if pong == clamav_client::PONG => {
-            info!(target: "sluice::scanner", stage = %settings.stage, address = ?settings.address, "clamd answers")
+            info!(target: "sluice::scanner", stage = %settings.stage, address = settings.address.to_string().as_str(), "clamd answers")
         }
         Ok(other) => {
             warn!(target: "sluice::scanner", stage = %settings.stage, reply = %String::from_utf8_lossy(&other), "clamd answered PING oddly")
         }
         Err(err) => {
-            warn!(target: "sluice::scanner", stage = %settings.stage, address = ?settings.address, error = %err, "clamd is not reachable; messages get the stage's on_error answer until it is")
+            warn!(target: "sluice::scanner", stage = %settings.stage, address = settings.address.to_string().as_str(), error = %err, "clamd is not reachable; messages get the stage's on_error answer until it is")
         }
     }
 }
@@ -208,7 +238,7 @@ impl ClamdStage {
                     self.state = Progress::TooLarge;
                     Ok(())
                 }
-                Ok(other) => Err(StageError::Failed(format!("clamd ended the scan early: {other:?}"))),
+                Ok(other) => Err(StageError::Failed(format!("clamd ended the scan early ({other})"))),
                 Err(err) => Err(StageError::Failed(err)),
             };
         }
@@ -225,7 +255,7 @@ impl ClamdStage {
         drop(std::mem::replace(&mut scan.sender, closed));
         match (&mut scan.task).await {
             Ok(Ok(reply)) => Ok(ScanResult::parse(&reply)),
-            Ok(Err(err)) => Err(format!("clamd at {:?}: {err}", self.settings.address)),
+            Ok(Err(err)) => Err(format!("clamd at {}: {err}", self.settings.address)),
             Err(err) => Err(format!("scan task failed: {err}")),
         }
     }
@@ -257,7 +287,7 @@ impl Stage for ClamdStage {
             Progress::TooLarge => ScanResult::TooLarge,
             Progress::Scanning => self.finish().await.map_err(StageError::Failed)?,
         };
-        info!(target: "sluice::scanner", stage = %settings.stage, result = ?result, bytes = self.sent, "scanned");
+        info!(target: "sluice::scanner", stage = %settings.stage, result = result.to_string().as_str(), bytes = self.sent, "scanned");
         Ok(match result {
             ScanResult::Clean => match settings.action {
                 VirusAction::Tag => Reaction::carry_on().add_header("X-Virus-Status", "Clean"),
@@ -273,7 +303,7 @@ impl Stage for ClamdStage {
                 }
             },
             ScanResult::TooLarge => {
-                warn!(target: "sluice::scanner", stage = %settings.stage, oversize = ?settings.oversize, "message too large to scan");
+                warn!(target: "sluice::scanner", stage = %settings.stage, oversize = oversize_name(settings.oversize), "message too large to scan");
                 match settings.oversize {
                     OversizeAction::Tempfail => Reaction::verdict(Verdict::Tempfail(Reply::new(
                         451,

@@ -13,13 +13,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use super::command::MailParams;
 use super::deadline::{Expiry, ReadClock};
 use super::reply::Reply;
 use super::session::{Envelope, Request, Session, Step};
-use crate::chain::runner::{ContentOutcome, ContentRun};
+use super::transaction_log::{EndedAt, TransactionLog};
+use crate::chain::runner::{ContentOutcome, ContentRun, Finished};
 use crate::chain::stage::Verdict;
 use crate::chain::{EnvelopeOutcome, Transaction};
 use crate::context::Context;
@@ -63,8 +64,12 @@ pub struct Connection {
     chained: Chained,
     input: BytesMut,
     output: Vec<u8>,
-    /// When the current transaction's MAIL arrived, for the per-message log line.
-    transaction_start: Instant,
+    /// The session's id, for transaction ids.
+    id: u64,
+    /// Transactions begun in this session.
+    transactions: u32,
+    /// The current transaction's facts, for its log line (from MAIL on).
+    record: Option<TransactionLog>,
     /// The read deadlines: idle, per command line, minimum data rate.
     clock: ReadClock,
 }
@@ -90,7 +95,9 @@ impl Connection {
             chained: Chained::None,
             input: BytesMut::with_capacity(READ_BUFFER),
             output: Vec::with_capacity(1024),
-            transaction_start: Instant::now(),
+            id,
+            transactions: 0,
+            record: None,
             clock: ReadClock::new(settings.reads),
             settings,
             context,
@@ -103,10 +110,15 @@ impl Connection {
     /// once the session's slots are free.
     pub async fn run(mut self) -> SessionFlow {
         debug!(target: "sluice::smtp", "connected");
-        self.output.extend_from_slice(&self.session.greeting().to_wire());
+        let greeting = self.session.greeting();
+        self.reply(&greeting);
         loop {
-            match self.session.step(&mut self.input) {
-                Step::Reply(reply) => self.output.extend_from_slice(&reply.to_wire()),
+            let step = self.session.step(&mut self.input);
+            for line in self.session.take_commands() {
+                trace!(target: "sluice::smtp", command = line.as_str(), "client:");
+            }
+            match step {
+                Step::Reply(reply) => self.reply(&reply),
                 Step::Body(bytes) => match self.content() {
                     Some(run) => run.push(bytes),
                     None => warn!(target: "sluice::smtp", "message bytes outside a transaction dropped"),
@@ -117,12 +129,15 @@ impl Connection {
                         break;
                     };
                     let reply = self.session.answer(reply);
-                    self.output.extend_from_slice(&reply.to_wire());
+                    self.reply(&reply);
                 }
-                Step::Refuse(reply) => {
-                    self.log_message(None, 0, "refused", &reply);
+                Step::Refuse { reply, size } => {
+                    if let Some(record) = &mut self.record {
+                        record.size = size;
+                    }
+                    self.log_message(EndedAt::Data, "refused", &reply);
                     self.abandon().await;
-                    self.output.extend_from_slice(&reply.to_wire());
+                    self.reply(&reply);
                 }
                 Step::Abandon => self.abandon().await,
                 Step::NeedInput => {
@@ -137,7 +152,7 @@ impl Connection {
                         }
                         Err(Interruption::Timeout(expiry)) => {
                             let phase = self.session.phase();
-                            info!(target: "sluice::smtp", ?phase, reason = expiry.as_str(), "client timed out");
+                            info!(target: "sluice::smtp", phase = phase.name(), reason = expiry.as_str(), "client timed out");
                             let text = format!("{} Error: timeout exceeded", self.settings.session.hostname);
                             self.close_with(Reply::new(421, "4.4.2", text)).await;
                             break;
@@ -181,20 +196,38 @@ impl Connection {
         match request {
             Request::Mail { helo, from, params } => unless(&deadline, self.mail(&helo, &from, &params)).await,
             Request::Rcpt { to } => unless(&deadline, self.rcpt(&to)).await,
-            Request::Deliver(envelope) => self.deliver(envelope, &deadline).await,
+            Request::Deliver { envelope, size } => {
+                if let Some(record) = &mut self.record {
+                    record.size = size;
+                }
+                self.deliver(envelope, &deadline).await
+            }
         }
     }
 
+    /// MAIL through the chain, then the next hop; a refusal ends the transaction with its line.
     async fn mail(&mut self, helo: &str, from: &str, params: &MailParams) -> Reply {
-        self.transaction_start = Instant::now();
+        self.transactions += 1;
+        let mut record = TransactionLog::begin(self.id, self.transactions, self.peer, helo, from);
         let (transaction, outcome) = self.settings.chain.begin(self.peer, helo, from).await;
-        if let EnvelopeOutcome::Refuse(reply) = outcome {
-            return reply;
-        }
-        let reply = self.next_hop.mail(from, params).await;
-        if reply.is_positive() {
-            self.chained = Chained::Envelope(transaction);
-        }
+        let reply = match outcome {
+            EnvelopeOutcome::Refuse(refusal) => {
+                record.decided_by = transaction.refused_by().cloned();
+                refusal
+            }
+            EnvelopeOutcome::Continue => {
+                let reply = self.next_hop.mail(from, params).await;
+                if reply.is_positive() {
+                    self.chained = Chained::Envelope(transaction);
+                    self.record = Some(record);
+                    return reply;
+                }
+                record.relay_reply = Some(reply.clone());
+                reply
+            }
+        };
+        let result = if reply.is_transient() { "tempfailed" } else { "rejected" };
+        record.log(EndedAt::Mail, result, &reply);
         reply
     }
 
@@ -204,7 +237,11 @@ impl Connection {
                 return reply;
             }
         }
-        self.next_hop.rcpt(to).await
+        let reply = self.next_hop.rcpt(to).await;
+        if let (true, Some(record)) = (reply.is_positive(), &mut self.record) {
+            record.rcpt(to);
+        }
+        reply
     }
 
     /// End of data: waits for the chain, then delivers or answers with the chain's verdict. The
@@ -216,68 +253,75 @@ impl Connection {
             warn!(target: "sluice::smtp", "end of data outside a transaction");
             return Some(Reply::new(451, "4.3.0", "Local error; try again later"));
         };
-        let Some(outcome) = unless(deadline, run.finish()).await else {
-            self.log_message(Some(&envelope), 0, "tempfailed", &shutting_down(&self.settings));
+        let Some(Finished { outcome, message_id }) = unless(deadline, run.finish()).await else {
+            self.log_message(EndedAt::Data, "tempfailed", &shutting_down(&self.settings));
             return None;
         };
-        let (result, reply, size) = match outcome {
+        if let Some(record) = &mut self.record {
+            record.message_id = message_id;
+        }
+        let (result, reply) = match outcome {
             ContentOutcome::Deliver(mut spool) => {
-                let size = spool.len();
                 let started = Instant::now();
                 let delivery = self.next_hop.deliver(&envelope.mail_from, &mut spool, deadline).await;
                 let Delivery::Answered(reply) = delivery else {
-                    self.log_message(Some(&envelope), size, "tempfailed", &shutting_down(&self.settings));
+                    self.log_message(EndedAt::Data, "tempfailed", &shutting_down(&self.settings));
                     return None;
                 };
                 self.context.metrics.relay_reply(reply.code, started.elapsed());
+                if let Some(record) = &mut self.record {
+                    record.relay_reply = Some(reply.clone());
+                }
                 let result = match reply.code {
                     200..=299 => "accepted",
                     400..=499 => "tempfailed",
                     _ => "rejected",
                 };
-                (result, reply, size)
+                (result, reply)
             }
-            ContentOutcome::Decided(stage, verdict) => {
+            ContentOutcome::Decided { stage, verdict, reason } => {
                 // Cut by the deadline, the reset leaves the connection dropped instead.
                 unless(deadline, self.next_hop.reset()).await;
-                info!(target: "sluice::filters", stage, verdict = verdict.kind(), "message decided by the chain");
+                debug!(target: "sluice::filters", stage = %stage, verdict = verdict.kind(), "message decided by the chain");
+                if let Some(record) = &mut self.record {
+                    record.decided_by = Some((stage, reason));
+                }
                 match verdict {
-                    Verdict::Reject(reply) => ("rejected", reply, 0),
-                    Verdict::Tempfail(reply) => ("tempfailed", reply, 0),
-                    _ => ("discarded", Reply::new(250, "2.0.0", "Ok"), 0),
+                    Verdict::Reject(reply) => ("rejected", reply),
+                    Verdict::Tempfail(reply) => ("tempfailed", reply),
+                    _ => ("discarded", Reply::new(250, "2.0.0", "Ok")),
                 }
             }
             ContentOutcome::Failed(why) => {
                 unless(deadline, self.next_hop.reset()).await;
                 warn!(target: "sluice::filters", error = %why, "chain failed; the client will retry");
-                ("tempfailed", Reply::new(451, "4.3.0", "Local error in the filter chain; try again later"), 0)
+                ("tempfailed", Reply::new(451, "4.3.0", "Local error in the filter chain; try again later"))
             }
         };
-        self.log_message(Some(&envelope), size, result, &reply);
+        self.log_message(EndedAt::Data, result, &reply);
         Some(reply)
     }
 
     /// Drops the transaction (stage tasks are stopped, the spool freed) and resets the next hop.
     async fn abandon(&mut self) {
         self.chained = Chained::None;
+        self.record = None;
         self.next_hop.reset().await;
     }
 
-    /// The per-message log line: envelope, size, result, reply, duration.
-    fn log_message(&self, envelope: Option<&Envelope>, size: u64, result: &str, reply: &Reply) {
+    /// The transaction's log line and count, once its content got its answer; the transaction
+    /// is over.
+    fn log_message(&mut self, at: EndedAt, result: &str, reply: &Reply) {
         self.context.metrics.transaction(result);
-        let (from, rcpts) =
-            envelope.map_or((String::new(), String::new()), |e| (e.mail_from.clone(), e.rcpt_to.join(",")));
-        info!(
-            target: "sluice::smtp",
-            from = %from,
-            rcpts = %rcpts,
-            size,
-            result,
-            reply = %reply,
-            duration_ms = self.transaction_start.elapsed().as_millis() as u64,
-            "message"
-        );
+        if let Some(record) = self.record.take() {
+            record.log(at, result, reply);
+        }
+    }
+
+    /// Queues a reply for the client.
+    fn reply(&mut self, reply: &Reply) {
+        trace!(target: "sluice::smtp", reply = reply.summary().as_str(), "server:");
+        self.output.extend_from_slice(&reply.to_wire());
     }
 
     /// Reads more input once flow control allows; Ok(false) at end of stream. The wait is bounded
@@ -338,7 +382,7 @@ impl Connection {
     }
 
     async fn close_with(&mut self, reply: Reply) {
-        self.output.extend_from_slice(&reply.to_wire());
+        self.reply(&reply);
         self.flush().await;
     }
 }

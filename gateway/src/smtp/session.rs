@@ -54,8 +54,11 @@ pub enum Step {
     /// The transaction is over without delivery: drop the spool, reset the next hop.
     Abandon,
     /// The content was read but is refused (too big, bare line endings): like `Abandon`, and
-    /// this reply is the message's answer.
-    Refuse(Reply),
+    /// this reply is the message's answer. `size`: the content's octets, as read.
+    Refuse {
+        reply: Reply,
+        size: u64,
+    },
     /// Flush replies and read more input.
     NeedInput,
     /// Flush replies and close the connection.
@@ -73,8 +76,12 @@ pub enum Request {
     Rcpt {
         to: String,
     },
-    /// The content is complete and spooled: deliver it to the next hop.
-    Deliver(Envelope),
+    /// The content is complete and spooled: deliver it to the next hop. `size`: the content's
+    /// octets, as read (also when the chain dropped them).
+    Deliver {
+        envelope: Envelope,
+        size: u64,
+    },
 }
 
 /// Which inactivity timeout applies while waiting for input.
@@ -82,6 +89,15 @@ pub enum Request {
 pub enum Phase {
     Command,
     Content,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Command => "command",
+            Phase::Content => "content",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -133,7 +149,14 @@ pub struct Session {
     /// Contents begun so far (DATA, BDAT messages, refused BDAT octets): numbers the one being
     /// read, for its minimum data rate.
     contents: u64,
+    /// Command lines framed since the driver last took them (`take_commands`), at most
+    /// `MAX_TRACED_COMMANDS`.
+    commands: Vec<String>,
 }
+
+/// Command lines kept for the trace between two `take_commands`; a driver that never takes them
+/// holds no more than this.
+const MAX_TRACED_COMMANDS: usize = 16;
 
 impl Session {
     pub fn new(config: SessionConfig) -> Session {
@@ -147,11 +170,18 @@ impl Session {
             errors: 0,
             lines: 0,
             contents: 0,
+            commands: Vec::new(),
         }
     }
 
     pub fn greeting(&self) -> Reply {
         Reply::plain(220, format!("{} ESMTP Sluice", self.config.hostname))
+    }
+
+    /// The command lines framed since the last call, for the `smtp` trace (never content:
+    /// only what the command framer read). An AUTH line's credentials are left out.
+    pub fn take_commands(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.commands)
     }
 
     pub fn phase(&self) -> Phase {
@@ -200,6 +230,20 @@ impl Session {
         self.pending.is_none() && matches!(self.state, State::Fresh | State::Ready)
     }
 
+    /// Keeps a framed command line for `take_commands`, AUTH's argument withheld.
+    fn trace_command(&mut self, line: &[u8]) {
+        if self.commands.len() >= MAX_TRACED_COMMANDS {
+            return;
+        }
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches(['\r', '\n']);
+        let shown = match text.get(..5) {
+            Some(verb) if verb.eq_ignore_ascii_case("AUTH ") => format!("{verb}…"),
+            _ => text.to_string(),
+        };
+        self.commands.push(shown);
+    }
+
     /// The next thing to do, consuming input as needed.
     pub fn step(&mut self, input: &mut BytesMut) -> Step {
         loop {
@@ -244,6 +288,9 @@ impl Session {
                     return Some(Step::NeedInput);
                 };
                 self.lines += 1;
+                if let CommandFrame::Line(line) = &frame {
+                    self.trace_command(line);
+                }
                 match frame {
                     CommandFrame::TooLong => Some(self.error(Reply::new(500, "5.5.0", "Error: line too long"))),
                     CommandFrame::Line(line) => match command::parse(&line) {
@@ -482,8 +529,8 @@ impl Session {
     fn end_content(&mut self, envelope: Envelope, content: Content) {
         self.state = State::Ready;
         let step = match content.refusal(&self.config) {
-            Some(refusal) => Step::Refuse(refusal),
-            None => Step::Request(Request::Deliver(envelope)),
+            Some(reply) => Step::Refuse { reply, size: content.size },
+            None => Step::Request(Request::Deliver { envelope, size: content.size }),
         };
         self.queued.push_back(step);
     }

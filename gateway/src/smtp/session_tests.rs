@@ -18,6 +18,8 @@ struct Run {
     replies: Vec<u16>,
     delivered: Vec<(Envelope, Vec<u8>)>,
     abandoned: usize,
+    /// The content sizes the session reported with each delivery or refusal.
+    sizes: Vec<u64>,
     closed: bool,
     spool: Vec<u8>,
 }
@@ -33,7 +35,8 @@ fn run_with(config: SessionConfig, input: &[u8], piece: usize) -> Run {
         match session.step(&mut buf) {
             Step::Reply(reply) => run.replies.push(reply.code),
             Step::Body(bytes) => run.spool.extend_from_slice(&bytes),
-            Step::Refuse(reply) => {
+            Step::Refuse { reply, size } => {
+                run.sizes.push(size);
                 run.replies.push(reply.code);
                 run.abandoned += 1;
                 run.spool.clear();
@@ -45,7 +48,8 @@ fn run_with(config: SessionConfig, input: &[u8], piece: usize) -> Run {
             Step::Request(request) => {
                 let reply = match request {
                     Request::Rcpt { to } if to.starts_with("bad") => Reply::new(550, "5.1.1", "no"),
-                    Request::Deliver(envelope) => {
+                    Request::Deliver { envelope, size } => {
+                        run.sizes.push(size);
                         run.delivered.push((envelope, mem::take(&mut run.spool)));
                         Reply::new(250, "2.0.0", "queued")
                     }
@@ -127,6 +131,7 @@ fn oversized_message_is_drained_then_refused() {
     assert_eq!(r.replies, vec![250, 250, 250, 354, 552, 250]);
     assert!(r.delivered.is_empty());
     assert_eq!(r.abandoned, 1);
+    assert_eq!(r.sizes, vec![4200], "the refusal reports the size read, not what was kept");
     let r = run(b"EHLO c\r\nMAIL FROM:<a@b> SIZE=5000\r\nMAIL FROM:<a@b> SIZE=500\r\n");
     assert_eq!(r.replies, vec![250, 552, 250]);
 }
@@ -137,6 +142,7 @@ fn bare_line_endings_normalized_or_rejected() {
     let r = run(input);
     assert_eq!(r.replies, vec![250, 250, 250, 354, 250, 221]);
     assert_eq!(r.delivered[0].1, b"a\r\n.\r\nb\r\n");
+    assert_eq!(r.sizes, vec![r.delivered[0].1.len() as u64]);
     let strict = SessionConfig { bare_line_endings: BareLineEndings::Reject, ..config() };
     let r = run_with(strict, input, 5);
     assert_eq!(r.replies, vec![250, 250, 250, 354, 550, 221]);
@@ -306,7 +312,7 @@ fn the_header_refusal_names_the_limit_and_nothing_past_it_is_passed_on() {
                 session.answer(Reply::new(250, "2.0.0", "Ok"));
             }
             Step::Body(bytes) => passed_on += bytes.len(),
-            Step::Refuse(reply) => break reply,
+            Step::Refuse { reply, .. } => break reply,
             Step::NeedInput => input.extend_from_slice(pieces.next().expect("refused at the end")),
             _ => {}
         }

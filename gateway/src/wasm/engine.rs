@@ -1,7 +1,9 @@
 //! The one wasmtime `Engine` of the process: epoch interruption (for CPU bounds that yield to
-//! tokio), the pooling allocator (cheap fresh instances per message), and the epoch clock.
+//! tokio), the pooling allocator (cheap fresh instances per message), and the epoch clock, which
+//! ticks only while some guest code runs (a `Ticking` guard is alive): an idle gateway never wakes
+//! for it.
 
-use std::sync::OnceLock;
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -17,6 +19,38 @@ pub const MAX_MEMORY: usize = 1 << 30;
 const POOL_INSTANCES: u32 = 2000;
 
 static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
+
+/// Guest calls running now; the clock thread sleeps on `WAKE` while it is 0.
+static RUNNING: Mutex<usize> = Mutex::new(0);
+static WAKE: Condvar = Condvar::new();
+
+/// Keeps the epoch clock ticking while guest code may run: hold one across every call into a
+/// store armed with an epoch deadline, or its CPU limit is not enforced.
+#[must_use = "the epoch clock ticks only while the guard is held"]
+pub struct Ticking(());
+
+impl Ticking {
+    pub fn start() -> Ticking {
+        let mut running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+        *running += 1;
+        if *running == 1 {
+            WAKE.notify_one();
+        }
+        Ticking(())
+    }
+}
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        *RUNNING.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+    }
+}
+
+/// Blocks the clock thread until some call runs.
+fn wait_for_calls() {
+    let running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+    let _running = WAKE.wait_while(running, |running| *running == 0).unwrap_or_else(|p| p.into_inner());
+}
 
 /// The shared engine, created (with its epoch clock thread) on first use.
 pub fn engine() -> Result<Engine, String> {
@@ -43,10 +77,12 @@ fn build() -> Result<Engine, String> {
     std::thread::Builder::new()
         .name("sluice-epoch".into())
         .spawn(move || {
-            while let Some(engine) = clock.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
+            // A tick is a whole period after the call started: the first one is not early.
+            loop {
+                wait_for_calls();
                 std::thread::sleep(TICK);
+                let Some(engine) = clock.upgrade() else { break };
+                engine.increment_epoch();
             }
         })
         .map_err(|err| format!("cannot start the epoch clock: {err}"))?;

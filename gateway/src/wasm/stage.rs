@@ -13,7 +13,7 @@ use bytes::Bytes;
 use wasmtime::component::ResourceAny;
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 
-use super::engine::TICK;
+use super::engine::{Ticking, TICK};
 use super::host::bindings::exports::sluice::filter::handler::Interests as WitInterests;
 use super::host::bindings::sluice::filter::types as wit;
 use super::host::{bindings, State};
@@ -49,7 +49,7 @@ impl Instance {
             // Let other sessions run before continuing this busy guest.
             Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
         });
-        arm(&mut store);
+        let _ticking = arm(&mut store);
         let started = Instant::now();
         let instance = filter.pre.instantiate_async(&mut store).await;
         if let Some(histogram) = &filter.instantiation {
@@ -63,13 +63,13 @@ impl Instance {
     pub(super) async fn validate_config(
         &mut self,
     ) -> Result<Result<wit::ConfigReport, wit::ConfigProblem>, StageError> {
-        arm(&mut self.store);
+        let _ticking = arm(&mut self.store);
         let result = self.filter.sluice_filter_handler().call_validate_config(&mut self.store).await;
         result.map_err(|err| failure(&self.store, err))
     }
 
     pub(super) async fn wants(&mut self) -> Result<WitInterests, StageError> {
-        arm(&mut self.store);
+        let _ticking = arm(&mut self.store);
         let result = self.filter.sluice_filter_handler().call_wants(&mut self.store).await;
         result.map_err(|err| failure(&self.store, err))
     }
@@ -79,7 +79,7 @@ impl Instance {
         if let Some(message) = self.message {
             return Ok(message);
         }
-        arm(&mut self.store);
+        let _ticking = arm(&mut self.store);
         let result = self.filter.sluice_filter_handler().message().call_constructor(&mut self.store).await;
         let message = result.map_err(|err| failure(&self.store, err))?;
         self.message = Some(message);
@@ -87,10 +87,11 @@ impl Instance {
     }
 }
 
-/// Resets the CPU budget for the next call.
-fn arm(store: &mut Store<State>) {
+/// Resets the CPU budget for the next call; the epoch clock ticks while the guard is held.
+fn arm(store: &mut Store<State>) -> Ticking {
     store.data_mut().ticks_used = 0;
     store.set_epoch_deadline(1);
+    Ticking::start()
 }
 
 /// Describes a failed call: CPU or memory bound, trap, with the guest's stderr if it wrote any.
@@ -103,7 +104,7 @@ fn failure(store: &Store<State>, err: wasmtime::Error) -> StageError {
         Some(trap) => format!("trapped: {trap}"),
         None => err.root_cause().to_string(),
     };
-    tracing::debug!(target: "sluice::filters", stage = %state.stage, error = ?err, "filter failure in detail");
+    tracing::debug!(target: "sluice::filters", stage = %state.stage, error = format!("{err:#}").as_str(), "filter failure in detail");
     let stderr = state.stderr.contents();
     let stderr = String::from_utf8_lossy(&stderr);
     let stderr: Vec<&str> =
@@ -165,7 +166,7 @@ impl WasmStage {
             match &mut self.life {
                 Life::Live(instance) => {
                     let message = instance.message().await?;
-                    arm(&mut instance.store);
+                    let _ticking = arm(&mut instance.store);
                     call(instance, message).await
                 }
                 Life::Poisoned(err) => Err(err.clone()),

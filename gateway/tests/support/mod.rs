@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod clamd;
+pub mod logfmt;
 pub mod postfix;
 pub mod scripted_hop;
 pub mod sink;
@@ -43,6 +44,9 @@ pub struct Gateway {
 pub struct GatewayBuilder {
     server: Vec<String>,
     sections: Vec<String>,
+    /// Logging options for `serve` (`-T smtp`, `-v`) and RUST_LOG, instead of the default
+    /// RUST_LOG=info,sluice=debug.
+    logging: Option<(Vec<String>, Option<String>)>,
 }
 
 impl GatewayBuilder {
@@ -56,6 +60,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Runs `serve` with these logging options and RUST_LOG (None: unset).
+    pub fn logging(mut self, args: &[&str], rust_log: Option<&str>) -> Self {
+        self.logging = Some((args.iter().map(|a| a.to_string()).collect(), rust_log.map(str::to_string)));
+        self
+    }
+
     pub fn relay_to(self, port: u16) -> Self {
         self.section(&format!(
             "[relay]\naddress = \"127.0.0.1:{port}\"\ncommand_timeout = \"20s\"\nconnect_timeout = \"5s\""
@@ -63,8 +73,16 @@ impl GatewayBuilder {
     }
 
     pub fn start(self) -> Gateway {
+        let logging = self.logging.clone();
         let (dir, path) = self.write_config();
-        Gateway::spawn(dir, &["serve", "-d", "--config", path.to_str().unwrap()])
+        let mut args = vec!["serve", "-d", "--config", path.to_str().unwrap()];
+        match &logging {
+            None => Gateway::spawn(dir, &args),
+            Some((options, rust_log)) => {
+                args.extend(options.iter().map(String::as_str));
+                Gateway::spawn_logging(dir, &args, rust_log.as_deref())
+            }
+        }
     }
 
     /// Writes the config into a fresh temp dir without starting anything (for runs expected
@@ -100,10 +118,19 @@ impl Gateway {
 
     /// Runs `sluice ARGS` in `dir` and waits for its "listening" line.
     pub fn spawn(dir: tempfile::TempDir, args: &[&str]) -> Gateway {
-        let mut child = Command::new(sluice_bin())
+        Gateway::spawn_logging(dir, args, Some("info,sluice=debug"))
+    }
+
+    /// Like `spawn`, with this RUST_LOG (None: unset, so the command line's options decide).
+    pub fn spawn_logging(dir: tempfile::TempDir, args: &[&str], rust_log: Option<&str>) -> Gateway {
+        let mut command = Command::new(sluice_bin());
+        match rust_log {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let mut child = command
             .args(args)
             .current_dir(dir.path())
-            .env("RUST_LOG", "info,sluice=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
