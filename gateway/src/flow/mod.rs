@@ -5,7 +5,7 @@
 //! died and the end of the session are events like the others. Pause at the high watermark,
 //! resume at the low one (hysteresis), and resume unconditionally once the message no longer
 //! needs the client's bytes throttled. This is the lesson of the OpenSMTPD 6.1 hang (see
-//! `shared/seeds/`): a resume that depends on which I/O callback happens to run gets lost.
+//! `docs/architecture.md`): a resume that depends on which I/O callback happens to run gets lost.
 //!
 //! Which stage a pause is due to is not the controller's business: the gate (`gate.rs`) names
 //! it from what the stages did while the reader was paused.
