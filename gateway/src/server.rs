@@ -17,8 +17,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument, Span};
 
 use crate::config::Config;
-use crate::logging::SESSION_SPAN;
 use crate::context::Context;
+use crate::logging::SESSION_SPAN;
 use crate::settings::Admission;
 use crate::smtp::conn::{Connection, REFUSAL_WRITE_TIMEOUT};
 

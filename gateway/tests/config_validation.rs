@@ -92,7 +92,8 @@ fn a_filter_refusing_its_configuration_is_reported_at_the_key_by_check_config_an
 fn a_filter_spinning_or_trapping_while_checking_its_configuration_fails_the_load() {
     let dir = tempfile::tempdir().unwrap();
     for (mode, cause) in [("loop", "exceeded its CPU limit (100 ms per call)"), ("trap", "trapped")] {
-        let stage = wasm_stage("faulty", "faults", "cpu_limit = \"100ms\"", &format!("mode = \"{mode}\"\nat = \"new\""));
+        let stage =
+            wasm_stage("faulty", "faults", "cpu_limit = \"100ms\"", &format!("mode = \"{mode}\"\nat = \"new\""));
         let config = write_config(dir.path(), &stage);
         let (code, output) = check_config(&config);
         assert_eq!(code, Some(1), "{output}");
