@@ -13,7 +13,7 @@ use crate::context::Context;
 use crate::filter_test::{Fate, FilterTest};
 use crate::logging::{self, LogFormat};
 use crate::preflight;
-use crate::server::Server;
+use crate::server::{Server, Shutdown};
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "A streaming SMTP gateway with a WebAssembly filter chain")]
@@ -142,9 +142,15 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         let context = Arc::new(Context::from_config(&config, path, machine_hostname()).await?);
         // Before anything listens: a SIGHUP sent once the port is seen must reload, not kill.
         tokio::spawn(reload_on_sighup(context.clone())?);
-        let server = Server::bind(&config, context.clone()).await?;
-        if let Some(admin) = &config.admin {
-            let api = AdminApi::bind(admin.listen, token, context.clone(), server.shutdown()).await?;
+        crate::server::log_start(&context);
+        // The admin port first: if it is taken, the start fails before any client can connect.
+        let shutdown = Shutdown::default();
+        let admin = match &config.admin {
+            Some(admin) => Some(AdminApi::bind(admin.listen, token, context.clone(), shutdown.clone()).await?),
+            None => None,
+        };
+        let server = Server::bind(&config, context.clone(), shutdown).await?;
+        if let Some(api) = admin {
             tokio::spawn(api.run());
         }
         tokio::spawn(crate::allocator::purge_every_second());

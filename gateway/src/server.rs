@@ -135,14 +135,19 @@ pub struct Server {
 /// reply to the client.
 const LAST_REPLY_WRITE: Duration = Duration::from_secs(10);
 
+/// Which build runs which config: the first thing to know when reading a log, logged before
+/// any port is bound.
+pub fn log_start(context: &Context) {
+    let source = match context.config_path() {
+        Some(path) => std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string(),
+        None => "embedded default".to_string(),
+    };
+    info!(version = env!("CARGO_PKG_VERSION"), config = %source, "sluice starting");
+}
+
 impl Server {
-    pub async fn bind(config: &Config, context: Arc<Context>) -> anyhow::Result<Server> {
-        // Which build runs which config: the first thing to know when reading a log.
-        let source = match context.config_path() {
-            Some(path) => std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string(),
-            None => "embedded default".to_string(),
-        };
-        info!(version = env!("CARGO_PKG_VERSION"), config = %source, "sluice starting");
+    /// Binds the SMTP listeners; `shutdown` is shared with the admin API's readiness.
+    pub async fn bind(config: &Config, context: Arc<Context>, shutdown: Shutdown) -> anyhow::Result<Server> {
         let mut listeners = Vec::new();
         for address in &config.server.listen {
             let listener = TcpListener::bind(address).await.with_context(|| {
@@ -156,14 +161,9 @@ impl Server {
             context,
             slots: Arc::default(),
             refusals: RefusalLog::default(),
-            shutdown: Shutdown::default(),
+            shutdown,
             tasks: TaskTracker::new(),
         })
-    }
-
-    /// The shutdown signals, for the admin API's readiness.
-    pub fn shutdown(&self) -> Shutdown {
-        self.shutdown.clone()
     }
 
     /// Serves until `stop` resolves, then drains: idle sessions close at once, the rest get

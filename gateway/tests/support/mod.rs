@@ -150,7 +150,7 @@ impl Gateway {
             sink.changed.notify_all();
         });
         let mut gateway = Gateway { address: String::new(), dir, child, log };
-        let line = gateway.wait_for_log("listening address=");
+        let line = gateway.wait_for_log("sluice::smtp: listening address=");
         gateway.address = line.rsplit("address=").next().unwrap().trim().to_string();
         gateway
     }
