@@ -1,7 +1,8 @@
 //! DKIM (RFC 6376) signing and verification for `rsa-sha256` and `ed25519-sha256` (RFC 8463),
-//! pure: no I/O, no clock, no DNS. The caller streams the body through a [`BodyHasher`], hands in
-//! the raw header fields, the time and the key record text it looked up, and gets back a
-//! `DKIM-Signature` field or a verification result.
+//! pure: no I/O, no clock, no DNS (only key generation and RSA's blinding draw on the operating
+//! system's random source). The caller streams the body through a [`BodyHasher`], hands in the
+//! raw header fields, the time and the key record text it looked up, and gets back a
+//! `DKIM-Signature` field or a verification result. Builds natively and for `wasm32-wasip2`.
 //!
 //! Why not an existing crate: none fits a streaming filter in a wasm component. `mail-auth`
 //! needs a newer rustc (through `mail-parser` 1.0), cannot be built without a DNS backend that
