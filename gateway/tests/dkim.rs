@@ -20,7 +20,8 @@ const SELECTOR: &str = "s1";
 
 /// dkimpy, driven by a file of cases (one per line, tab-separated):
 /// `verify CASES` — `PATH RECORD`: prints `PATH pass|fail`, the record served for any name;
-/// `sign CASES` — `PATH KEY HCANON BCANON ALGORITHM`: writes PATH.signed, prints `PATH signed`.
+/// `sign CASES` — `PATH KEY HCANON BCANON ALGORITHM [l]`: writes PATH.signed, prints `PATH signed`
+/// (with `l`, the signature has `l=`, the body length).
 const DKIMPY: &str = r#"
 import sys, logging, dkim
 logging.disable(logging.CRITICAL)
@@ -33,10 +34,10 @@ for line in open(cases, encoding="utf-8").read().splitlines():
         ok = dkim.verify(message, dnsfunc=lambda name, timeout=5: record)
         print(parts[0], "pass" if ok else "fail")
     else:
-        path, key, hcanon, bcanon, algorithm = parts
+        path, key, hcanon, bcanon, algorithm = parts[:5]
         field = dkim.sign(message, b"s1", b"example.test", open(key, "rb").read(),
                           canonicalize=(hcanon.encode(), bcanon.encode()),
-                          signature_algorithm=algorithm.encode())
+                          signature_algorithm=algorithm.encode(), length=parts[5:] == ["l"])
         open(path + ".signed", "wb").write(field + message)
         print(path, "signed")
 "#;
@@ -297,6 +298,44 @@ fn signatures_interoperate_with_dkimpy() {
             let changed_path = format!("{}.{change}", path.display());
             std::fs::write(&changed_path, &changed).unwrap();
             verify_cases.push((changed_path, key.record.clone(), "fail"));
+        }
+    }
+    dkimpy_verifies(dir.path(), &verify_cases);
+}
+
+/// `l=` (a signature covering only the first octets of the body): text appended after signing
+/// leaves dkimpy's signature valid for the crate, as for dkimpy; a changed header still fails.
+#[test]
+fn body_length_limits_interoperate_with_dkimpy() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = openssl_keys(dir.path());
+    let mut sign_cases = Vec::new();
+    let mut signed = Vec::new();
+    for key in &keys {
+        for (_, _, hname, bname) in CANONICALIZATIONS {
+            for (name, message) in messages().into_iter().filter(|(name, _)| ["short", "trailing-blank"].contains(name))
+            {
+                let path = dir.path().join(format!("limited-{}-{hname}-{bname}-{name}.eml", key.name));
+                std::fs::write(&path, &message).unwrap();
+                let (dkimpy_key, algorithm) = (key.dkimpy_key.display(), key.algorithm);
+                sign_cases.push(format!("{}\t{dkimpy_key}\t{hname}\t{bname}\t{algorithm}\tl", path.display()));
+                signed.push((path, key));
+            }
+        }
+    }
+    dkimpy("sign", dir.path(), &sign_cases);
+    let mut verify_cases = Vec::new();
+    for (path, key) in &signed {
+        let message = std::fs::read(format!("{}.signed", path.display())).unwrap();
+        let signature = Signature::parse_field(split_header_section(split_message(&message).0)[0]).unwrap();
+        assert!(signature.body_length.is_some(), "{}", path.display());
+        let [(_, appended), (_, header_changed)] = tampered(&message);
+        assert_eq!(verify_ours(&appended, &key.record, 5), Verdict::Pass, "{}", path.display());
+        assert!(matches!(verify_ours(&header_changed, &key.record, 5), Verdict::Fail(_)), "{}", path.display());
+        for (suffix, changed, expected) in [("appended", appended, "pass"), ("header", header_changed, "fail")] {
+            let changed_path = format!("{}.{suffix}", path.display());
+            std::fs::write(&changed_path, changed).unwrap();
+            verify_cases.push((changed_path, key.record.clone(), expected));
         }
     }
     dkimpy_verifies(dir.path(), &verify_cases);
