@@ -141,6 +141,7 @@ impl SigningKey {
 /// Ed25519 (RFC 8463 §4.2).
 pub(crate) fn public_key_bytes(key: &PublicKey) -> Vec<u8> {
     match key {
+        // Encoding a key that exists cannot fail; were it to, the empty p= would read as revoked.
         PublicKey::Rsa(key) => key.to_public_key_der().map(|der| der.into_vec()).unwrap_or_default(),
         PublicKey::Ed25519(key) => key.to_bytes().to_vec(),
     }

@@ -259,6 +259,22 @@ mod tests {
     }
 
     #[test]
+    fn a_long_header_list_folds_at_its_colons() {
+        let key = SigningKey::generate_ed25519().unwrap();
+        let record = key.key_record().to_string();
+        let signer = Signer::new(key, "example.org", "s1")
+            .with_canonicalization(Canonicalization { header: HeaderCanon::Simple, body: BodyCanon::Simple });
+        let head: String = default_signed_headers().iter().map(|name| format!("{name}: x\r\n")).collect();
+        let fields = split_header_section(head.as_bytes());
+        let body = body_hash(&signer, b"");
+        let field = signer.sign(&fields, &body, 7).unwrap().to_field();
+        assert!(field.lines().count() > 4 && field.lines().all(|line| line.len() <= FOLD_COLUMN), "{field}");
+        let sig = Signature::parse_field(field.as_bytes()).unwrap();
+        assert_eq!(sig.signed_headers.len(), default_signed_headers().len() + 1);
+        assert_eq!(verify(&sig, &fields, &body, &record, 8), Verdict::Pass);
+    }
+
+    #[test]
     fn configured_list_always_has_from() {
         let key = SigningKey::generate_ed25519().unwrap();
         let signer = Signer::new(key, "example.org", "s1").with_signed_headers(&["Subject", "X-Absent"]);
