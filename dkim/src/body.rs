@@ -152,6 +152,45 @@ impl BodyHasher {
     }
 }
 
+/// One [`BodyHasher`] per distinct spec, all fed the same chunks: what a verifier streams the
+/// body through when a message has several signatures.
+#[derive(Default)]
+pub struct BodyHashers {
+    hashers: Vec<BodyHasher>,
+}
+
+impl BodyHashers {
+    pub fn new() -> BodyHashers {
+        BodyHashers::default()
+    }
+
+    /// Makes sure a hash for `spec` is computed (once, however many signatures need it).
+    pub fn want(&mut self, spec: BodyHashSpec) {
+        if !self.hashers.iter().any(|hasher| hasher.spec == spec) {
+            self.hashers.push(BodyHasher::new(spec));
+        }
+    }
+
+    pub fn update(&mut self, chunk: &[u8]) {
+        for hasher in &mut self.hashers {
+            hasher.update(chunk);
+        }
+    }
+
+    pub fn finish(self) -> BodyHashes {
+        BodyHashes(self.hashers.into_iter().map(|hasher| (hasher.spec, hasher.finish())).collect())
+    }
+}
+
+/// The finished hashes of [`BodyHashers`], by spec.
+pub struct BodyHashes(Vec<(BodyHashSpec, BodyHash)>);
+
+impl BodyHashes {
+    pub fn get(&self, spec: BodyHashSpec) -> Option<&BodyHash> {
+        self.0.iter().find(|(have, _)| *have == spec).map(|(_, hash)| hash)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +269,29 @@ mod tests {
                 assert_eq!(hasher.finish().digest, whole, "{canon:?} split at {at}");
             }
         }
+    }
+
+    #[test]
+    fn one_hasher_per_distinct_spec() {
+        let body = b"Hello  world\r\n\r\n";
+        let specs = [
+            BodyHashSpec { canon: BodyCanon::Relaxed, limit: None },
+            BodyHashSpec { canon: BodyCanon::Simple, limit: None },
+            BodyHashSpec { canon: BodyCanon::Relaxed, limit: None },
+            BodyHashSpec { canon: BodyCanon::Relaxed, limit: Some(5) },
+        ];
+        let mut hashers = BodyHashers::new();
+        for spec in specs {
+            hashers.want(spec);
+        }
+        assert_eq!(hashers.hashers.len(), 3);
+        hashers.update(&body[..7]);
+        hashers.update(&body[7..]);
+        let hashes = hashers.finish();
+        for spec in specs {
+            assert_eq!(hashes.get(spec), Some(&hash(spec.canon, spec.limit, body)), "{spec:?}");
+        }
+        assert_eq!(hashes.get(BodyHashSpec { canon: BodyCanon::Simple, limit: Some(1) }), None);
     }
 
     proptest! {

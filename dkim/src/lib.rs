@@ -13,8 +13,9 @@
 //! (`gateway/tests/dkim.rs`).
 //!
 //! Signing: [`Signer::body_hasher`], feed the body, [`Signer::sign`] with the header fields.
-//! Verifying: [`Signature::parse_field`] for each `DKIM-Signature`, one [`BodyHasher`] per
-//! distinct [`Signature::body_hash_spec`], then [`verify`] with the key record.
+//! Verifying: [`Signature::parse_field`] for each `DKIM-Signature`, [`BodyHashers::want`] its
+//! [`Signature::body_hash_spec`] (one hasher per distinct spec), feed the body, then [`verify`]
+//! each signature with its hash and its key record.
 
 mod auth_results;
 mod body;
@@ -27,7 +28,7 @@ mod tag_list;
 mod verify;
 
 pub use auth_results::{AuthenticationResults, DkimResult, ResultInfo};
-pub use body::{BodyCanon, BodyHash, BodyHashSpec, BodyHasher};
+pub use body::{BodyCanon, BodyHash, BodyHashSpec, BodyHasher, BodyHashers, BodyHashes};
 pub use header::{canonicalize_field, field_name, select_fields, split_header_section, HeaderCanon};
 pub use key::{KeyError, SigningKey, MAX_RSA_BITS, MIN_RSA_BITS, WEAK_RSA_BITS};
 pub use key_record::{zone_file_entry, KeyRecord, KeyRecordError, KeyType, PublicKey};
