@@ -55,7 +55,8 @@ pub enum KeyRecordError {
     KeyType(String),
     #[error("p= is missing")]
     NoKey,
-    #[error("p= is not a {0} public key")]
+    /// Also an RSA key under 1024 bits (RFC 8301), which the rsa crate refuses to decode.
+    #[error("p= is not a usable {0} public key")]
     BadKey(&'static str),
     #[error("s= does not include email or *")]
     Service,
@@ -186,6 +187,13 @@ mod tests {
         assert_eq!(KeyRecord::parse("v=DKIM1; k=rsa; p=AAAA").unwrap_err(), KeyRecordError::BadKey("rsa"));
         assert_eq!(KeyRecord::parse("k=ed25519; p=AAAA").unwrap_err(), KeyRecordError::BadKey("ed25519"));
         assert_eq!(KeyRecord::parse("s=tls; p=").unwrap_err(), KeyRecordError::Service);
+    }
+
+    #[test]
+    fn rsa_keys_under_1024_bits_are_refused() {
+        // RFC 8301: verifiers must not accept keys under 1024 bits (the rsa crate's minimum).
+        let small = "v=DKIM1; k=rsa; p=MFwwDQYJKoZIhvcNAQEBBQADSwAwSAJBAPCl2xq++3Kj8kVUp04J0Y2hrrOo2nkvvwWDvR6/oHcqEl2icUxh6bmGWNuMTQY55kVuwU0VAuZnIB+2XMEV4UUCAwEAAQ==";
+        assert_eq!(KeyRecord::parse(small).unwrap_err(), KeyRecordError::BadKey("rsa"));
     }
 
     #[test]

@@ -2,13 +2,11 @@
 //! computed for its [`crate::BodyHashSpec`], the header fields, the key record text the caller
 //! looked up and the time give pass, fail (with why) or permerror.
 
-use rsa::traits::PublicKeyParts as _;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::auth_results::DkimResult;
 use crate::body::BodyHash;
-use crate::key::MIN_RSA_BITS;
 use crate::key_record::{KeyRecord, KeyRecordError, KeyType, PublicKey};
 use crate::signature::{header_hash_input, Algorithm, Signature};
 
@@ -63,8 +61,6 @@ pub enum PermErrorReason {
     HashNotAllowed,
     #[error("the key record demands i= equal to d= (t=s)")]
     IdentityNotStrict,
-    #[error("RSA key of {0} bits is too small")]
-    KeyTooSmall(usize),
 }
 
 /// Checks `signature` against the message's raw header `fields` (top to bottom, the signature's
@@ -115,11 +111,6 @@ fn check(signature: &Signature, fields: &[&[u8]], body: &BodyHash, key_record: &
         let identity_domain = signature.identity.as_deref().and_then(|i| i.rsplit_once('@')).map(|(_, d)| d);
         if identity_domain.is_some_and(|d| !d.eq_ignore_ascii_case(&signature.domain)) {
             return Err(PermErrorReason::IdentityNotStrict.into());
-        }
-    }
-    if let PublicKey::Rsa(key) = key {
-        if key.size() * 8 < MIN_RSA_BITS {
-            return Err(PermErrorReason::KeyTooSmall(key.size() * 8).into());
         }
     }
     if body.digest[..] != signature.body_hash[..] {
