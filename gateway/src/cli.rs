@@ -1,4 +1,4 @@
-//! Command-line interface: `serve`, `check-config` and `filter-test`.
+//! Command-line interface: `serve`, `check-config`, `ctl`, `filter-test` and `dkim keygen`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +52,9 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Talk to a running gateway's admin API (stats, sessions, reload, trace).
     Ctl(crate::ctl::CtlArgs),
+    /// DKIM keys.
+    #[command(subcommand)]
+    Dkim(DkimCommand),
     /// Run a wasm filter on a message offline and print every verdict and change.
     ///
     /// Exit codes: 0 the message would be delivered; 1 it would be refused (reject, tempfail,
@@ -80,6 +83,13 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum DkimCommand {
+    /// Generate a signing key: writes the private key (PKCS#8 PEM, mode 0600) to --out and
+    /// prints the DNS TXT record to publish, zone-file ready, on stdout.
+    Keygen(crate::dkim_keygen::KeygenArgs),
 }
 
 fn parse_pair(text: &str) -> Result<(String, String), String> {
@@ -111,6 +121,7 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Ctl(args) => crate::ctl::run(args),
+            Command::Dkim(DkimCommand::Keygen(args)) => crate::dkim_keygen::run(args).map(|()| ExitCode::SUCCESS),
             Command::FilterTest { filter, eml, config, peer, helo, from, to, output } => {
                 logging::init(false, Default::default(), LogFormat::Text, true);
                 let test = FilterTest { filter, eml, config, peer, helo, from, to, output };

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod ctl;
+pub mod dkim_keygen;
 pub mod filter_test;
 pub mod flow;
 pub mod logging;
