@@ -2,7 +2,7 @@
 .PHONY: run test setup filters bench
 
 # The wasm filters (components for wasm32-wasip2): the stock ones and the host tests' `faults`.
-FILTERS = -p eicar -p footer -p header-rules -p faults
+FILTERS = -p eicar -p footer -p header-rules -p faults -p dkim-sign -p dkim-verify
 
 # Run the gateway on its embedded default: 127.0.0.1:2525, delivering into ./mail, with the
 # stock eicar filter.

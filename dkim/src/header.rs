@@ -10,14 +10,18 @@ pub enum HeaderCanon {
     Relaxed,
 }
 
-/// Splits a header section (up to, not including, the empty line) into raw fields, each with
-/// its continuation lines and final CRLF.
+/// Splits a header section into raw fields, each with its continuation lines and final CRLF;
+/// the empty line ending the section, if it is there, ends the split (so a section can be given
+/// with or without it, and the body after it is never taken for fields).
 pub fn split_header_section(section: &[u8]) -> Vec<&[u8]> {
     let mut fields = Vec::new();
     let mut start = 0;
     let mut at = 0;
     while at < section.len() {
         let line_end = section[at..].iter().position(|&b| b == b'\n').map_or(section.len(), |i| at + i + 1);
+        if at == start && matches!(&section[at..line_end], b"\r\n" | b"\n") {
+            break;
+        }
         let continues = matches!(section.get(line_end), Some(b' ' | b'\t'));
         if !continues {
             fields.push(&section[start..line_end]);
@@ -89,6 +93,14 @@ pub fn select_fields<S: AsRef<str>>(fields: &[&[u8]], names: &[S]) -> Vec<Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_empty_line_ends_the_section() {
+        let with_it = b"From: a\r\nSubject: b\r\n c\r\n\r\nBody: not a field\r\n";
+        assert_eq!(split_header_section(with_it), [&b"From: a\r\n"[..], b"Subject: b\r\n c\r\n"]);
+        assert_eq!(split_header_section(&with_it[..with_it.len() - 21]), split_header_section(with_it));
+        assert!(split_header_section(b"\r\nFrom: a\r\n").is_empty());
+    }
 
     fn canonical(canon: HeaderCanon, field: &[u8]) -> String {
         let mut out = Vec::new();

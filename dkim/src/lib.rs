@@ -19,6 +19,7 @@
 
 mod auth_results;
 mod body;
+mod domain;
 mod header;
 mod key;
 mod key_record;
@@ -29,6 +30,7 @@ mod verify;
 
 pub use auth_results::{AuthenticationResults, DkimResult, ResultInfo};
 pub use body::{BodyCanon, BodyHash, BodyHashSpec, BodyHasher, BodyHashers, BodyHashes};
+pub use domain::{address_domain, is_domain_name, mailbox_domains};
 pub use header::{canonicalize_field, field_name, select_fields, split_header_section, HeaderCanon};
 pub use key::{KeyError, SigningKey, MAX_RSA_BITS, MIN_RSA_BITS, WEAK_RSA_BITS};
 pub use key_record::{zone_file_entry, KeyRecord, KeyRecordError, KeyType, PublicKey};

@@ -1,8 +1,10 @@
-//! The filter's `[stage.config]` table, with typed parsing and errors that name the key. It
+//! The filter's `[stage.config]` table, with typed parsing and errors that name the key, and its
+//! `[stage.files]` (the bytes of files the operator names; a filter has no filesystem). It
 //! remembers which keys the filter read, so the host can warn about keys no filter code looks at
 //! (a misspelt `rulez` would otherwise be ignored in silence).
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -12,6 +14,9 @@ pub struct Config {
     pairs: Vec<(String, String)>,
     /// Whether each pair has been read (same order as `pairs`).
     read: RefCell<Vec<bool>>,
+    /// Natively (unit tests), the `[stage.files]` a test gives; in the component the host has them.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    files: BTreeMap<String, Vec<u8>>,
 }
 
 /// Equal configurations have equal pairs; what was read does not count.
@@ -26,16 +31,29 @@ impl Eq for Config {}
 /// A config value that is missing or does not parse; the message is for the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    /// The `[stage.config]` key at fault; empty when no single key is.
+    /// The `[stage.config]` key at fault, or `files.NAME` for a `[stage.files]` entry; empty
+    /// when no single key is.
     pub key: String,
     pub message: String,
 }
 
+/// How a `[stage.files]` entry's key is written in a `ConfigError` (and in the contract's
+/// `config-problem`), so the host reports it at that key.
+const FILES_PREFIX: &str = "files.";
+
+impl ConfigError {
+    /// An error about the `[stage.files]` entry `name` (a missing file, a key that does not parse).
+    pub fn file(name: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError { key: format!("{FILES_PREFIX}{name}"), message: message.into() }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.key.is_empty() {
-            true => write!(f, "[stage.config]: {}", self.message),
-            false => write!(f, "[stage.config] {}: {}", self.key, self.message),
+        match (self.key.is_empty(), self.key.strip_prefix(FILES_PREFIX)) {
+            (true, _) => write!(f, "[stage.config]: {}", self.message),
+            (false, Some(name)) => write!(f, "[stage.files] {name}: {}", self.message),
+            (false, None) => write!(f, "[stage.config] {}: {}", self.key, self.message),
         }
     }
 }
@@ -45,7 +63,28 @@ impl std::error::Error for ConfigError {}
 impl Config {
     pub fn new(pairs: Vec<(String, String)>) -> Config {
         let read = RefCell::new(vec![false; pairs.len()]);
-        Config { pairs, read }
+        Config { pairs, read, files: BTreeMap::new() }
+    }
+
+    /// The configuration with these `[stage.files]` (for native unit tests; in the component the
+    /// host holds the files).
+    pub fn with_files(mut self, files: impl IntoIterator<Item = (String, Vec<u8>)>) -> Config {
+        self.files.extend(files);
+        self
+    }
+
+    /// The bytes of the `[stage.files]` entry `name`, if the operator gave one. Ask in `new`, so a
+    /// missing or unusable file is refused at load, naming the entry (`ConfigError::file`).
+    pub fn file(&self, name: &str) -> Option<Vec<u8>> {
+        #[cfg(target_arch = "wasm32")]
+        return crate::bindings::sluice::filter::files::file(name);
+        #[cfg(not(target_arch = "wasm32"))]
+        return self.files.get(name).cloned();
+    }
+
+    /// The bytes of the `[stage.files]` entry `name`; an error naming it when absent.
+    pub fn require_file(&self, name: &str) -> Result<Vec<u8>, ConfigError> {
+        self.file(name).ok_or_else(|| ConfigError::file(name, "is required: add it to [stage.files]"))
     }
 
     /// The raw value of `key`.
@@ -141,5 +180,15 @@ mod tests {
         assert_eq!(config.unread_keys(), ["rulez"]);
         let _ = config.pairs().count();
         assert!(config.unread_keys().is_empty());
+    }
+
+    #[test]
+    fn files_are_given_by_name_and_errors_name_the_entry() {
+        let config = Config::new(vec![]).with_files([("key".to_string(), b"PEM".to_vec())]);
+        assert_eq!(config.file("key").as_deref(), Some(&b"PEM"[..]));
+        assert_eq!(config.file("other"), None);
+        let err = config.require_file("other").unwrap_err();
+        assert_eq!(err.to_string(), "[stage.files] other: is required: add it to [stage.files]");
+        assert_eq!(err.key, "files.other");
     }
 }

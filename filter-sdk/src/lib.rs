@@ -60,6 +60,13 @@
 //! `FILE:LINE: stage "NAME": [stage.config] KEY: MESSAGE`, and warn about keys you never read.
 //! [`check_config`] shows in a unit test what the host would see.
 //!
+//! # Files and DNS
+//! A filter has no filesystem: the operator names files in `[stage.files]` and the host hands
+//! their bytes to [`Config::file`] (read them in `new`, refuse a bad one with
+//! [`ConfigError::file`]). [`dns::txt`] looks up TXT records through the host's resolver, for a
+//! stage granted `capabilities = ["dns"]`. [`Headers::raw_section`] gives the header section byte
+//! for byte. [`testing::TestHost`] supplies all three in unit tests.
+//!
 //! # Semantics in short
 //! Calls come in order: connect, helo, mail-from, each rcpt-to, headers, body chunks, end. A
 //! verdict other than `Continue` ends calls for the message (`Accept` passes it on; reject,
@@ -69,7 +76,9 @@
 //! handled by its `on_error` policy. Flow control is the host's: just answer each call.
 
 mod config;
+pub mod dns;
 pub mod log;
+mod raw;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 mod types;

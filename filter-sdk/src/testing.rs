@@ -2,7 +2,9 @@
 //! section, the body in chunks, the end — honouring verdicts that end calls — and see the verdict,
 //! the changed message and the log lines. (The real host is exercised by the gateway's tests.)
 
+use crate::dns::{DnsError, ANSWERS};
 use crate::log::{Level, CAPTURED};
+use crate::raw::HEADER_SECTION;
 use crate::{BodyOutput, Config, Event, Filter, Header, HeaderChange, Headers, Reaction, Verdict};
 
 /// A message to run through a filter.
@@ -62,13 +64,74 @@ pub struct Outcome {
     pub log: Vec<(Level, String)>,
 }
 
+/// What the host gives a filter besides the message: its `[stage.config]`, its `[stage.files]`
+/// and the DNS answers its lookups get (any other name is `NotFound`).
+#[derive(Debug, Clone, Default)]
+pub struct TestHost {
+    config: Vec<(String, String)>,
+    files: Vec<(String, Vec<u8>)>,
+    txt: Vec<(String, Result<Vec<String>, DnsError>)>,
+}
+
+impl TestHost {
+    pub fn new() -> TestHost {
+        TestHost::default()
+    }
+
+    /// A `[stage.config]` entry.
+    pub fn config(mut self, key: &str, value: &str) -> TestHost {
+        self.config.push((key.into(), value.into()));
+        self
+    }
+
+    /// A `[stage.files]` entry.
+    pub fn file(mut self, name: &str, bytes: impl AsRef<[u8]>) -> TestHost {
+        self.files.push((name.into(), bytes.as_ref().to_vec()));
+        self
+    }
+
+    /// A TXT record of `name` (call again for several records of one name).
+    pub fn txt(mut self, name: &str, record: &str) -> TestHost {
+        let name = crate::dns::normalize(name);
+        match self.txt.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, Ok(records))) => records.push(record.into()),
+            Some((_, answer)) => *answer = Ok(vec![record.into()]),
+            None => self.txt.push((name, Ok(vec![record.into()]))),
+        }
+        self
+    }
+
+    /// Lookups of `name` fail with `error` (a server failure, a timeout).
+    pub fn dns_error(mut self, name: &str, error: DnsError) -> TestHost {
+        self.txt.retain(|(n, _)| *n != crate::dns::normalize(name));
+        self.txt.push((crate::dns::normalize(name), Err(error)));
+        self
+    }
+
+    /// The configuration a filter would be given, files included (for `check_config`).
+    pub fn to_config(&self) -> Config {
+        Config::new(self.config.clone()).with_files(self.files.clone())
+    }
+
+    /// Runs filter `F` over `message` with this host.
+    pub fn run<F: Filter>(&self, message: &TestMessage) -> Result<Outcome, crate::ConfigError> {
+        ANSWERS.with(|answers| *answers.borrow_mut() = self.txt.iter().cloned().collect());
+        run_with::<F>(self.to_config(), message)
+    }
+}
+
 /// Runs filter `F` with `config` over `message`.
 pub fn run<F: Filter>(config: &[(&str, &str)], message: &TestMessage) -> Result<Outcome, crate::ConfigError> {
+    let host = config.iter().fold(TestHost::new(), |host, (key, value)| host.config(key, value));
+    host.run::<F>(message)
+}
+
+fn run_with<F: Filter>(config: Config, message: &TestMessage) -> Result<Outcome, crate::ConfigError> {
     CAPTURED.with(|lines| lines.borrow_mut().clear());
-    let config = Config::new(config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
     let interests = F::interests(&config);
     let mut filter = F::new(&config)?;
-    let (mut headers, body) = split(&message.content);
+    let (mut headers, raw_section, body) = split(&message.content);
+    HEADER_SECTION.with(|raw| *raw.borrow_mut() = raw_section);
     let mut run = Run { outcome: None, calls: Vec::new(), refused: Vec::new(), done: false };
     let wants = |event| interests.wants(event);
     if wants(Event::Connect) {
@@ -156,11 +219,12 @@ impl Run {
     }
 }
 
-/// Splits content at the empty line ending the header section; fields are unfolded.
-fn split(content: &[u8]) -> (Headers, Vec<u8>) {
-    let (head, body) = match content.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(at) => (&content[..at + 2], &content[at + 4..]),
-        None => (content, &b""[..]),
+/// Splits content at the empty line ending the header section: the fields (unfolded), the raw
+/// section (with its empty line) and the body.
+fn split(content: &[u8]) -> (Headers, Vec<u8>, Vec<u8>) {
+    let (head, raw, body) = match content.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(at) => (&content[..at + 2], &content[..at + 4], &content[at + 4..]),
+        None => (content, content, &b""[..]),
     };
     let text = String::from_utf8_lossy(head);
     let mut fields: Vec<Header> = Vec::new();
@@ -171,7 +235,7 @@ fn split(content: &[u8]) -> (Headers, Vec<u8>) {
             _ => {}
         }
     }
-    (Headers(fields), body.to_vec())
+    (Headers(fields), raw.to_vec(), body.to_vec())
 }
 
 fn apply(headers: &mut Headers, changes: &[HeaderChange]) {
@@ -199,5 +263,53 @@ fn apply(headers: &mut Headers, changes: &[HeaderChange]) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ConfigError, Reaction};
+
+    /// Reads a file in `new`, looks a name up and takes the raw section at `on_headers`.
+    struct Probe {
+        key: Vec<u8>,
+    }
+
+    impl Filter for Probe {
+        fn new(config: &Config) -> Result<Self, ConfigError> {
+            Ok(Probe { key: config.require_file("key")? })
+        }
+
+        fn on_headers(&mut self, headers: &Headers) -> Reaction {
+            let answer = match crate::dns::txt("S1._domainkey.example.org.") {
+                Ok(records) => records.join("|"),
+                Err(err) => err.to_string(),
+            };
+            let raw = String::from_utf8(headers.raw_section()).unwrap();
+            Reaction::carry_on()
+                .add_header("X-Key", String::from_utf8_lossy(&self.key))
+                .add_header("X-Txt", answer)
+                .add_header("X-Raw", raw.replace("\r\n", "|"))
+        }
+    }
+
+    #[test]
+    fn the_test_host_gives_files_dns_answers_and_the_raw_section() {
+        let message = TestMessage::new("Subject: a\r\n folded\r\n\r\nbody\r\n");
+        let host = TestHost::new()
+            .file("key", "PEM")
+            .txt("s1._domainkey.example.org", "v=DKIM1")
+            .txt("s1._domainkey.example.org", "b");
+        let outcome = host.run::<Probe>(&message).unwrap();
+        assert_eq!(outcome.headers.get("X-Key"), Some("PEM"));
+        assert_eq!(outcome.headers.get("X-Txt"), Some("v=DKIM1|b"));
+        assert_eq!(outcome.headers.get("X-Raw"), Some("Subject: a| folded||"));
+        let failing = TestHost::new().file("key", "PEM").dns_error("s1._domainkey.example.org", DnsError::Timeout);
+        assert_eq!(failing.run::<Probe>(&message).unwrap().headers.get("X-Txt"), Some("DNS timeout"));
+        let unknown = TestHost::new().file("key", "PEM");
+        assert_eq!(unknown.run::<Probe>(&message).unwrap().headers.get("X-Txt"), Some("no such record"));
+        let err = TestHost::new().run::<Probe>(&message).unwrap_err();
+        assert_eq!(err.to_string(), "[stage.files] key: is required: add it to [stage.files]");
     }
 }

@@ -68,6 +68,13 @@ impl Headers {
     pub fn iter(&self) -> impl Iterator<Item = &Header> {
         self.0.iter()
     }
+
+    /// The header section exactly as the host was given it for this stage, every field with its
+    /// folding and CRLF (the fields above are unfolded and trimmed): for a signer or verifier
+    /// that must hash what is relayed. Valid in `on_headers` and after, for the current message.
+    pub fn raw_section(&self) -> Vec<u8> {
+        crate::raw::header_section()
+    }
 }
 
 /// A change to the header section (`index` counts fields of that name from 1).

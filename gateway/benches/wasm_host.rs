@@ -36,7 +36,7 @@ use sluice::chain::runner::EndOfData;
 use sluice::chain::stage::{EnvelopeEvent, MessageContext, Stage, StageFactory, Verdict};
 use sluice::chain::test_stage::TestStageFactory;
 use sluice::config::stages::TestStageConfig;
-use sluice::wasm::{WasmFilter, WasmLimits};
+use sluice::wasm::{Provisions, WasmFilter, WasmLimits};
 
 const CHUNK: usize = 64 * 1024;
 const HEADERS: &[u8] = b"From: bench@source.bench\r\nTo: sink@sink.bench\r\nSubject: wasm host bench\r\n\
@@ -297,8 +297,9 @@ fn row(name: &str, n: usize, wasm: &Stats, native: Option<&Stats>, note: &str) {
 
 async fn run(options: Options) {
     let path = filter_path(options.filter);
-    let config = vec![("mode".to_string(), "pass".to_string())];
-    let filter = WasmFilter::load("pass", &path, config, WasmLimits::default()).await.unwrap_or_else(|err| {
+    let provisions =
+        Provisions { config: vec![("mode".to_string(), "pass".to_string())], files: Default::default(), dns: None };
+    let filter = WasmFilter::load("pass", &path, provisions, WasmLimits::default()).await.unwrap_or_else(|err| {
         eprintln!("error: {err}");
         std::process::exit(1)
     });

@@ -70,6 +70,12 @@ enum Command {
         /// A [stage.config] entry; repeat for several.
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_pair)]
         config: Vec<(String, String)>,
+        /// A [stage.files] entry: the filter gets PATH's bytes under NAME; repeat for several.
+        #[arg(long = "file", value_name = "NAME=PATH", value_parser = parse_pair)]
+        files: Vec<(String, String)>,
+        /// A zone file answering the filter's DNS lookups (TXT records), so it runs offline.
+        #[arg(long, value_name = "FILE")]
+        zone: Option<PathBuf>,
         #[arg(long, default_value = "192.0.2.1:40000")]
         peer: std::net::SocketAddr,
         #[arg(long, default_value = "client.example")]
@@ -122,9 +128,10 @@ impl Cli {
             }
             Command::Ctl(args) => crate::ctl::run(args),
             Command::Dkim(DkimCommand::Keygen(args)) => crate::dkim_keygen::run(args).map(|()| ExitCode::SUCCESS),
-            Command::FilterTest { filter, eml, config, peer, helo, from, to, output } => {
+            Command::FilterTest { filter, eml, config, files, zone, peer, helo, from, to, output } => {
                 logging::init(false, Default::default(), LogFormat::Text, true);
-                let test = FilterTest { filter, eml, config, peer, helo, from, to, output };
+                let files = files.into_iter().map(|(name, path)| (name, PathBuf::from(path))).collect();
+                let test = FilterTest { filter, eml, config, files, zone, peer, helo, from, to, output };
                 let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
                 Ok(match runtime.block_on(test.run())? {
                     Fate::Delivered => ExitCode::SUCCESS,

@@ -15,17 +15,19 @@ use crate::chain::answer::ContentRules;
 use crate::chain::stage::StageFactory;
 use crate::chain::test_stage::TestStageFactory;
 use crate::chain::{Chain, StageSpec};
+use crate::config::stages::Capability;
 use crate::config::stages::StageKind;
 use crate::config::{self, Config};
+use crate::dns::{Resolver, TxtSource};
 use crate::flow::gate::{FlowRegistry, FlowStats};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StageLabel};
 use crate::relay::RelayPool;
 use crate::reload::{self, FileDigests, ReloadReport};
 use crate::scanner::clamd::{self, ClamdAddress, ClamdFactory, ClamdSettings};
 use crate::sessions::SessionBook;
 use crate::settings::{content_rules, Settings, Shared};
 use crate::spool::SpoolBudget;
-use crate::wasm::{LoadError, WasmFilter, WasmLimits};
+use crate::wasm::{read_stage_file, LoadError, Provisions, StageFiles, WasmFilter, WasmLimits, FILES_KEY_PREFIX};
 
 /// The config the current generation was built from, for the next reload to compare with.
 struct Running {
@@ -171,20 +173,24 @@ fn log_reload(report: &ReloadReport) {
     );
 }
 
-/// Digests of the filter files the stages name, so a reload can tell a rebuilt filter from the
-/// same one. A file that cannot be read has none (loading it reports the error).
+/// Digests of the files each stage names (its filter and its `[stage.files]`), so a reload can
+/// tell a rebuilt filter or a replaced key file from the same ones. A file that cannot be read
+/// counts as empty (loading it reports the error).
 async fn file_digests(config: &Config) -> FileDigests {
-    use std::hash::{DefaultHasher, Hasher};
+    use std::hash::{DefaultHasher, Hash, Hasher};
     let mut digests = FileDigests::new();
     for stage in &config.stage {
         let Some(path) = &stage.path else { continue };
-        if let Ok(bytes) = tokio::fs::read(config.resolve(path)).await {
-            // `DefaultHasher::new()` is the same in every run of one binary, which is all a
-            // comparison between two reloads needs.
-            let mut hasher = DefaultHasher::new();
-            hasher.write(&bytes);
-            digests.insert(stage.name.clone(), hasher.finish());
+        // `DefaultHasher::new()` is the same in every run of one binary, which is all a
+        // comparison between two reloads needs.
+        let mut hasher = DefaultHasher::new();
+        let Ok(bytes) = tokio::fs::read(config.resolve(path)).await else { continue };
+        bytes.hash(&mut hasher);
+        for (name, path) in stage.files.iter().flatten() {
+            name.hash(&mut hasher);
+            tokio::fs::read(config.resolve(path)).await.unwrap_or_default().hash(&mut hasher);
         }
+        digests.insert(stage.name.clone(), hasher.finish());
     }
     digests
 }
@@ -213,11 +219,16 @@ pub async fn load_stages(
 ) -> anyhow::Result<(Vec<StageSpec>, Vec<String>)> {
     let mut specs = Vec::new();
     let mut warnings = Vec::new();
+    // One resolver (and so one cache) per generation, shared by the stages granted `dns`.
+    let resolver: Option<Arc<dyn TxtSource>> = match config.stage.iter().any(|s| s.granted(Capability::Dns)) {
+        true => Some(Resolver::new(&config.dns).map_err(|err| anyhow::anyhow!("{}: {err}", config.locate("dns")))?),
+        false => None,
+    };
     for (index, stage) in config.stage.iter().enumerate() {
         let factory: Box<dyn StageFactory> = match stage.kind {
             StageKind::Test => Box::new(TestStageFactory::new(stage.test.clone().unwrap_or_default())),
             StageKind::Wasm => {
-                let filter = load_wasm(config, index, metrics).await?;
+                let filter = load_wasm(config, index, resolver.clone(), metrics).await?;
                 warnings.extend(filter.unused_config_keys().iter().map(|key| {
                     let at = config.locate(&format!("stage[{index}].config.{key}"));
                     format!("{at}: unknown key, not used by the filter")
@@ -249,9 +260,15 @@ pub async fn load_stages(
     Ok((specs, warnings))
 }
 
-/// Loads the wasm filter of stage `index`; errors point at its `path` or, when the filter refuses
-/// its configuration, at the `[stage.config]` key it names.
-async fn load_wasm(config: &Config, index: usize, metrics: &Arc<Metrics>) -> anyhow::Result<WasmFilter> {
+/// Loads the wasm filter of stage `index` with its `[stage.files]` read; errors point at its
+/// `path`, at a file's key, or, when the filter refuses its configuration, at the key it names
+/// (`files.NAME` for a file, otherwise a `[stage.config]` key).
+async fn load_wasm(
+    config: &Config,
+    index: usize,
+    resolver: Option<Arc<dyn TxtSource>>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<WasmFilter> {
     let stage = &config.stage[index];
     let defaults = WasmLimits::default();
     let limits = WasmLimits {
@@ -260,8 +277,22 @@ async fn load_wasm(config: &Config, index: usize, metrics: &Arc<Metrics>) -> any
         per_message: stage.message_timeout.map_or(defaults.per_message, |m| m.0),
     };
     let path = config.resolve(stage.path.as_deref().unwrap_or(std::path::Path::new("")));
-    let mut filter = match WasmFilter::load(&stage.name, &path, stage.filter_config(), limits).await {
+    let mut files = StageFiles::new();
+    for (name, file) in stage.files.iter().flatten() {
+        let bytes = read_stage_file(&config.resolve(file))
+            .map_err(|why| anyhow::anyhow!("{}: {why}", config.locate(&format!("stage[{index}].files.{name}"))))?;
+        files.insert(name.clone(), bytes);
+    }
+    let dns = resolver.filter(|_| stage.granted(Capability::Dns));
+    let provisions = Provisions { config: stage.filter_config(), files, dns };
+    let mut filter = match WasmFilter::load(&stage.name, &path, provisions, limits).await {
         Ok(filter) => filter,
+        Err(err @ LoadError::NotGranted { .. }) => {
+            anyhow::bail!("{}: {err}", config.locate(&format!("stage[{index}].capabilities")))
+        }
+        Err(LoadError::Refused { key, message }) if key.starts_with(FILES_KEY_PREFIX) => {
+            anyhow::bail!("{}: {message}", config.locate(&format!("stage[{index}].{key}")))
+        }
         Err(LoadError::Refused { key, message }) if key.is_empty() => {
             anyhow::bail!("{}: {message}", config.locate(&format!("stage[{index}].config")))
         }
@@ -271,6 +302,7 @@ async fn load_wasm(config: &Config, index: usize, metrics: &Arc<Metrics>) -> any
         Err(err) => anyhow::bail!("{}: {err}", config.locate(&format!("stage[{index}].path"))),
     };
     filter.observe_instantiation(metrics.wasm_instantiation.clone());
+    filter.observe_memory(metrics.wasm_memory_peak.get_or_create(&StageLabel { stage: stage.name.clone() }).clone());
     info!(target: "sluice::filters", stage = %stage.name, path = %path.display(), compile_ms = filter.compile_time.as_millis() as u64, "filter loaded");
     Ok(filter)
 }

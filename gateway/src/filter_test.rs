@@ -2,7 +2,9 @@
 //! limits, same instance life), and prints every call's verdict and changes. It is how filter
 //! authors develop: edit, build, `sluice filter-test my.wasm --eml sample.eml`. The filter's
 //! configuration is checked as the gateway checks it at load: a refused `--config` is an error
-//! naming the key, a key the filter never reads a warning.
+//! naming the key, a key the filter never reads a warning. `--file NAME=PATH` stands in for
+//! `[stage.files]`, read with the same bound; `--zone FILE` answers the filter's DNS lookups from
+//! a zone file, so a verifier runs offline.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,7 +18,8 @@ use crate::chain::headers::{BodyOpening, HeaderChange, HeaderSplitter};
 use crate::chain::runner::EndOfData;
 use crate::chain::stage::{BodyOutput, EnvelopeEvent, MessageContext, Reaction, StageEvent, StageFactory, Verdict};
 use crate::config::ServerConfig;
-use crate::wasm::{LoadError, WasmFilter, WasmLimits};
+use crate::dns::{TxtSource, ZoneFile};
+use crate::wasm::{read_stage_file, LoadError, Provisions, StageFiles, WasmFilter, WasmLimits, FILES_KEY_PREFIX};
 
 /// Body pieces handed to the filter, as the gateway's reads would.
 const CHUNK: usize = 64 * 1024;
@@ -25,6 +28,10 @@ pub struct FilterTest {
     pub filter: PathBuf,
     pub eml: PathBuf,
     pub config: Vec<(String, String)>,
+    /// `[stage.files]`: name → file.
+    pub files: Vec<(String, PathBuf)>,
+    /// A zone file answering the filter's DNS lookups (granting it `dns`).
+    pub zone: Option<PathBuf>,
     pub peer: SocketAddr,
     pub helo: String,
     pub from: String,
@@ -45,13 +52,28 @@ impl FilterTest {
     pub async fn run(&self) -> anyhow::Result<Fate> {
         let content = std::fs::read(&self.eml).with_context(|| format!("cannot read {}", self.eml.display()))?;
         let content = crlf(&content);
-        let filter =
-            match WasmFilter::load("filter-test", &self.filter, self.config.clone(), WasmLimits::default()).await {
-                Ok(filter) => filter,
-                Err(LoadError::Refused { key, message }) if key.is_empty() => anyhow::bail!("--config: {message}"),
-                Err(LoadError::Refused { key, message }) => anyhow::bail!("--config {key}: {message}"),
-                Err(err) => return Err(err.into()),
-            };
+        let mut files = StageFiles::new();
+        for (name, path) in &self.files {
+            let bytes = read_stage_file(path).map_err(|why| anyhow::anyhow!("--file {name}: {why}"))?;
+            files.insert(name.clone(), bytes);
+        }
+        let dns = match &self.zone {
+            Some(path) => Some(Arc::new(ZoneFile::read(path)?) as Arc<dyn TxtSource>),
+            None => None,
+        };
+        let provisions = Provisions { config: self.config.clone(), files, dns };
+        let filter = match WasmFilter::load("filter-test", &self.filter, provisions, WasmLimits::default()).await {
+            Ok(filter) => filter,
+            Err(LoadError::NotGranted { what, .. }) => {
+                anyhow::bail!("the filter makes {what}: answer them offline with --zone FILE (a zone file, as `sluice dkim keygen` prints records)")
+            }
+            Err(LoadError::Refused { key, message }) if key.is_empty() => anyhow::bail!("--config: {message}"),
+            Err(LoadError::Refused { key, message }) => match key.strip_prefix(FILES_KEY_PREFIX) {
+                Some(name) => anyhow::bail!("--file {name}: {message}"),
+                None => anyhow::bail!("--config {key}: {message}"),
+            },
+            Err(err) => return Err(err.into()),
+        };
         for key in filter.unused_config_keys() {
             eprintln!("warning: --config {key}: unknown key, not used by the filter");
         }
@@ -95,17 +117,17 @@ impl FilterTest {
         let (mut section, body) = splitter.push(&content).unwrap_or_else(|| splitter.finish());
         let mut late_changes = Vec::new();
         let mut body_out: Vec<Bytes> = Vec::new();
-        let mut decided = None;
+        let mut calls = Calls::Open;
         if interests.wants(StageEvent::Headers) {
             let (reaction, changed) = answers.headers(stage.headers(&section).await?, &section)?;
             println!("{:<10} {} fields -> {}", "headers", section.fields().count(), describe(&reaction.verdict));
             print_changes(&reaction.header_changes);
             section = changed;
-            decided = final_verdict(reaction.verdict);
+            calls = Calls::after(reaction.verdict);
         }
         for (index, chunk) in body.chunks(CHUNK).enumerate() {
             let chunk = Bytes::copy_from_slice(chunk);
-            if decided.is_some() || !interests.wants(StageEvent::Body) {
+            if calls != Calls::Open || !interests.wants(StageEvent::Body) {
                 body_out.push(chunk);
                 continue;
             }
@@ -127,10 +149,10 @@ impl FilterTest {
                 BodyOutput::Pass => body_out.push(chunk),
                 BodyOutput::Replace(chunks) => body_out.extend(chunks),
             }
-            decided = final_verdict(reaction.verdict);
+            calls = Calls::after(reaction.verdict);
         }
         end_of_data.send_replace(true);
-        if decided.is_none() {
+        if calls == Calls::Open {
             let reaction = match interests.wants(StageEvent::End) {
                 true => {
                     let reaction = answers.end(stage.end().await?)?;
@@ -146,9 +168,9 @@ impl FilterTest {
                 body_out.extend(chunks);
             }
             late_changes = reaction.header_changes;
-            decided = final_verdict(reaction.verdict);
+            calls = Calls::after(reaction.verdict);
         }
-        if let Some(verdict) = decided {
+        if let Calls::Decided(verdict) = calls {
             return Ok(self.verdict_result(&verdict));
         }
         section.apply(&late_changes);
@@ -194,9 +216,24 @@ fn crlf(content: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Reject, tempfail and discard end the run; accept ends calls but delivers.
-fn final_verdict(verdict: Verdict) -> Option<Verdict> {
-    verdict.is_final().then_some(verdict)
+/// Whether the filter is still called for the message's content, as the chain runner decides:
+/// `continue` keeps calling, `accept` ends the calls and passes the message on, any other
+/// verdict ends them and decides it.
+#[derive(Debug, PartialEq)]
+enum Calls {
+    Open,
+    Accepted,
+    Decided(Verdict),
+}
+
+impl Calls {
+    fn after(verdict: Verdict) -> Calls {
+        match verdict {
+            Verdict::Continue => Calls::Open,
+            Verdict::Accept => Calls::Accepted,
+            decided => Calls::Decided(decided),
+        }
+    }
 }
 
 fn name(event: StageEvent) -> &'static str {

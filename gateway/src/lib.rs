@@ -10,6 +10,7 @@ pub mod config;
 pub mod context;
 pub mod ctl;
 pub mod dkim_keygen;
+pub mod dns;
 pub mod filter_test;
 pub mod flow;
 pub mod logging;

@@ -43,6 +43,11 @@ fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 4.0, 10))
 }
 
+/// 1 MiB to 256 MiB, doubling: a wasm instance's memory.
+fn memory() -> Histogram {
+    Histogram::new(exponential_buckets(1048576.0, 2.0, 9))
+}
+
 /// Every metric; cheap to clone handles out of (they are shared atomics).
 pub struct Metrics {
     registry: Registry,
@@ -65,6 +70,8 @@ pub struct Metrics {
     /// Raised and lowered by each settings generation as it is built and dropped (`settings`).
     pub chain_generations_alive: Gauge,
     pub wasm_instantiation: Histogram,
+    /// Per wasm stage: the most linear memory each message's instance grew to.
+    pub wasm_memory_peak: Family<StageLabel, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -89,6 +96,7 @@ impl Default for Metrics {
             chain_generation: Gauge::default(),
             chain_generations_alive: Gauge::default(),
             wasm_instantiation: latency(),
+            wasm_memory_peak: Family::new_with_constructor(memory),
             registry: Registry::default(),
         };
         registry.register("sessions_open", "SMTP sessions open now", metrics.sessions_current.clone());
@@ -124,6 +132,11 @@ impl Default for Metrics {
             "wasm_instantiation_seconds",
             "Time to instantiate a wasm filter for a message",
             metrics.wasm_instantiation.clone(),
+        );
+        registry.register(
+            "wasm_instance_memory_peak_bytes",
+            "Most linear memory one message's instance of a wasm stage grew to",
+            metrics.wasm_memory_peak.clone(),
         );
         Metrics { registry, ..metrics }
     }

@@ -74,6 +74,9 @@ fn named_files(config: &Config) -> Vec<(String, PathBuf)> {
         if let Some(path) = &stage.path {
             files.push((format!("stage[{index}].path"), config.resolve(path)));
         }
+        for (name, path) in stage.files.iter().flatten() {
+            files.push((format!("stage[{index}].files.{name}"), config.resolve(path)));
+        }
     }
     if let Some(file) = config.admin.as_ref().and_then(|admin| admin.token_file.as_ref()) {
         files.push((TOKEN_KEY.to_string(), config.resolve(file)));
@@ -190,6 +193,25 @@ mod tests {
         std::fs::write(dir.path().join("token"), "secret\n").unwrap();
         check(&config).unwrap();
         assert_eq!(admin_token(&config), Ok(Some("secret".to_string())));
+    }
+
+    #[test]
+    fn stage_files_are_named_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f.wasm"), "").unwrap();
+        let text = "[[stage]]\nname = \"dkim\"\nkind = \"wasm\"\npath = \"f.wasm\"\n[stage.files]\nkey = \"keys/s1.pem\"\nother = \"other\"\n";
+        let config = config_in(dir.path(), text);
+        std::fs::write(dir.path().join("other"), "").unwrap();
+        let problems = check(&config).unwrap_err().0;
+        let file = dir.path().join("sluice.toml");
+        let key = dir.path().join("keys/s1.pem");
+        assert_eq!(
+            problems,
+            [format!("{}:6: stage \"dkim\": [stage.files] key: {} does not exist", file.display(), key.display())]
+        );
+        std::fs::create_dir(dir.path().join("keys")).unwrap();
+        std::fs::write(&key, "pem").unwrap();
+        check(&config).unwrap();
     }
 
     #[test]

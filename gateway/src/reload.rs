@@ -13,6 +13,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::dns::DnsConfig;
 use crate::config::stages::FlowConfig;
 use crate::config::{Config, MaildirConfig, RelayConfig, ServerConfig, SpoolConfig};
 
@@ -58,8 +59,18 @@ pub fn plan(running: &Config, running_files: &FileDigests, new: Config, new_file
     let mut next = new;
     // Every section, named (see `Diff`): a new one must be sorted in below to compile.
     // (`base_dir` and `source` say where the config came from; they are not settings.)
-    let Config { server: _, relay: _, maildir: _, spool: _, flow: _, stage: _, admin: _, base_dir: _, source: _ } =
-        &next;
+    let Config {
+        server: _,
+        relay: _,
+        maildir: _,
+        spool: _,
+        flow: _,
+        stage: _,
+        admin: _,
+        dns: _,
+        base_dir: _,
+        source: _,
+    } = &next;
     diff.restart("server.listen", &running.server.listen, &mut next.server.listen);
     diff.restart("spool.directory", &running.spool.directory, &mut next.spool.directory);
     match (&running.admin, &mut next.admin) {
@@ -77,6 +88,7 @@ pub fn plan(running: &Config, running_files: &FileDigests, new: Config, new_file
     diff.maildir(&running.maildir, &next.maildir);
     diff.spool(&running.spool, &next.spool);
     diff.flow(&running.flow, &next.flow);
+    diff.dns(&running.dns, &next.dns);
     diff.stages(running, running_files, &next, new_files);
     Plan { config: next, changes: diff.changes }
 }
@@ -157,6 +169,13 @@ impl Diff {
         let FlowConfig { high_watermark, low_watermark } = new;
         self.live("flow.high_watermark", &old.high_watermark, high_watermark);
         self.live("flow.low_watermark", &old.low_watermark, low_watermark);
+    }
+
+    /// The chain is loaded anew at every reload, its resolver with it.
+    fn dns(&mut self, old: &DnsConfig, new: &DnsConfig) {
+        let DnsConfig { servers, timeout } = new;
+        self.live("dns.servers", &old.servers, servers);
+        self.live("dns.timeout", &old.timeout, timeout);
     }
 
     fn stages(&mut self, old: &Config, old_files: &FileDigests, new: &Config, new_files: &FileDigests) {

@@ -102,6 +102,35 @@ impl Folder {
 mod tests {
     use super::*;
 
+    /// A DKIM-Signature prepended by a filter is relayed exactly as it was signed: `render`
+    /// keeps the signer's CRLF TAB folds and lines, or `simple` header canonicalisation would
+    /// break on every message. Keys of every size the signer allows, long names, `x=`, and an
+    /// `h=` of every default field.
+    #[test]
+    fn a_dkim_signature_value_is_rendered_as_signed() {
+        use sluice_dkim::{default_signed_headers, split_header_section, BodyHasher, Signer, SigningKey};
+        let keys = [SigningKey::generate_ed25519(), SigningKey::generate_rsa(2048), SigningKey::generate_rsa(4096)];
+        let keys: Vec<String> = keys.into_iter().map(|key| key.unwrap().to_pkcs8_pem().unwrap()).collect();
+        let key = |pem: &str| SigningKey::from_pem(pem).unwrap();
+        let long_domain = format!("{}.example.org", "sub-domain-label".repeat(3));
+        let every: String =
+            default_signed_headers().iter().map(|name| format!("{name}: x@{long_domain}\r\n")).collect();
+        for pem in &keys {
+            for (domain, selector, head) in [
+                ("example.org", "s1", "From: a@example.org\r\nSubject: x\r\n".to_string()),
+                (long_domain.as_str(), "a-rather-long-selector-2026-12", every.clone()),
+            ] {
+                let fields = split_header_section(head.as_bytes());
+                let signer = Signer::new(key(pem), domain, selector).with_expiration(7 * 86400);
+                let body = BodyHasher::new(signer.body_hasher().spec()).finish();
+                let field = signer.sign(&fields, &body, 1_800_000_000).unwrap();
+                let rendered = String::from_utf8(render(field.name(), &field.value)).unwrap();
+                assert_eq!(rendered, field.to_field(), "{domain} {selector}");
+                assert!(rendered.lines().all(|line| line.len() <= 78), "{rendered}");
+            }
+        }
+    }
+
     /// The lines of a rendered field, without their CRLF.
     fn lines(raw: &[u8]) -> Vec<&[u8]> {
         assert!(raw.ends_with(b"\r\n"));

@@ -6,6 +6,7 @@
 //! Loading is pure (text in, `Config` or `ConfigError` out) so every error path is unit-tested;
 //! only `load_file` and `embedded_default` touch the filesystem.
 
+pub mod dns;
 pub mod stages;
 mod units;
 mod wording;
@@ -41,6 +42,9 @@ pub struct Config {
     pub stage: Vec<StageConfig>,
     /// The admin HTTP API; disabled when absent.
     pub admin: Option<AdminConfig>,
+    /// The resolver for stages granted the `dns` capability.
+    #[serde(default)]
+    pub dns: dns::DnsConfig,
     /// Relative paths in the config (filter files) are relative to this directory (absolute).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -362,6 +366,7 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
     if config.maildir.path.as_os_str().is_empty() {
         return fail("maildir.path", "must name a directory, e.g. \"./mail\"");
     }
+    dns::validate(&config.dns)?;
     stages::validate(&config.flow, &config.stage)
 }
 

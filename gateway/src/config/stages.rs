@@ -82,6 +82,12 @@ pub struct StageConfig {
     pub message_timeout: Option<Span>,
     /// `kind = "wasm"`: key/values handed to the filter (non-strings as their TOML text).
     pub config: Option<toml::Table>,
+    /// `kind = "wasm"`: `[stage.files]`, name → file (relative to the config file), read by the
+    /// host at load and handed to the filter as bytes (it has no filesystem).
+    pub files: Option<std::collections::BTreeMap<String, std::path::PathBuf>>,
+    /// `kind = "wasm"`: what the filter may reach beyond its message (`["dns"]`); a filter
+    /// importing a capability it was not granted fails to load.
+    pub capabilities: Option<Vec<Capability>>,
     /// `kind = "clamd"`: "host:port" or "unix:/path/to/clamd.ctl".
     pub address: Option<String>,
     /// `kind = "clamd"`: what to do with infected mail (default reject).
@@ -107,6 +113,20 @@ impl StageConfig {
                 (key.clone(), text)
             })
             .collect()
+    }
+}
+
+/// A capability a wasm stage can be granted (`capabilities = [...]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capability {
+    /// TXT lookups through the gateway's resolver (`[dns]`).
+    Dns,
+}
+
+impl StageConfig {
+    pub fn granted(&self, capability: Capability) -> bool {
+        self.capabilities.iter().flatten().any(|c| *c == capability)
     }
 }
 
@@ -190,6 +210,8 @@ pub(super) fn validate(flow: &FlowConfig, stages: &[StageConfig]) -> Result<(), 
             ("cpu_limit", stage.cpu_limit.is_some()),
             ("message_timeout", stage.message_timeout.is_some()),
             ("config", stage.config.is_some()),
+            ("files", stage.files.is_some()),
+            ("capabilities", stage.capabilities.is_some()),
         ];
         let clamd_keys = [
             ("address", stage.address.is_some()),
@@ -229,6 +251,9 @@ pub(super) fn validate(flow: &FlowConfig, stages: &[StageConfig]) -> Result<(), 
                 foreign(&clamd_keys, "clamd")?;
                 if stage.path.is_none() {
                     return fail(format!("stage[{i}].kind"), "a wasm stage needs path = \"FILE.wasm\"");
+                }
+                if stage.files.iter().flatten().any(|(name, _)| name.is_empty()) {
+                    return fail(format!("stage[{i}].files"), "a file's name must not be empty");
                 }
                 if stage.memory_limit.is_some_and(|m| m.0 < (1 << 20)) {
                     return fail(format!("stage[{i}].memory_limit"), "must be at least 1MiB");

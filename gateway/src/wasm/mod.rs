@@ -6,13 +6,17 @@
 //! WASI context (no files, sockets, environment or clock beyond WASI's defaults).
 //!
 //! Loading checks everything that can be checked before a message: the file is a component,
-//! built against this host's contract, that links, and whose `validate-config` accepts the
-//! stage's configuration.
+//! built against this host's contract (or an earlier patch release of it: 0.2.1 only added an
+//! interface, and wasmtime links a guest's `@0.2.0` imports and exports to the host's `@0.2.1`),
+//! that links, and whose `validate-config` accepts the stage's configuration. The stage's
+//! `[stage.files]` are read here too (`read_stage_file`), so a reload reads them anew, and a filter
+//! importing a capability (`dns`) the stage is not granted is refused.
 
 mod engine;
 mod host;
 mod stage;
 
+use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +26,7 @@ use wasmtime::component::{Component, Linker};
 
 use crate::chain::stage::{Interests, MessageContext, Stage, StageError, StageEvent, StageFactory};
 use host::{bindings, State};
+pub use host::{Provisions, StageFiles};
 pub use stage::WasmStage;
 
 /// Limits of one wasm stage, from its config.
@@ -38,11 +43,33 @@ impl Default for WasmLimits {
     }
 }
 
-/// The contract this host implements (`wit/filter.wit`); filters must be built against it.
-pub const CONTRACT: &str = "sluice:filter@0.2.0";
+/// The contract this host implements (`wit/filter.wit`); filters must be built against it or
+/// an earlier patch release of it.
+pub const CONTRACT: &str = "sluice:filter@0.2.1";
 const CONTRACT_PREFIX: &str = "sluice:filter/";
 /// The SDK release that builds filters for `CONTRACT`.
 const SDK: &str = "sluice-filter-sdk 0.2";
+
+/// Largest file a stage may be given in `[stage.files]`: its bytes are held in memory for the
+/// life of the loaded filter and copied into every instance that asks, so a path pointing at
+/// a huge file by mistake is refused instead.
+pub const MAX_STAGE_FILE: u64 = 1 << 20;
+
+/// Reads one `[stage.files]` file, refusing one larger than `MAX_STAGE_FILE` (read through a
+/// bound, so a device or a growing file cannot exhaust memory either).
+pub fn read_stage_file(path: &Path) -> Result<Vec<u8>, String> {
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|err| format!("cannot read {shown}: {err}"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_STAGE_FILE + 1).read_to_end(&mut bytes).map_err(|err| format!("cannot read {shown}: {err}"))?;
+    match bytes.len() as u64 > MAX_STAGE_FILE {
+        true => Err(format!(
+            "{shown} is larger than {} KiB, the most a stage file may be: check that the key names the right file",
+            MAX_STAGE_FILE >> 10
+        )),
+        false => Ok(bytes),
+    }
+}
 
 /// Why a filter cannot be loaded; each says what to do about it, in one line.
 #[derive(Debug, thiserror::Error)]
@@ -60,12 +87,23 @@ pub enum LoadError {
     /// The filter's `validate-config` refused the stage's configuration.
     #[error("{}", refusal(key, message))]
     Refused { key: String, message: String },
+    /// The filter imports a capability the stage is not granted.
+    #[error("the filter makes {what} (it imports {interface}), which this stage is not granted: add capabilities = [\"{capability}\"] if it should")]
+    NotGranted { capability: &'static str, what: &'static str, interface: &'static str },
 }
 
+/// The capabilities a filter can import, each only with its grant: (capability, interface, what).
+const CAPABILITIES: [(&str, &str, &str); 1] = [("dns", "sluice:filter/dns", "DNS lookups")];
+
+/// A refusal's key naming a `[stage.files]` entry rather than a `[stage.config]` key
+/// (`files.NAME`, as the contract's `files` interface documents).
+pub const FILES_KEY_PREFIX: &str = "files.";
+
 fn refusal(key: &str, message: &str) -> String {
-    match key.is_empty() {
-        true => format!("[stage.config]: {message}"),
-        false => format!("[stage.config] {key}: {message}"),
+    match (key.is_empty(), key.strip_prefix(FILES_KEY_PREFIX)) {
+        (true, _) => format!("[stage.config]: {message}"),
+        (false, Some(name)) => format!("[stage.files] {name}: {message}"),
+        (false, None) => format!("[stage.config] {key}: {message}"),
     }
 }
 
@@ -87,26 +125,57 @@ fn file_kind(bytes: &[u8]) -> FileKind {
     }
 }
 
-/// The `sluice:filter` version a component was built against, when it is not ours; `Ok` when
-/// it imports or exports only `CONTRACT`'s interfaces and exports the handler.
+/// Whether a filter built against `sluice:filter@{version}` runs in this host: the same
+/// `major.minor` as `CONTRACT` and a patch no later than ours (patch releases only add).
+fn compatible(version: &str) -> bool {
+    let ours = CONTRACT.split_once('@').map_or("", |(_, v)| v);
+    match (version.rsplit_once('.'), ours.rsplit_once('.')) {
+        (Some((series, patch)), Some((our_series, our_patch))) => {
+            series == our_series
+                && patch.parse::<u32>().ok().zip(our_patch.parse::<u32>().ok()).is_some_and(|(p, o)| p <= o)
+        }
+        _ => false,
+    }
+}
+
+/// The `sluice:filter` version a component was built against, when this host cannot run it;
+/// `Ok` when it imports or exports only `compatible` versions of the contract's interfaces.
 fn check_contract<'a>(imports: impl Iterator<Item = &'a str>, exports: &[&'a str]) -> Result<(), String> {
     let foreign = imports
         .chain(exports.iter().copied())
         .filter_map(|name| name.strip_prefix(CONTRACT_PREFIX))
         .filter_map(|rest| rest.split_once('@'))
         .map(|(_, version)| version)
-        .find(|version| Some(*version) != CONTRACT.split_once('@').map(|(_, v)| v));
+        .find(|version| !compatible(version));
     if let Some(version) = foreign {
         return Err(format!("sluice:filter@{version}"));
     }
     Ok(())
 }
 
+/// Whether the component exports the contract's `handler` (of a `compatible` version).
+fn exports_handler(exports: &[&str]) -> bool {
+    let handler = format!("{CONTRACT_PREFIX}handler@");
+    exports.iter().filter_map(|name| name.strip_prefix(handler.as_str())).any(compatible)
+}
+
+fn granted(provisions: &Provisions, capability: &str) -> bool {
+    match capability {
+        "dns" => provisions.dns.is_some(),
+        _ => false,
+    }
+}
+
+/// Whether `imports` has `interface` (`sluice:filter/dns`) at any version.
+fn imports_interface(imports: &[&str], interface: &str) -> bool {
+    imports.iter().any(|name| name.strip_prefix(interface).is_some_and(|rest| rest.starts_with('@')))
+}
+
 /// A loaded filter: compiled, linked, ready to instantiate per message.
 pub struct WasmFilter {
     stage: Arc<str>,
     pre: bindings::FilterPre<State>,
-    config: Arc<Vec<(String, String)>>,
+    provisions: Arc<Provisions>,
     limits: WasmLimits,
     interests: Interests,
     /// `[stage.config]` keys the filter never read when it checked its configuration.
@@ -115,15 +184,18 @@ pub struct WasmFilter {
     pub compile_time: Duration,
     /// Where per-message instantiation times go (the gateway's metrics).
     instantiation: Option<Histogram>,
+    /// Where each message's instance's peak linear memory goes.
+    memory_peak: Option<Histogram>,
 }
 
 impl WasmFilter {
-    /// Compiles and links the component, has it check its configuration, then asks it which
-    /// events it wants.
+    /// Compiles and links the component, checks it imports no capability it is not granted, has
+    /// it check its configuration (and its `files`, the stage's `[stage.files]` already read),
+    /// then asks it which events it wants.
     pub async fn load(
         stage: &str,
         path: &Path,
-        config: Vec<(String, String)>,
+        provisions: Provisions,
         limits: WasmLimits,
     ) -> Result<WasmFilter, LoadError> {
         let engine = engine::engine().map_err(LoadError::Engine)?;
@@ -150,9 +222,14 @@ impl WasmFilter {
         let exports: Vec<&str> = ty.exports(&engine).map(|(name, _)| name).collect();
         check_contract(ty.imports(&engine).map(|(name, _)| name), &exports)
             .map_err(|found| LoadError::OldContract { path: shown.clone(), found })?;
-        let handler = format!("{CONTRACT_PREFIX}handler@{}", CONTRACT.split_once('@').map_or("", |(_, v)| v));
-        if !exports.contains(&handler.as_str()) {
-            return Err(invalid(format!("it does not export {handler}: is it a Sluice filter?")));
+        if !exports_handler(&exports) {
+            return Err(invalid(format!("it does not export {CONTRACT_PREFIX}handler: is it a Sluice filter?")));
+        }
+        let imports: Vec<&str> = ty.imports(&engine).map(|(name, _)| name).collect();
+        if let Some(&(capability, interface, what)) = CAPABILITIES.iter().find(|(capability, interface, _)| {
+            !granted(&provisions, capability) && imports_interface(&imports, interface)
+        }) {
+            return Err(LoadError::NotGranted { capability, what, interface });
         }
         let mut linker: Linker<State> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| invalid(format!("{e:#}")))?;
@@ -165,12 +242,13 @@ impl WasmFilter {
         let mut filter = WasmFilter {
             stage: Arc::from(stage),
             pre,
-            config: Arc::new(config),
+            provisions: Arc::new(provisions),
             limits: WasmLimits { memory: limits.memory.min(engine::MAX_MEMORY), ..limits },
             interests: Interests::ALL,
             unused_config_keys: Vec::new(),
             compile_time,
             instantiation: None,
+            memory_peak: None,
         };
         let mut checking =
             stage::Instance::new(&filter).await.map_err(|e| invalid(format!("cannot instantiate: {e}")))?;
@@ -213,6 +291,11 @@ impl WasmFilter {
     pub fn observe_instantiation(&mut self, histogram: Histogram) {
         self.instantiation = Some(histogram);
     }
+
+    /// Records each message's instance's peak linear memory into `histogram`.
+    pub fn observe_memory(&mut self, histogram: Histogram) {
+        self.memory_peak = Some(histogram);
+    }
 }
 
 impl StageFactory for Arc<WasmFilter> {
@@ -241,9 +324,42 @@ mod tests {
 
     #[test]
     fn an_old_contract_is_named() {
-        let ours = ["sluice:filter/handler@0.2.0"];
-        assert_eq!(check_contract(["wasi:io/streams@0.2.6", "sluice:filter/host@0.2.0"].into_iter(), &ours), Ok(()));
+        let ours = ["sluice:filter/handler@0.2.1"];
+        let imports = ["wasi:io/streams@0.2.6", "sluice:filter/host@0.2.1", "sluice:filter/files@0.2.1"];
+        assert_eq!(check_contract(imports.into_iter(), &ours), Ok(()));
         let old = check_contract(["sluice:filter/host@0.1.0"].into_iter(), &["sluice:filter/handler@0.1.0"]);
         assert_eq!(old, Err("sluice:filter@0.1.0".to_string()));
+        assert!(imports_interface(&["sluice:filter/dns@0.2.1"], "sluice:filter/dns"));
+        assert!(!imports_interface(&["sluice:filter/dnssec@0.2.1", "sluice:filter/host@0.2.1"], "sluice:filter/dns"));
+        let newer = check_contract(["sluice:filter/host@0.2.2"].into_iter(), &["sluice:filter/handler@0.2.2"]);
+        assert_eq!(newer, Err("sluice:filter@0.2.2".to_string()));
+    }
+
+    #[test]
+    fn an_earlier_patch_release_still_loads() {
+        let earlier = ["sluice:filter/handler@0.2.0"];
+        assert_eq!(check_contract(["sluice:filter/host@0.2.0"].into_iter(), &earlier), Ok(()));
+        assert!(exports_handler(&earlier));
+        assert!(exports_handler(&["sluice:filter/handler@0.2.1"]));
+        assert!(!exports_handler(&["sluice:filter/handler@0.3.0", "sluice:filter/handler@0.1.9"]));
+        assert!(!exports_handler(&["sluice:filter/host@0.2.1"]));
+    }
+
+    #[test]
+    fn a_stage_file_is_read_up_to_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small");
+        std::fs::write(&small, b"key bytes").unwrap();
+        assert_eq!(read_stage_file(&small).unwrap(), b"key bytes");
+        let exact = dir.path().join("exact");
+        std::fs::write(&exact, vec![7u8; MAX_STAGE_FILE as usize]).unwrap();
+        assert_eq!(read_stage_file(&exact).unwrap().len() as u64, MAX_STAGE_FILE);
+        let huge = dir.path().join("huge");
+        std::fs::write(&huge, vec![7u8; MAX_STAGE_FILE as usize + 1]).unwrap();
+        let err = read_stage_file(&huge).unwrap_err();
+        assert!(err.contains("huge is larger than 1024 KiB"), "{err}");
+        // A device reports no size: the bound is on what is read.
+        let err = read_stage_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(err.contains("larger than 1024 KiB"), "{err}");
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use prometheus_client::metrics::histogram::Histogram;
 use wasmtime::component::ResourceAny;
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 
@@ -27,6 +28,8 @@ pub(super) struct Instance {
     store: Store<State>,
     filter: bindings::Filter,
     message: Option<ResourceAny>,
+    /// Where the instance's peak memory goes when it is dropped (a message's instance only).
+    memory_peak: Option<Histogram>,
 }
 
 impl Instance {
@@ -38,7 +41,7 @@ impl Instance {
             .trap_on_grow_failure(true)
             .build();
         let budget = (filter.limits.cpu_per_call.as_millis() / TICK.as_millis()).max(1) as u64;
-        let mut store = Store::new(engine, State::new(filter.stage.clone(), filter.config.clone(), limits, budget));
+        let mut store = Store::new(engine, State::new(filter.stage.clone(), filter.provisions.clone(), limits, budget));
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_callback(|mut ctx| {
             let state = ctx.data_mut();
@@ -56,7 +59,7 @@ impl Instance {
             histogram.observe(started.elapsed().as_secs_f64());
         }
         let filter = instance.map_err(|err| failure(&store, err))?;
-        Ok(Instance { store, filter, message: None })
+        Ok(Instance { store, filter, message: None, memory_peak: None })
     }
 
     /// The filter's verdict on its configuration (`validate-config`).
@@ -84,6 +87,14 @@ impl Instance {
         let message = result.map_err(|err| failure(&self.store, err))?;
         self.message = Some(message);
         Ok(message)
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(histogram) = &self.memory_peak {
+            histogram.observe(self.store.data().limits.peak as f64);
+        }
     }
 }
 
@@ -161,10 +172,13 @@ impl WasmStage {
         let started = Instant::now();
         let result = tokio::time::timeout(remaining, async {
             if matches!(self.life, Life::Unborn) {
-                self.life = Life::Live(Box::new(Instance::new(&filter).await?));
+                let mut instance = Instance::new(&filter).await?;
+                instance.memory_peak = filter.memory_peak.clone();
+                self.life = Life::Live(Box::new(instance));
             }
             match &mut self.life {
                 Life::Live(instance) => {
+                    instance.store.data_mut().deadline = Some(started + remaining);
                     let message = instance.message().await?;
                     let _ticking = arm(&mut instance.store);
                     call(instance, message).await
@@ -224,9 +238,11 @@ impl Stage for WasmStage {
 
     async fn headers(&mut self, headers: &HeaderSection) -> Result<Reaction, StageError> {
         let fields: Vec<wit::Header> = headers.fields().map(|(name, value)| wit::Header { name, value }).collect();
+        let section = headers.to_bytes();
         let reaction = self
             .run(move |instance, message| {
                 Box::pin(async move {
+                    instance.store.data_mut().header_section = section;
                     let handler = instance.filter.sluice_filter_handler();
                     let result = handler.message().call_on_headers(&mut instance.store, message, &fields).await;
                     result.map_err(|err| failure(&instance.store, err))

@@ -5,7 +5,10 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod clamd;
+pub mod dkim_keys;
+pub mod dns_server;
 pub mod logfmt;
+pub mod opendkim;
 pub mod postfix;
 pub mod scripted_hop;
 pub mod sink;

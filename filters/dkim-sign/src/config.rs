@@ -1,0 +1,217 @@
+//! `dkim-sign`'s configuration: the signing domains with their selectors and keys, and the
+//! choices all its signatures share (canonicalisation, signed fields, expiration, whose domain
+//! picks the key), parsed and checked at once, each error naming the key or file at fault.
+
+use sluice_dkim::{Canonicalization, KeyError, Signer, SigningKey};
+use sluice_filter_sdk::{Config, ConfigError};
+
+use sluice_dkim::is_domain_name;
+
+/// Whose domain must be a configured one for a message to be signed (`sign_by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignBy {
+    HeaderFrom,
+    EnvelopeFrom,
+}
+
+/// One signing domain and its key.
+pub struct Domain {
+    /// Lower case, without a trailing dot: as `d=` and as messages' domains are compared.
+    pub name: String,
+    /// The `[stage.files]` entry holding the key.
+    pub file: String,
+    pub signer: Signer,
+}
+
+/// The whole configuration.
+pub struct Settings {
+    pub domains: Vec<Domain>,
+    pub sign_by: SignBy,
+}
+
+/// The longest `expiration`: well inside the 12 digits RFC 6376 allows `x=`.
+const MAX_EXPIRATION: u64 = 3650 * 86_400;
+
+/// What a key file must hold, for the errors about one that does not.
+const EXPECTED_KEY: &str = "expected an unencrypted PEM private key: RSA (\"BEGIN RSA PRIVATE KEY\", PKCS#1, \
+     or \"BEGIN PRIVATE KEY\", PKCS#8) or Ed25519 (\"BEGIN PRIVATE KEY\", PKCS#8), as `sluice dkim keygen` \
+     and `openssl genpkey` write";
+
+impl Settings {
+    /// Reads and checks every key, loading each signing key from its `[stage.files]` entry.
+    pub fn parse(config: &Config) -> Result<Settings, ConfigError> {
+        let canonicalization = config.get("canonicalization").map(canonicalization).transpose()?;
+        let headers = config.get("headers").map(signed_headers).transpose()?;
+        let expiration = config.get("expiration").map(expiration).transpose()?;
+        let sign_by = config.get("sign_by").map(sign_by).transpose()?.unwrap_or(SignBy::HeaderFrom);
+        let mut domains = Vec::new();
+        for Entry { domain, selector, file } in entries(config)? {
+            let mut signer = Signer::new(signing_key(&file, &config.require_file(&file)?)?, &domain, &selector);
+            if let Some(canonicalization) = canonicalization {
+                signer = signer.with_canonicalization(canonicalization);
+            }
+            if let Some(headers) = &headers {
+                signer = signer.with_signed_headers(&headers.iter().map(String::as_str).collect::<Vec<_>>());
+            }
+            if let Some(seconds) = expiration {
+                signer = signer.with_expiration(seconds);
+            }
+            domains.push(Domain { name: domain, file, signer });
+        }
+        Ok(Settings { domains, sign_by })
+    }
+
+    /// The configured domains, for log lines: `example.org, example.net`.
+    pub fn names(&self) -> String {
+        self.domains.iter().map(|domain| domain.name.as_str()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn error(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.into(), message: message.into() }
+}
+
+/// A domain with its selector and the `[stage.files]` entry of its key.
+struct Entry {
+    domain: String,
+    selector: String,
+    file: String,
+}
+
+/// `domain`, `selector` (key file `key`), or `domains`: never both forms.
+fn entries(config: &Config) -> Result<Vec<Entry>, ConfigError> {
+    let (domain, selector) = (config.get("domain"), config.get("selector"));
+    match (config.get("domains"), domain, selector) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(error(
+            "domains",
+            "cannot be combined with domain and selector: use domain, selector and [stage.files] key for one \
+             domain, or domains alone for several",
+        )),
+        (Some(list), None, None) => domain_list(list),
+        (None, Some(domain), Some(selector)) => {
+            let entry = entry("domain", domain, "selector", selector, "key")?;
+            Ok(vec![entry])
+        }
+        (None, Some(_), None) => Err(error("selector", "is required with domain")),
+        (None, None, Some(_)) => Err(error("domain", "is required with selector")),
+        (None, None, None) => Err(error(
+            "domain",
+            "is required: set domain and selector (the key in [stage.files] key), or domains = \
+             \"DOMAIN SELECTOR FILE-NAME, ...\" for several domains",
+        )),
+    }
+}
+
+/// `domains = "example.org s1 org, example.net s2 net"`.
+fn domain_list(list: &str) -> Result<Vec<Entry>, ConfigError> {
+    let mut entries: Vec<Entry> = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+        let words: Vec<&str> = item.split_whitespace().collect();
+        let [domain, selector, file] = words[..] else {
+            return Err(error(
+                "domains",
+                format!("{item:?} is not \"DOMAIN SELECTOR FILE-NAME\" (FILE-NAME a [stage.files] entry)"),
+            ));
+        };
+        let entry = entry("domains", domain, "domains", selector, file)?;
+        if entries.iter().any(|seen| seen.domain == entry.domain) {
+            return Err(error("domains", format!("{} is listed twice", entry.domain)));
+        }
+        entries.push(entry);
+    }
+    if entries.is_empty() {
+        return Err(error("domains", "lists no domain: write \"DOMAIN SELECTOR FILE-NAME, ...\""));
+    }
+    Ok(entries)
+}
+
+/// One checked entry; `domain_key` and `selector_key` name the config keys for errors.
+fn entry(domain_key: &str, domain: &str, selector_key: &str, selector: &str, file: &str) -> Result<Entry, ConfigError> {
+    if !is_domain_name(domain) {
+        return Err(error(domain_key, format!("{domain:?} is not a domain name")));
+    }
+    if !is_domain_name(selector) {
+        return Err(error(
+            selector_key,
+            format!("{selector:?} is not a selector (dot-separated labels of letters, digits, \"-\" and \"_\")"),
+        ));
+    }
+    Ok(Entry {
+        domain: domain.trim_end_matches('.').to_ascii_lowercase(),
+        selector: selector.trim_end_matches('.').to_string(),
+        file: file.to_string(),
+    })
+}
+
+/// A signing key from the bytes of `[stage.files] file`.
+fn signing_key(file: &str, pem: &[u8]) -> Result<SigningKey, ConfigError> {
+    let text = std::str::from_utf8(pem).map_err(|_| ConfigError::file(file, format!("is not text; {EXPECTED_KEY}")))?;
+    SigningKey::from_pem(text).map_err(|err| {
+        let message = match err {
+            KeyError::Unrecognised => format!("{}; {EXPECTED_KEY}", what_pem_holds(text)),
+            other => other.to_string(),
+        };
+        ConfigError::file(file, message)
+    })
+}
+
+/// What a PEM file that is no usable key holds, from its first `BEGIN` line.
+fn what_pem_holds(text: &str) -> String {
+    let label = text.lines().find_map(|line| line.trim().strip_prefix("-----BEGIN ")?.strip_suffix("-----"));
+    match label {
+        None => "has no PEM \"-----BEGIN ...-----\" line".into(),
+        Some("ENCRYPTED PRIVATE KEY") => "holds an encrypted key (\"ENCRYPTED PRIVATE KEY\")".into(),
+        Some(label @ ("PRIVATE KEY" | "RSA PRIVATE KEY")) => {
+            format!("holds a {label:?} that is neither an RSA nor an Ed25519 key, or is damaged")
+        }
+        Some(label) => format!("holds a PEM {label:?}"),
+    }
+}
+
+fn canonicalization(raw: &str) -> Result<Canonicalization, ConfigError> {
+    Canonicalization::parse(raw).map_err(|_| {
+        error(
+            "canonicalization",
+            format!(
+                "must be \"relaxed/relaxed\", \"relaxed/simple\", \"simple/relaxed\" or \"simple/simple\" \
+                 (\"relaxed\" or \"simple\" alone means a simple body), not {raw:?}"
+            ),
+        )
+    })
+}
+
+/// `headers = "from:to:subject"`: the names of the fields to sign.
+fn signed_headers(raw: &str) -> Result<Vec<String>, ConfigError> {
+    let names: Vec<String> = raw.split(':').map(str::trim).filter(|name| !name.is_empty()).map(String::from).collect();
+    if let Some(bad) = names.iter().find(|name| !name.bytes().all(|b| b.is_ascii_graphic())) {
+        return Err(error("headers", format!("{bad:?} is not a header field name")));
+    }
+    if names.is_empty() {
+        return Err(error("headers", "lists no header field: write names separated by \":\" (\"from:to:subject\")"));
+    }
+    Ok(names)
+}
+
+/// `expiration = "7d"`: seconds, from a whole number with an `s`, `m`, `h` or `d` suffix.
+fn expiration(raw: &str) -> Result<u64, ConfigError> {
+    let text = raw.trim();
+    let seconds = [('s', 1), ('m', 60), ('h', 3600), ('d', 86_400)]
+        .into_iter()
+        .find_map(|(unit, scale)| Some((text.strip_suffix(unit)?, scale)))
+        .and_then(|(number, scale)| number.parse::<u64>().ok()?.checked_mul(scale));
+    match seconds {
+        Some(seconds) if (1..=MAX_EXPIRATION).contains(&seconds) => Ok(seconds),
+        _ => Err(error(
+            "expiration",
+            format!("must be a time from 1s to 3650d, a whole number with s, m, h or d (\"7d\", \"12h\"), not {raw:?}"),
+        )),
+    }
+}
+
+fn sign_by(raw: &str) -> Result<SignBy, ConfigError> {
+    match raw {
+        "header-from" => Ok(SignBy::HeaderFrom),
+        "envelope-from" => Ok(SignBy::EnvelopeFrom),
+        _ => Err(error("sign_by", format!("must be \"header-from\" or \"envelope-from\", not {raw:?}"))),
+    }
+}
