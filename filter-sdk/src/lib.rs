@@ -1,7 +1,8 @@
 //! Write [Sluice](https://example.org/sluice) mail filters in Rust.
 //!
 //! A filter is a WebAssembly component (target `wasm32-wasip2`) implementing the WIT world
-//! `sluice:filter/filter` (`wit/filter.wit`). With this crate you implement one trait, whose
+//! `sluice:filter/filter` (`wit/filter.wit`; `filter-with-dns` once it calls [`dns::txt`]: the
+//! component imports only the interfaces the filter uses). With this crate you implement one trait, whose
 //! hooks all default to "continue", and export it with one macro; you never touch the raw
 //! bindings. Each message gets a fresh instance of your type: keep per-message state in it.
 //!
@@ -92,7 +93,7 @@ pub mod adapter;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "filter",
+        world: "filter-with-dns",
         pub_export_macro: true,
         export_macro_name: "__export_filter_world",
         default_bindings_module: "::sluice_filter_sdk::bindings",

@@ -47,10 +47,12 @@ struct Options {
     /// Concurrent tasks in the concurrent figures; 10, like the end-to-end cell's 10 sessions.
     tasks: usize,
     filter: Option<PathBuf>,
+    /// `[stage.config]` for the filter (`--config KEY=VALUE`); `mode = pass` when none is given.
+    config: Vec<(String, String)>,
 }
 
 fn options() -> Options {
-    let mut options = Options { iterations: 2000, tasks: 10, filter: None };
+    let mut options = Options { iterations: 2000, tasks: 10, filter: None, config: Vec::new() };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -58,8 +60,17 @@ fn options() -> Options {
             "--iterations" => options.iterations = positive(&arg, args.next()),
             "--tasks" => options.tasks = positive(&arg, args.next()),
             "--filter" => options.filter = args.next().map(PathBuf::from),
+            "--config" => match args.next().as_deref().and_then(|pair| pair.split_once('=')) {
+                Some((key, value)) => options.config.push((key.to_string(), value.to_string())),
+                None => {
+                    eprintln!("--config needs KEY=VALUE");
+                    std::process::exit(2)
+                }
+            },
             other if other.starts_with('-') => {
-                eprintln!("unknown option {other} (known: --iterations N, --tasks N, --filter PATH)");
+                eprintln!(
+                    "unknown option {other} (known: --iterations N, --tasks N, --filter PATH, --config KEY=VALUE)"
+                );
                 std::process::exit(2)
             }
             _ => {} // a name filter from `cargo bench NAME`: there is only one benchmark
@@ -297,9 +308,13 @@ fn row(name: &str, n: usize, wasm: &Stats, native: Option<&Stats>, note: &str) {
 
 async fn run(options: Options) {
     let path = filter_path(options.filter);
-    let provisions =
-        Provisions { config: vec![("mode".to_string(), "pass".to_string())], files: Default::default(), dns: None };
-    let filter = WasmFilter::load("pass", &path, provisions, WasmLimits::default()).await.unwrap_or_else(|err| {
+    let config = match options.config.is_empty() {
+        true => vec![("mode".to_string(), "pass".to_string())],
+        false => options.config,
+    };
+    let shown: Vec<String> = config.iter().map(|(k, v)| format!("{k} = {v:?}")).collect();
+    let provisions = Provisions { config, files: Default::default(), dns: None };
+    let filter = WasmFilter::load("pass", &path, provisions, WasmLimits::default(), None).await.unwrap_or_else(|err| {
         eprintln!("error: {err}");
         std::process::exit(1)
     });
@@ -308,7 +323,7 @@ async fn run(options: Options) {
     let native = TestStageFactory::new(TestStageConfig::default());
     let n = options.iterations;
 
-    println!("wasm host benchmark: {} (mode = \"pass\")", path.display());
+    println!("wasm host benchmark: {} ({})", path.display(), shown.join(", "));
     println!(
         "compile (Component::new at load): {:.1} ms; {} CPUs; {} timed iterations per figure after {} warm-up \
          (tiny call: {})",

@@ -27,7 +27,10 @@ use crate::scanner::clamd::{self, ClamdAddress, ClamdFactory, ClamdSettings};
 use crate::sessions::SessionBook;
 use crate::settings::{content_rules, Settings, Shared};
 use crate::spool::SpoolBudget;
-use crate::wasm::{read_stage_file, LoadError, Provisions, StageFiles, WasmFilter, WasmLimits, FILES_KEY_PREFIX};
+use crate::wasm::{
+    default_cache_dir, read_stage_file, CacheOutcome, ComponentCache, LoadError, Provisions, StageFiles, WasmFilter,
+    WasmLimits, FILES_KEY_PREFIX,
+};
 
 /// The config the current generation was built from, for the next reload to compare with.
 struct Running {
@@ -224,11 +227,15 @@ pub async fn load_stages(
         true => Some(Resolver::new(&config.dns).map_err(|err| anyhow::anyhow!("{}: {err}", config.locate("dns")))?),
         false => None,
     };
+    let cache = match config.stage.iter().any(|s| s.kind == StageKind::Wasm) {
+        true => component_cache(config)?,
+        false => None,
+    };
     for (index, stage) in config.stage.iter().enumerate() {
         let factory: Box<dyn StageFactory> = match stage.kind {
             StageKind::Test => Box::new(TestStageFactory::new(stage.test.clone().unwrap_or_default())),
             StageKind::Wasm => {
-                let filter = load_wasm(config, index, resolver.clone(), metrics).await?;
+                let filter = load_wasm(config, index, resolver.clone(), cache.as_ref(), metrics).await?;
                 warnings.extend(filter.unused_config_keys().iter().map(|key| {
                     let at = config.locate(&format!("stage[{index}].config.{key}"));
                     format!("{at}: unknown key, not used by the filter")
@@ -260,6 +267,24 @@ pub async fn load_stages(
     Ok((specs, warnings))
 }
 
+/// The compiled-component cache `[wasm]` asks for: an explicit `cache_dir` that cannot be used
+/// is a config error; the default one only costs a warning (the gateway then compiles every time).
+fn component_cache(config: &Config) -> anyhow::Result<Option<ComponentCache>> {
+    if !config.wasm.cache {
+        return Ok(None);
+    }
+    match &config.wasm.cache_dir {
+        Some(dir) => ComponentCache::open(&config.resolve(dir))
+            .map(Some)
+            .map_err(|err| anyhow::anyhow!("{}: {err}", config.locate("wasm.cache_dir"))),
+        None => Ok(default_cache_dir().and_then(|dir| {
+            ComponentCache::open(&dir)
+                .map_err(|err| warn!(target: "sluice::filters", "compiled-component cache off: {err}"))
+                .ok()
+        })),
+    }
+}
+
 /// Loads the wasm filter of stage `index` with its `[stage.files]` read; errors point at its
 /// `path`, at a file's key, or, when the filter refuses its configuration, at the key it names
 /// (`files.NAME` for a file, otherwise a `[stage.config]` key).
@@ -267,6 +292,7 @@ async fn load_wasm(
     config: &Config,
     index: usize,
     resolver: Option<Arc<dyn TxtSource>>,
+    cache: Option<&ComponentCache>,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<WasmFilter> {
     let stage = &config.stage[index];
@@ -285,7 +311,7 @@ async fn load_wasm(
     }
     let dns = resolver.filter(|_| stage.granted(Capability::Dns));
     let provisions = Provisions { config: stage.filter_config(), files, dns };
-    let mut filter = match WasmFilter::load(&stage.name, &path, provisions, limits).await {
+    let mut filter = match WasmFilter::load(&stage.name, &path, provisions, limits, cache).await {
         Ok(filter) => filter,
         Err(err @ LoadError::NotGranted { .. }) => {
             anyhow::bail!("{}: {err}", config.locate(&format!("stage[{index}].capabilities")))
@@ -303,6 +329,9 @@ async fn load_wasm(
     };
     filter.observe_instantiation(metrics.wasm_instantiation.clone());
     filter.observe_memory(metrics.wasm_memory_peak.get_or_create(&StageLabel { stage: stage.name.clone() }).clone());
-    info!(target: "sluice::filters", stage = %stage.name, path = %path.display(), compile_ms = filter.compile_time.as_millis() as u64, "filter loaded");
+    info!(target: "sluice::filters", stage = %stage.name, path = %path.display(), compile_ms = filter.compile_time.as_millis() as u64, cache = %filter.cache_outcome.as_str(), "filter loaded");
+    if let CacheOutcome::Rebuilt(why) = &filter.cache_outcome {
+        warn!(target: "sluice::filters", stage = %stage.name, "the cached compilation was unusable ({why}): compiled anew");
+    }
     Ok(filter)
 }

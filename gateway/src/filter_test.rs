@@ -19,7 +19,10 @@ use crate::chain::runner::EndOfData;
 use crate::chain::stage::{BodyOutput, EnvelopeEvent, MessageContext, Reaction, StageEvent, StageFactory, Verdict};
 use crate::config::ServerConfig;
 use crate::dns::{TxtSource, ZoneFile};
-use crate::wasm::{read_stage_file, LoadError, Provisions, StageFiles, WasmFilter, WasmLimits, FILES_KEY_PREFIX};
+use crate::wasm::{
+    default_cache_dir, read_stage_file, CacheOutcome, ComponentCache, LoadError, Provisions, StageFiles, WasmFilter,
+    WasmLimits, FILES_KEY_PREFIX,
+};
 
 /// Body pieces handed to the filter, as the gateway's reads would.
 const CHUNK: usize = 64 * 1024;
@@ -62,7 +65,17 @@ impl FilterTest {
             None => None,
         };
         let provisions = Provisions { config: self.config.clone(), files, dns };
-        let filter = match WasmFilter::load("filter-test", &self.filter, provisions, WasmLimits::default()).await {
+        // The default cache, as the gateway uses it: a filter tried again starts at once.
+        let cache = default_cache_dir().and_then(|dir| ComponentCache::open(&dir).ok());
+        let filter = match WasmFilter::load(
+            "filter-test",
+            &self.filter,
+            provisions,
+            WasmLimits::default(),
+            cache.as_ref(),
+        )
+        .await
+        {
             Ok(filter) => filter,
             Err(LoadError::NotGranted { what, .. }) => {
                 anyhow::bail!("the filter makes {what}: answer them offline with --zone FILE (a zone file, as `sluice dkim keygen` prints records)")
@@ -77,6 +90,12 @@ impl FilterTest {
         for key in filter.unused_config_keys() {
             eprintln!("warning: --config {key}: unknown key, not used by the filter");
         }
+        let how = match filter.cache_outcome {
+            CacheOutcome::Hit => "from the compiled-component cache",
+            CacheOutcome::Off => "compiled",
+            CacheOutcome::Miss | CacheOutcome::Rebuilt(_) => "compiled, now cached",
+        };
+        println!("loaded     {} in {} ms ({how})", self.filter.display(), filter.compile_time.as_millis());
         let interests = filter.interests();
         let filter = Arc::new(filter);
         let (end_of_data, end_signal) = EndOfData::channel();

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::dns::DnsConfig;
 use crate::config::stages::FlowConfig;
+use crate::config::wasm::WasmConfig;
 use crate::config::{Config, MaildirConfig, RelayConfig, ServerConfig, SpoolConfig};
 
 /// A digest of each stage's filter file content, by stage name (stages without one are absent).
@@ -68,6 +69,7 @@ pub fn plan(running: &Config, running_files: &FileDigests, new: Config, new_file
         stage: _,
         admin: _,
         dns: _,
+        wasm: _,
         base_dir: _,
         source: _,
     } = &next;
@@ -89,6 +91,7 @@ pub fn plan(running: &Config, running_files: &FileDigests, new: Config, new_file
     diff.spool(&running.spool, &next.spool);
     diff.flow(&running.flow, &next.flow);
     diff.dns(&running.dns, &next.dns);
+    diff.wasm(&running.wasm, &next.wasm);
     diff.stages(running, running_files, &next, new_files);
     Plan { config: next, changes: diff.changes }
 }
@@ -176,6 +179,13 @@ impl Diff {
         let DnsConfig { servers, timeout } = new;
         self.live("dns.servers", &old.servers, servers);
         self.live("dns.timeout", &old.timeout, timeout);
+    }
+
+    /// Every reload compiles (or finds in the cache) the chain anew.
+    fn wasm(&mut self, old: &WasmConfig, new: &WasmConfig) {
+        let WasmConfig { cache, cache_dir } = new;
+        self.live("wasm.cache", &old.cache, cache);
+        self.live("wasm.cache_dir", &old.cache_dir, cache_dir);
     }
 
     fn stages(&mut self, old: &Config, old_files: &FileDigests, new: &Config, new_files: &FileDigests) {

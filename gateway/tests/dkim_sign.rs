@@ -264,3 +264,40 @@ fn filter_test_signs_offline_with_a_key_given_by_file() {
     assert_eq!(status.code(), Some(2), "{output}");
     assert!(output.contains("--file key: is required"), "{output}");
 }
+
+#[test]
+fn a_reload_reads_a_replaced_key_file_and_reports_the_stage_changed() {
+    let setup = setup();
+    let key = setup.dir.path().join("current.pem");
+    std::fs::copy(&setup.keys.rsa.pem, &key).unwrap();
+    let stage = format!(
+        "[[stage]]\nname = \"sign\"\nkind = \"wasm\"\npath = \"{}\"\n[stage.config]\ndomain = \"rr-rsa.{ORIGIN}\"\nselector = \"s1\"\n[stage.files]\nkey = \"{}\"\n",
+        filter_wasm("dkim_sign"),
+        key.display()
+    );
+    let gateway = Gateway::builder().section(&stage).section("[admin]\nlisten = \"127.0.0.1:0\"").start();
+    let send = |id: &str| {
+        let mut client = gateway.connect();
+        client.hello();
+        let content = format!("From: <joe@rr-rsa.{ORIGIN}>\r\nSubject: {id}\r\nMessage-ID: <{id}@x>\r\n\r\nHello.\r\n");
+        assert_eq!(
+            client.send_message(&format!("joe@rr-rsa.{ORIGIN}"), &["b@dest.test"], content.as_bytes()).code,
+            250
+        );
+    };
+    let reload = || {
+        let (status, body) = support::http(&gateway.admin_address(), "POST", "/reload", None);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    send("before");
+    assert_eq!(reload()["stages_changed"], serde_json::json!([]), "the same key file is no change");
+    // The Ed25519 key now, under the same selector: the record served is still the RSA one.
+    std::fs::copy(&setup.keys.ed25519.pem, &key).unwrap();
+    assert_eq!(reload()["stages_changed"], serde_json::json!(["sign"]));
+    send("after");
+    support::poll_until(|| gateway.delivered().len() == 2, "both delivered");
+    let delivered = named(gateway.delivered());
+    assert!(field(&delivered[0].1, "DKIM-Signature").contains("a=ed25519-sha256"), "after: the new key signs");
+    assert!(field(&delivered[1].1, "DKIM-Signature").contains("a=rsa-sha256"), "before: the old key signed");
+}

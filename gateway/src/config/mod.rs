@@ -9,6 +9,7 @@
 pub mod dns;
 pub mod stages;
 mod units;
+pub mod wasm;
 mod wording;
 
 use std::net::SocketAddr;
@@ -45,6 +46,9 @@ pub struct Config {
     /// The resolver for stages granted the `dns` capability.
     #[serde(default)]
     pub dns: dns::DnsConfig,
+    /// The wasm host's own settings (the compiled-component cache).
+    #[serde(default)]
+    pub wasm: wasm::WasmConfig,
     /// Relative paths in the config (filter files) are relative to this directory (absolute).
     #[serde(skip)]
     pub base_dir: PathBuf,

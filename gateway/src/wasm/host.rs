@@ -17,7 +17,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "filter",
+        world: "filter-with-dns",
         imports: { default: async },
         exports: { default: async },
     });

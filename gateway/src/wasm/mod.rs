@@ -12,6 +12,7 @@
 //! `[stage.files]` are read here too (`read_stage_file`), so a reload reads them anew, and a filter
 //! importing a capability (`dns`) the stage is not granted is refused.
 
+mod cache;
 mod engine;
 mod host;
 mod stage;
@@ -25,6 +26,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use wasmtime::component::{Component, Linker};
 
 use crate::chain::stage::{Interests, MessageContext, Stage, StageError, StageEvent, StageFactory};
+pub use cache::{default_dir as default_cache_dir, CacheOutcome, ComponentCache};
 use host::{bindings, State};
 pub use host::{Provisions, StageFiles};
 pub use stage::WasmStage;
@@ -174,14 +176,16 @@ fn imports_interface(imports: &[&str], interface: &str) -> bool {
 /// A loaded filter: compiled, linked, ready to instantiate per message.
 pub struct WasmFilter {
     stage: Arc<str>,
-    pre: bindings::FilterPre<State>,
+    pre: bindings::FilterWithDnsPre<State>,
     provisions: Arc<Provisions>,
     limits: WasmLimits,
     interests: Interests,
     /// `[stage.config]` keys the filter never read when it checked its configuration.
     unused_config_keys: Vec<String>,
-    /// Time to compile the component at load, for the operator's log.
+    /// Time to compile the component (or take it from the cache) at load, for the operator's log.
     pub compile_time: Duration,
+    /// Whether the compiled component came from the cache.
+    pub cache_outcome: CacheOutcome,
     /// Where per-message instantiation times go (the gateway's metrics).
     instantiation: Option<Histogram>,
     /// Where each message's instance's peak linear memory goes.
@@ -197,6 +201,7 @@ impl WasmFilter {
         path: &Path,
         provisions: Provisions,
         limits: WasmLimits,
+        cache: Option<&ComponentCache>,
     ) -> Result<WasmFilter, LoadError> {
         let engine = engine::engine().map_err(LoadError::Engine)?;
         let shown = path.display().to_string();
@@ -213,10 +218,14 @@ impl WasmFilter {
         let started = Instant::now();
         // Compiling is CPU work: keep it off the async workers that serve SMTP sessions.
         let compiling = engine.clone();
-        let component = tokio::task::spawn_blocking(move || Component::new(&compiling, &bytes))
-            .await
-            .map_err(|e| invalid(format!("compilation task failed: {e}")))?
-            .map_err(|e| invalid(format!("{e:#}")))?;
+        let cache = cache.cloned();
+        let (component, cache_outcome) = tokio::task::spawn_blocking(move || match cache {
+            Some(cache) => cache.load(&compiling, &bytes),
+            None => Component::new(&compiling, &bytes).map(|component| (component, CacheOutcome::Off)),
+        })
+        .await
+        .map_err(|e| invalid(format!("compilation task failed: {e}")))?
+        .map_err(|e| invalid(format!("{e:#}")))?;
         let compile_time = started.elapsed();
         let ty = component.component_type();
         let exports: Vec<&str> = ty.exports(&engine).map(|(name, _)| name).collect();
@@ -233,11 +242,13 @@ impl WasmFilter {
         }
         let mut linker: Linker<State> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| invalid(format!("{e:#}")))?;
-        bindings::Filter::add_to_linker::<State, wasmtime::component::HasSelf<State>>(&mut linker, |state| state)
-            .map_err(|e| invalid(format!("{e:#}")))?;
+        bindings::FilterWithDns::add_to_linker::<State, wasmtime::component::HasSelf<State>>(&mut linker, |state| {
+            state
+        })
+        .map_err(|e| invalid(format!("{e:#}")))?;
         let pre = linker
             .instantiate_pre(&component)
-            .and_then(bindings::FilterPre::new)
+            .and_then(bindings::FilterWithDnsPre::new)
             .map_err(|e| invalid(format!("{e:#}")))?;
         let mut filter = WasmFilter {
             stage: Arc::from(stage),
@@ -247,6 +258,7 @@ impl WasmFilter {
             interests: Interests::ALL,
             unused_config_keys: Vec::new(),
             compile_time,
+            cache_outcome,
             instantiation: None,
             memory_peak: None,
         };

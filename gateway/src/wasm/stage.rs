@@ -26,7 +26,7 @@ use crate::smtp::reply::Reply;
 /// A live instance: store, bindings and the message resource.
 pub(super) struct Instance {
     store: Store<State>,
-    filter: bindings::Filter,
+    filter: bindings::FilterWithDns,
     message: Option<ResourceAny>,
     /// Where the instance's peak memory goes when it is dropped (a message's instance only).
     memory_peak: Option<Histogram>,
