@@ -1,5 +1,5 @@
 # The two commands (see README): `make run` and `make test`.
-.PHONY: run test setup filters bench
+.PHONY: run test setup filters example-filters bench
 
 # The wasm filters (components for wasm32-wasip2): the stock ones and the host tests' `faults`.
 FILTERS = -p eicar -p footer -p header-rules -p faults -p dkim-sign -p dkim-verify
@@ -11,7 +11,7 @@ run: filters
 
 # Every test: unit tests, then end-to-end tests against real clients, real MTAs and the real
 # wasm host (the filters are built once, before the tests).
-test: setup filters
+test: setup filters example-filters
 	cargo test --workspace --locked
 
 setup:
@@ -20,6 +20,11 @@ setup:
 filters:
 	rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 	cargo build --release --locked --target wasm32-wasip2 $(FILTERS)
+
+# The example filters in Python, JavaScript, C and Zig (examples/filters/): each build installs
+# its own toolchain into target/toolchains once, and writes target/example-filters/LANGUAGE.wasm.
+example-filters:
+	./examples/filters/build
 
 # Throughput benchmarks, side by side with Postfix smtp-source -> smtp-sink (not part of test).
 bench: setup filters
