@@ -178,6 +178,9 @@ pub struct WasmFilter {
     stage: Arc<str>,
     pre: bindings::FilterWithDnsPre<State>,
     provisions: Arc<Provisions>,
+    /// Whether the component imports `raw`: only then is each message's header section copied
+    /// into its store.
+    reads_raw: bool,
     limits: WasmLimits,
     interests: Interests,
     /// `[stage.config]` keys the filter never read when it checked its configuration.
@@ -254,6 +257,7 @@ impl WasmFilter {
             stage: Arc::from(stage),
             pre,
             provisions: Arc::new(provisions),
+            reads_raw: imports_interface(&imports, "sluice:filter/raw"),
             limits: WasmLimits { memory: limits.memory.min(engine::MAX_MEMORY), ..limits },
             interests: Interests::ALL,
             unused_config_keys: Vec::new(),

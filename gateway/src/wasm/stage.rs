@@ -238,7 +238,8 @@ impl Stage for WasmStage {
 
     async fn headers(&mut self, headers: &HeaderSection) -> Result<Reaction, StageError> {
         let fields: Vec<wit::Header> = headers.fields().map(|(name, value)| wit::Header { name, value }).collect();
-        let section = headers.to_bytes();
+        // Only a filter that can ask for it (imports `raw`) gets the section's bytes.
+        let section = if self.filter.reads_raw { headers.to_bytes() } else { Vec::new() };
         let reaction = self
             .run(move |instance, message| {
                 Box::pin(async move {
