@@ -21,6 +21,7 @@ use crate::config::{self, Config};
 use crate::dns::{Resolver, TxtSource};
 use crate::flow::gate::{FlowRegistry, FlowStats};
 use crate::metrics::{Metrics, StageLabel};
+use crate::policy::rate::RateTables;
 use crate::relay::RelayPool;
 use crate::reload::{self, FileDigests, ReloadReport};
 use crate::scanner::clamd::{self, ClamdAddress, ClamdFactory, ClamdSettings};
@@ -42,6 +43,8 @@ pub struct Context {
     pub flows: Arc<FlowRegistry>,
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<SessionBook>,
+    /// Per-client rate windows, kept across reloads.
+    pub rates: RateTables,
     pub started: Instant,
     /// The config file to reload from (None: the embedded default).
     config_path: Option<PathBuf>,
@@ -74,6 +77,7 @@ impl Context {
             flows: Arc::new(FlowRegistry::with_stats(flow_stats)),
             metrics,
             sessions: Arc::default(),
+            rates: RateTables::default(),
             started: Instant::now(),
             config_path,
             current: RwLock::new(Arc::new(settings)),

@@ -54,6 +54,7 @@ pub struct Metrics {
     pub sessions_current: Gauge,
     pub sessions_total: Counter,
     pub transactions: Family<ResultLabel, Counter>,
+    pub tls_handshakes: Family<ResultLabel, Counter>,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     pub stage_calls: Family<StageLabel, Counter>,
@@ -81,6 +82,7 @@ impl Default for Metrics {
             sessions_current: Gauge::default(),
             sessions_total: Counter::default(),
             transactions: Family::default(),
+            tls_handshakes: Family::default(),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             stage_calls: Family::default(),
@@ -102,6 +104,7 @@ impl Default for Metrics {
         registry.register("sessions_open", "SMTP sessions open now", metrics.sessions_current.clone());
         registry.register("sessions", "SMTP sessions accepted", metrics.sessions_total.clone());
         registry.register("transactions", "Transactions by result", metrics.transactions.clone());
+        registry.register("tls_handshakes", "Inbound STARTTLS handshakes by result", metrics.tls_handshakes.clone());
         registry.register("received_bytes", "Bytes read from clients", metrics.bytes_in.clone());
         registry.register("sent_bytes", "Bytes written to clients", metrics.bytes_out.clone());
         registry.register("stage_calls", "Calls into chain stages", metrics.stage_calls.clone());
@@ -153,6 +156,12 @@ impl Metrics {
 
     pub fn transaction(&self, result: &str) {
         self.transactions.get_or_create(&ResultLabel { result: result.into() }).inc();
+    }
+
+    /// An inbound STARTTLS handshake: result "ok" or "failed" (a bad handshake or a timeout).
+    pub fn tls_handshake(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.tls_handshakes.get_or_create(&ResultLabel { result: result.into() }).inc();
     }
 
     pub fn stage_call(&self, stage: &str, took: Duration) {

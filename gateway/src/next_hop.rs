@@ -6,21 +6,24 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::maildir::Maildir;
-pub use crate::relay::Delivery;
 use crate::relay::RelayClient;
+pub use crate::relay::{ClientFacts, Delivery, Proto};
 use crate::smtp::command::MailParams;
 use crate::smtp::reply::Reply;
 use crate::spool::Spool;
 
 pub enum NextHop {
-    Relay(RelayClient),
+    /// Boxed: a relay session's state (connection, settings, the transaction's facts) is large.
+    Relay(Box<RelayClient>),
     Maildir(Arc<Maildir>),
 }
 
 impl NextHop {
-    pub async fn mail(&mut self, from: &str, params: &MailParams) -> Reply {
+    /// MAIL, with the client's facts and Sluice's transaction id: the relay tells the next hop
+    /// the real client (XFORWARD, `Received:`); a maildir keeps no such record.
+    pub async fn mail(&mut self, from: &str, params: &MailParams, client: &ClientFacts, id: &str) -> Reply {
         match self {
-            NextHop::Relay(relay) => relay.mail(from, params).await,
+            NextHop::Relay(relay) => relay.mail(from, params, client, id).await,
             NextHop::Maildir(_) => Reply::new(250, "2.1.0", "Ok"),
         }
     }

@@ -1,13 +1,16 @@
 //! Pre-flight checks: what a config needs from the machine before anything is served. Every
 //! file the config names exists and can be read, the admin token is not empty, and the
-//! directories Sluice writes to (spool, maildir) are writable. `serve` (before it binds a port)
-//! and every reload run `check`, then check the filters as they build the chain
+//! directories Sluice writes to (spool, maildir) are writable; and the config exposes nothing
+//! it should not: no open relay, no admin API off loopback without a token. `serve` (before it
+//! binds a port) and every reload run `check`, then check the filters as they build the chain
 //! (`context::load_stages`: compiled, linked against the contract, their configuration
 //! accepted); `check-config` runs both as `check_all`. Problems name the file, line and key.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use ipnet::IpNet;
 
 use crate::chain::answer::ContentRules;
 use crate::context::load_stages;
@@ -49,6 +52,20 @@ pub fn check(config: &Config) -> Result<(), Problems> {
             problems.push(problem);
         }
     }
+    // Readable certificate files must also hold certificates (and the key that fits).
+    if !unreadable_keys.iter().any(|key| key.starts_with("tls.")) {
+        if let Err(problem) = crate::inbound_tls::acceptor(config) {
+            problems.push(problem);
+        }
+    }
+    if let (Some(relay), false) = (&config.relay, unreadable_keys.iter().any(|key| key == "relay.ca_file")) {
+        if let Err(problem) = crate::relay::TlsPolicy::from_config(config, relay) {
+            problems.push(problem.to_string());
+        }
+    }
+    problems.extend(open_relay(config));
+    problems.extend(open_proxy(config));
+    problems.extend(unguarded_admin(config));
     if let Some(dir) = &config.spool.directory {
         if let Err(why) = writable_dir(dir, false) {
             let hint = "; create it, or leave spool.directory out to use the system's temporary directory";
@@ -81,6 +98,13 @@ fn named_files(config: &Config) -> Vec<(String, PathBuf)> {
     if let Some(file) = config.admin.as_ref().and_then(|admin| admin.token_file.as_ref()) {
         files.push((TOKEN_KEY.to_string(), config.resolve(file)));
     }
+    if let Some(ca_file) = config.relay.as_ref().and_then(|relay| relay.ca_file.as_ref()) {
+        files.push(("relay.ca_file".to_string(), config.resolve(ca_file)));
+    }
+    if let Some(tls) = &config.tls {
+        files.push(("tls.cert_file".to_string(), config.resolve(&tls.cert_file)));
+        files.push(("tls.key_file".to_string(), config.resolve(&tls.key_file)));
+    }
     files
 }
 
@@ -95,6 +119,65 @@ pub fn admin_token(config: &Config) -> Result<Option<String>, String> {
         true => Err(format!("{at}: {} is empty; write the token into it", path.display())),
         false => Ok(Some(token.to_string())),
     }
+}
+
+/// A config that lets anyone relay: trusted networks covering every address of a family (a
+/// `/0`, or smaller networks adding up to one) while clients can come from anywhere — a listener
+/// off loopback, or the PROXY protocol, which hands over clients from beyond the proxy. Allowed
+/// only when `allow_open_relay = true` says it is meant.
+fn open_relay(config: &Config) -> Option<String> {
+    let policy = &config.policy;
+    if policy.allow_open_relay {
+        return None;
+    }
+    let server = &config.server;
+    let exposed = match server.listen.iter().find(|address| !address.ip().to_canonical().is_loopback()) {
+        Some(address) => format!("Sluice listens on {address}, which is not loopback"),
+        None if server.proxy_protocol => "server.proxy_protocol is on, so clients come from anywhere".to_string(),
+        None => return None,
+    };
+    let networks: Vec<IpNet> = policy.trusted_networks.iter().map(|network| network.0.trunc()).collect();
+    let all = IpNet::aggregate(&networks).into_iter().find(|network| network.prefix_len() == 0)?;
+    let family = if all.addr().is_ipv4() { "IPv4" } else { "IPv6" };
+    Some(format!(
+        "{}: trusts every {family} address ({all}) and {exposed}: Sluice would be an open relay, passing \
+         anyone's mail to any domain. List only your own clients' networks (e.g. \"192.0.2.0/24\") and put \
+         the domains you receive mail for in relay_domains; or, if it is meant (say, a private network \
+         whose firewall does the relay control), write allow_open_relay = true in [policy]",
+        config.locate("policy.trusted_networks")
+    ))
+}
+
+/// `proxy_trusted` covering every address lets any client write a PROXY header naming any
+/// address — a trusted one too — so it is the same open relay, and spoofs every rate limit.
+fn open_proxy(config: &Config) -> Option<String> {
+    let server = &config.server;
+    if !server.proxy_protocol || config.policy.allow_open_relay {
+        return None;
+    }
+    let networks: Vec<IpNet> = server.proxy_trusted.iter().map(IpNet::trunc).collect();
+    let all = IpNet::aggregate(&networks).into_iter().find(|network| network.prefix_len() == 0)?;
+    let family = if all.addr().is_ipv4() { "IPv4" } else { "IPv6" };
+    Some(format!(
+        "{}: takes PROXY headers from every {family} address ({all}), so any client could claim to be          any address, a trusted one too: Sluice would be an open relay and its rate limits void. List          only your load balancers' addresses (e.g. \"10.0.0.5/32\"); or, if it is meant, write          allow_open_relay = true in [policy]",
+        config.locate("server.proxy_trusted")
+    ))
+}
+
+/// An admin API off loopback without a token would let anyone who reaches it reload the config,
+/// switch tracing on and list the sessions.
+fn unguarded_admin(config: &Config) -> Option<String> {
+    let admin = config.admin.as_ref().filter(|admin| admin.token_file.is_none())?;
+    if admin.listen.ip().to_canonical().is_loopback() {
+        return None;
+    }
+    Some(format!(
+        "{}: {} is not a loopback address and [admin] has no token_file, so anyone who reaches it could \
+         reload the config, switch tracing on and list the sessions; set token_file to a file holding a \
+         secret token, or listen on 127.0.0.1",
+        config.locate("admin.listen"),
+        admin.listen
+    ))
 }
 
 /// For the embedded default's own filters: how to get them.
@@ -230,6 +313,84 @@ mod tests {
         assert!(problems[0].contains("spool.directory: /proc is not writable"), "{problems:?}");
         let config = config_in(dir.path(), &format!("[spool]\ndirectory = \"{}\"\n", dir.path().display()));
         check(&config).unwrap();
+    }
+
+    #[test]
+    fn trusting_every_address_off_loopback_is_an_open_relay() {
+        let refusal = |server: &str, policy: &str| {
+            let text = format!("[policy]\n{policy}\n\n[server]\n{server}\n");
+            open_relay(&config::parse("/etc/sluice.toml", &text).unwrap())
+        };
+        let open = "listen = [\"0.0.0.0:25\"]";
+        let start = "/etc/sluice.toml:2: policy.trusted_networks: trusts every";
+        let cases = [
+            (
+                open,
+                "trusted_networks = [\"0.0.0.0/0\"]",
+                Some("IPv4 address (0.0.0.0/0) and Sluice listens on 0.0.0.0:25, which is not loopback: "),
+            ),
+            // Networks adding up to everything are everything.
+            (open, "trusted_networks = [\"0.0.0.0/1\", \"128.0.0.0/1\"]", Some("IPv4 address (0.0.0.0/0)")),
+            (
+                "listen = [\"[::]:25\"]",
+                "trusted_networks = [\"::1\", \"::/0\"]",
+                Some("IPv6 address (::/0) and Sluice listens on [::]:25"),
+            ),
+            ("listen = [\"[::]:25\"]", "trusted_networks = [\"::ffff:0:0/96\"]", Some("IPv4 address (0.0.0.0/0)")),
+            (
+                "listen = [\"127.0.0.1:25\"]\nproxy_protocol = true\nproxy_trusted = [\"127.0.0.1/32\"]",
+                "trusted_networks = [\"0.0.0.0/0\"]",
+                Some("IPv4 address (0.0.0.0/0) and server.proxy_protocol is on, so clients come from anywhere"),
+            ),
+            ("listen = [\"127.0.0.1:25\", \"[::1]:25\"]", "trusted_networks = [\"0.0.0.0/0\", \"::/0\"]", None),
+            (open, "trusted_networks = [\"0.0.0.0/0\"]\nallow_open_relay = true", None),
+            (open, "trusted_networks = [\"10.0.0.0/8\", \"0.0.0.0/1\"]", None),
+            (open, "relay_domains = [\"example.org\"]", None),
+        ];
+        for (server, policy, expected) in cases {
+            let problem = refusal(server, policy);
+            match expected {
+                Some(expected) => {
+                    let problem = problem.unwrap_or_else(|| panic!("{server} {policy}: no problem"));
+                    assert!(problem.starts_with(start) && problem.contains(expected), "{problem}");
+                    assert!(problem.ends_with("write allow_open_relay = true in [policy]"), "{problem}");
+                }
+                None => assert_eq!(problem, None, "{server} {policy}"),
+            }
+        }
+    }
+
+    #[test]
+    fn taking_proxy_headers_from_everyone_is_an_open_relay() {
+        let problem = |server: &str, policy: &str| {
+            let text =
+                format!("[server]\nlisten = [\"127.0.0.1:25\"]\nproxy_protocol = true\n{server}\n[policy]\n{policy}\n");
+            open_proxy(&config::parse("/etc/sluice.toml", &text).unwrap())
+        };
+        let open = problem("proxy_trusted = [\"0.0.0.0/1\", \"128.0.0.0/1\"]", "").expect("refused");
+        assert!(
+            open.starts_with(
+                "/etc/sluice.toml:4: server.proxy_trusted: takes PROXY headers from every IPv4 address (0.0.0.0/0)"
+            ),
+            "{open}"
+        );
+        assert!(problem("proxy_trusted = [\"::/0\"]", "").unwrap().contains("every IPv6 address (::/0)"));
+        assert_eq!(problem("proxy_trusted = [\"10.0.0.5/32\"]", ""), None);
+        assert_eq!(problem("proxy_trusted = [\"0.0.0.0/0\"]", "allow_open_relay = true"), None);
+    }
+
+    #[test]
+    fn an_admin_api_off_loopback_needs_a_token() {
+        let problem =
+            |admin: &str| unguarded_admin(&config::parse("/etc/sluice.toml", &format!("[admin]\n{admin}\n")).unwrap());
+        let expected =
+            "/etc/sluice.toml:2: admin.listen: 0.0.0.0:8025 is not a loopback address and [admin] has no token_file";
+        assert!(problem("listen = \"0.0.0.0:8025\"").unwrap().starts_with(expected));
+        assert!(problem("listen = \"192.0.2.1:8025\"").unwrap().ends_with("or listen on 127.0.0.1"));
+        assert_eq!(problem("listen = \"0.0.0.0:8025\"\ntoken_file = \"token\""), None);
+        assert_eq!(problem("listen = \"[::1]:8025\""), None);
+        assert_eq!(problem("listen = \"127.0.0.2:8025\""), None);
+        assert_eq!(problem(""), None);
     }
 
     #[test]

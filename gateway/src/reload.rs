@@ -14,6 +14,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::config::dns::DnsConfig;
+use crate::config::policy::PolicyConfig;
 use crate::config::stages::FlowConfig;
 use crate::config::wasm::WasmConfig;
 use crate::config::{Config, MaildirConfig, RelayConfig, ServerConfig, SpoolConfig};
@@ -70,6 +71,8 @@ pub fn plan(running: &Config, running_files: &FileDigests, new: Config, new_file
         admin: _,
         dns: _,
         wasm: _,
+        tls: _,
+        policy: _,
         base_dir: _,
         source: _,
     } = &next;
@@ -92,6 +95,9 @@ pub fn plan(running: &Config, running_files: &FileDigests, new: Config, new_file
     diff.flow(&running.flow, &next.flow);
     diff.dns(&running.dns, &next.dns);
     diff.wasm(&running.wasm, &next.wasm);
+    diff.policy(&running.policy, &next.policy);
+    // The certificate files are re-read at every reload; this reports a change of the paths.
+    diff.live("tls", &running.tls, &next.tls);
     diff.stages(running, running_files, &next, new_files);
     Plan { config: next, changes: diff.changes }
 }
@@ -134,6 +140,9 @@ impl Diff {
             min_data_rate_grace,
             shutdown_timeout,
             bare_line_endings,
+            require_tls,
+            proxy_protocol,
+            proxy_trusted,
         } = new;
         self.live("server.hostname", &old.hostname, hostname);
         self.live("server.max_message_size", &old.max_message_size, max_message_size);
@@ -147,14 +156,30 @@ impl Diff {
         self.live("server.min_data_rate_grace", &old.min_data_rate_grace, min_data_rate_grace);
         self.live("server.shutdown_timeout", &old.shutdown_timeout, shutdown_timeout);
         self.live("server.bare_line_endings", &old.bare_line_endings, bare_line_endings);
+        self.live("server.require_tls", &old.require_tls, require_tls);
+        self.live("server.proxy_protocol", &old.proxy_protocol, proxy_protocol);
+        self.live("server.proxy_trusted", &old.proxy_trusted, proxy_trusted);
     }
 
     fn relay(&mut self, old: &RelayConfig, new: &RelayConfig) {
-        let RelayConfig { address, helo_name, connect_timeout, command_timeout } = new;
+        let RelayConfig {
+            address,
+            helo_name,
+            connect_timeout,
+            command_timeout,
+            tls,
+            ca_file,
+            server_name,
+            add_received,
+        } = new;
         self.live("relay.address", &old.address, address);
         self.live("relay.helo_name", &old.helo_name, helo_name);
         self.live("relay.connect_timeout", &old.connect_timeout, connect_timeout);
         self.live("relay.command_timeout", &old.command_timeout, command_timeout);
+        self.live("relay.tls", &old.tls, tls);
+        self.live("relay.ca_file", &old.ca_file, ca_file);
+        self.live("relay.server_name", &old.server_name, server_name);
+        self.live("relay.add_received", &old.add_received, add_received);
     }
 
     fn maildir(&mut self, old: &MaildirConfig, new: &MaildirConfig) {
@@ -186,6 +211,26 @@ impl Diff {
         let WasmConfig { cache, cache_dir } = new;
         self.live("wasm.cache", &old.cache, cache);
         self.live("wasm.cache_dir", &old.cache_dir, cache_dir);
+    }
+
+    /// Every session's checks read the policy of its generation; the rate tables stay.
+    fn policy(&mut self, old: &PolicyConfig, new: &PolicyConfig) {
+        let PolicyConfig {
+            relay_domains,
+            trusted_networks,
+            allow_open_relay,
+            connection_rate,
+            message_rate,
+            recipient_rate,
+            max_messages_per_session,
+        } = new;
+        self.live("policy.relay_domains", &old.relay_domains, relay_domains);
+        self.live("policy.trusted_networks", &old.trusted_networks, trusted_networks);
+        self.live("policy.allow_open_relay", &old.allow_open_relay, allow_open_relay);
+        self.live("policy.connection_rate", &old.connection_rate, connection_rate);
+        self.live("policy.message_rate", &old.message_rate, message_rate);
+        self.live("policy.recipient_rate", &old.recipient_rate, recipient_rate);
+        self.live("policy.max_messages_per_session", &old.max_messages_per_session, max_messages_per_session);
     }
 
     fn stages(&mut self, old: &Config, old_files: &FileDigests, new: &Config, new_files: &FileDigests) {

@@ -1,4 +1,5 @@
-//! The listener side: binds the configured addresses, enforces the session limits (421 at
+//! The listener side: binds the configured addresses, reads the PROXY header that names the
+//! real client when `[server] proxy_protocol` is on, enforces the session limits (421 at
 //! greeting) of the current settings generation, which the admitted session then keeps, gives
 //! each connection its span and task, and runs the SIGTERM drain.
 
@@ -9,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -19,8 +20,10 @@ use tracing::{info, info_span, warn, Instrument, Span};
 use crate::config::Config;
 use crate::context::Context;
 use crate::logging::SESSION_SPAN;
-use crate::settings::Admission;
-use crate::smtp::conn::{Connection, REFUSAL_WRITE_TIMEOUT};
+use crate::proxy_header::{self, Header, HeaderError, Parsed, ProxyProtocol};
+use crate::settings::{Admission, Settings};
+use crate::smtp::conn::{shutting_down, Connection, REFUSAL_WRITE_TIMEOUT};
+use crate::smtp::reply::Reply;
 
 /// The two stages of a graceful stop, as sessions see them.
 #[derive(Clone, Default)]
@@ -122,11 +125,36 @@ impl Drop for SessionSlot {
     }
 }
 
+/// The longest a connection may take to send its PROXY header, whatever `command_timeout`: a
+/// balancer sends it with the connection, so one still arriving after this is a trickle that
+/// must not hold the connection.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a connection that had to begin with a PROXY header was closed without a greeting.
+#[derive(Debug, thiserror::Error)]
+enum ProxyRefusal {
+    #[error("the peer is not in server.proxy_trusted")]
+    Untrusted,
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    #[error("no complete PROXY header within {}s", .0.as_secs_f64())]
+    Timeout(Duration),
+    #[error("the peer closed the connection before its PROXY header was complete")]
+    Closed,
+    // The balancer's own address would stand in for the client, and it may be trusted.
+    #[error("the PROXY header names no client (LOCAL or UNKNOWN); only client connections are served, so point health checks at the admin API's /readyz")]
+    NoClient,
+    #[error("reading the PROXY header failed: {0}")]
+    Read(#[from] std::io::Error),
+}
+
 pub struct Server {
     listeners: Vec<TcpListener>,
     context: Arc<Context>,
     slots: Arc<SessionSlots>,
     refusals: RefusalLog,
+    /// Its own budget, so refused PROXY connections do not hide session-limit refusals.
+    proxy_refusals: RefusalLog,
     shutdown: Shutdown,
     tasks: TaskTracker,
 }
@@ -161,6 +189,7 @@ impl Server {
             context,
             slots: Arc::default(),
             refusals: RefusalLog::default(),
+            proxy_refusals: RefusalLog::default(),
             shutdown,
             tasks: TaskTracker::new(),
         })
@@ -222,11 +251,44 @@ impl Server {
         info!(target: "sluice::smtp", flow_pauses = flow.pauses, flow_resumes = flow.resumes, "stopped");
     }
 
-    /// Applies the session limits and starts the session task with the current settings.
-    fn admit(&self, stream: TcpStream, peer: SocketAddr, id: u64) {
+    /// Starts the session of an accepted connection with the current settings: at once, or once
+    /// its PROXY header has named the client. Never waits: the accept loop calls it, so the
+    /// header is read in the connection's own task, bounded by a timer.
+    fn admit(self: &Arc<Self>, mut stream: TcpStream, peer: SocketAddr, id: u64) {
         let _ = stream.set_nodelay(true);
-        let span = info_span!(target: SESSION_SPAN, "session", id = %crate::sessions::format_id(id), peer = %peer);
         let settings = self.context.settings();
+        let trusted = match &settings.proxy {
+            ProxyProtocol::Off => return self.start(stream, peer, None, id, settings),
+            ProxyProtocol::Required { trusted } => trusted.clone(),
+        };
+        if !proxy_header::is_trusted(peer.ip(), &trusted) {
+            // Dropping the stream closes it: a peer that may not connect is told nothing.
+            return self.log_proxy_refusal(peer, id, &ProxyRefusal::Untrusted);
+        }
+        let server = self.clone();
+        self.tasks.spawn(async move {
+            let bound = PROXY_HEADER_TIMEOUT.min(settings.reads.command_timeout);
+            let read = tokio::select! {
+                read = timeout(bound, read_proxy_header(&mut stream)) => read.unwrap_or(Err(ProxyRefusal::Timeout(bound))),
+                _ = server.shutdown.deadline.cancelled() => return,
+            };
+            match read {
+                // A header completed after SIGTERM: no new session, as for a closed port.
+                Ok(Header::Proxied { source, .. }) if server.shutdown.draining.is_cancelled() => {
+                    let span = session_span(id, source, Some(peer));
+                    server.tasks.spawn(refuse(stream, shutting_down(&settings)).instrument(span));
+                }
+                Ok(Header::Proxied { source, .. }) => server.start(stream, source, Some(peer), id, settings),
+                Ok(Header::Local) => server.log_proxy_refusal(peer, id, &ProxyRefusal::NoClient),
+                Err(refusal) => server.log_proxy_refusal(peer, id, &refusal),
+            }
+        });
+    }
+
+    /// Applies the session limits to the client `peer` (reached through the balancer `via`)
+    /// and starts the session task.
+    fn start(&self, stream: TcpStream, peer: SocketAddr, via: Option<SocketAddr>, id: u64, settings: Arc<Settings>) {
+        let span = session_span(id, peer, via);
         let slot = match self.slots.acquire(peer.ip(), settings.admission) {
             Ok(slot) => slot,
             Err(full) => {
@@ -234,7 +296,7 @@ impl Server {
                 if let Some(unlogged) = self.refusals.due(Instant::now()) {
                     self.log_refusal(&span, full, settings.admission, peer.ip(), unlogged);
                 }
-                self.tasks.spawn(refuse(stream, text).instrument(span));
+                self.tasks.spawn(refuse(stream, Reply::new(421, "4.7.0", text)).instrument(span));
                 return;
             }
         };
@@ -252,6 +314,14 @@ impl Server {
             }
             .instrument(span),
         );
+    }
+
+    /// One line per refused PROXY connection, within the refusal log's budget.
+    fn log_proxy_refusal(&self, peer: SocketAddr, id: u64, refusal: &ProxyRefusal) {
+        if let Some(unlogged) = self.proxy_refusals.due(Instant::now()) {
+            let span = session_span(id, peer, None);
+            info!(target: "sluice::smtp", parent: &span, reason = %refusal, unlogged, "refused: closed without a greeting");
+        }
     }
 
     /// Says which limit refused a client and who holds the sessions, so an operator can see a
@@ -282,8 +352,52 @@ impl Server {
     }
 }
 
-async fn refuse(mut stream: TcpStream, text: String) {
-    let reply = crate::smtp::reply::Reply::new(421, "4.7.0", text).to_wire();
+/// A session's span: the client's address as `peer`, and the balancer's as `proxy` when a
+/// PROXY header named the client.
+fn session_span(id: u64, peer: SocketAddr, via: Option<SocketAddr>) -> Span {
+    let span = info_span!(
+        target: SESSION_SPAN,
+        "session",
+        id = %crate::sessions::format_id(id),
+        peer = %peer,
+        proxy = tracing::field::Empty
+    );
+    if let Some(via) = via {
+        span.record("proxy", tracing::field::display(via));
+    }
+    span
+}
+
+/// Reads the PROXY header and nothing more: it peeks at what has arrived and consumes only the
+/// bytes `proxy_header::parse` says are the header's, so the client's first command stays for
+/// the session.
+async fn read_proxy_header(stream: &mut TcpStream) -> Result<Header, ProxyRefusal> {
+    let mut buffer = [0u8; proxy_header::MAX_LENGTH];
+    // The header's bytes consumed so far, at the front of `buffer`.
+    let mut consumed = 0;
+    loop {
+        // Waits for bytes beyond those consumed (`parse` says Incomplete only below MAX_LENGTH).
+        let peeked = stream.peek(&mut buffer[consumed..]).await?;
+        if peeked == 0 {
+            return Err(ProxyRefusal::Closed);
+        }
+        match proxy_header::parse(&buffer[..consumed + peeked])? {
+            Parsed::Complete { header, length } => {
+                // `length` is at least `consumed`: parse said all of those were the header's.
+                stream.read_exact(&mut buffer[consumed..length.max(consumed)]).await?;
+                return Ok(header);
+            }
+            Parsed::Incomplete => {
+                stream.read_exact(&mut buffer[consumed..consumed + peeked]).await?;
+                consumed += peeked;
+            }
+        }
+    }
+}
+
+/// Writes `reply` (a 421) as the greeting and closes, within a bound.
+async fn refuse(mut stream: TcpStream, reply: Reply) {
+    let reply = reply.to_wire();
     let _ = timeout(REFUSAL_WRITE_TIMEOUT, async {
         stream.write_all(&reply).await?;
         stream.shutdown().await

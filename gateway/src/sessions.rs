@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::admin::views::{QueueView, SessionView, TransactionView};
+use crate::admin::views::{QueueView, SessionView, TlsView, TransactionView};
 use crate::flow::gate::FlowHandle;
+use crate::inbound_tls::TlsInfo;
 
 /// What the session driver keeps up to date.
 #[derive(Debug, Clone)]
@@ -18,6 +19,8 @@ pub struct SessionInfo {
     pub transaction: Option<(String, usize)>,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// What STARTTLS negotiated, once it has.
+    pub tls: Option<TlsInfo>,
 }
 
 struct Entry {
@@ -57,8 +60,13 @@ impl SessionBook {
     }
 
     pub fn open(self: &Arc<Self>, id: u64, peer: SocketAddr, local_port: u16, flow: Arc<FlowHandle>) -> Listing {
-        let info =
-            Arc::new(Mutex::new(SessionInfo { state: "greeting", transaction: None, bytes_in: 0, bytes_out: 0 }));
+        let info = Arc::new(Mutex::new(SessionInfo {
+            state: "greeting",
+            transaction: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            tls: None,
+        }));
         self.lock().insert(id, Entry { peer, local_port, started: Instant::now(), info: info.clone(), flow });
         Listing { book: self.clone(), id, info }
     }
@@ -91,6 +99,7 @@ fn view(id: u64, entry: &Entry) -> SessionView {
         transaction: info.transaction.map(|(from, rcpts)| TransactionView { from, rcpts }),
         bytes_in: info.bytes_in,
         bytes_out: info.bytes_out,
+        tls: info.tls.map(|tls| TlsView { version: tls.version, cipher: tls.cipher }),
         paused: flow.paused,
         paused_by: flow.paused_by,
         queued: flow.queued.into_iter().map(|(stage, bytes)| QueueView { stage, bytes }).collect(),

@@ -17,9 +17,11 @@ use crate::config::Config;
 use crate::flow::Watermarks;
 use crate::maildir::Maildir;
 use crate::next_hop::NextHop;
+use crate::policy::Policy;
+use crate::proxy_header::ProxyProtocol;
 use crate::relay::{RelayClient, RelayPool, RelaySettings};
 use crate::smtp::deadline::ReadLimits;
-use crate::smtp::session::SessionConfig;
+use crate::smtp::session::{SessionConfig, TlsPolicy};
 use crate::spool::{Spool, SpoolBudget};
 
 /// What every generation shares: reloads change their limits, never replace them.
@@ -52,9 +54,15 @@ pub struct Settings {
     pub reads: ReadLimits,
     pub watermarks: Watermarks,
     pub admission: Admission,
+    /// Whether connections begin with a PROXY header, and from which balancers.
+    pub proxy: ProxyProtocol,
     /// How long SIGTERM waits for sessions in a transaction.
     pub shutdown_timeout: Duration,
     pub chain: Arc<Chain>,
+    /// Relay policy and rate limits (the rate tables are the context's: they outlive this).
+    pub policy: Policy,
+    /// STARTTLS's certificate, read for this generation; None when `[tls]` is absent.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     destination: Destination,
     relay_pool: Arc<RelayPool>,
     spool_memory: usize,
@@ -90,6 +98,8 @@ impl Settings {
                 helo_name: relay.helo_name.clone().unwrap_or_else(|| hostname.clone()),
                 connect_timeout: relay.connect_timeout.0,
                 command_timeout: relay.command_timeout.0,
+                tls: crate::relay::TlsPolicy::from_config(config, relay)?,
+                received_by: relay.add_received.then(|| hostname.clone()),
             }),
             None => {
                 let path = &config.maildir.path;
@@ -106,6 +116,12 @@ impl Settings {
                 Destination::Maildir(maildir)
             }
         };
+        let tls = crate::inbound_tls::acceptor(config).map_err(anyhow::Error::msg)?;
+        let tls_policy = match (&tls, server.require_tls) {
+            (None, _) => TlsPolicy::Off,
+            (Some(_), false) => TlsPolicy::Offered,
+            (Some(_), true) => TlsPolicy::Required,
+        };
         Ok(Settings {
             generation,
             session: SessionConfig {
@@ -114,6 +130,7 @@ impl Settings {
                 max_header_size: server.max_header_size.0,
                 max_recipients: server.max_recipients,
                 bare_line_endings: server.bare_line_endings,
+                tls: tls_policy,
             },
             reads: ReadLimits {
                 command_timeout: server.command_timeout.0,
@@ -123,8 +140,11 @@ impl Settings {
             },
             watermarks: Watermarks { high: config.flow.high_watermark.0, low: config.flow.low_watermark.0 },
             admission: Admission { max_sessions: server.max_sessions, max_sessions_per_ip: server.max_sessions_per_ip },
+            proxy: ProxyProtocol::new(server.proxy_protocol, &server.proxy_trusted),
             shutdown_timeout: server.shutdown_timeout.0,
             chain: Arc::new(chain),
+            policy: Policy::new(&config.policy),
+            tls,
             destination,
             relay_pool: shared.relay_pool.clone(),
             spool_memory: usize::try_from(config.spool.memory_limit.0).unwrap_or(usize::MAX),
@@ -136,7 +156,9 @@ impl Settings {
 
     pub fn next_hop(&self) -> NextHop {
         match &self.destination {
-            Destination::Relay(relay) => NextHop::Relay(RelayClient::new(relay.clone(), self.relay_pool.clone())),
+            Destination::Relay(relay) => {
+                NextHop::Relay(Box::new(RelayClient::new(relay.clone(), self.relay_pool.clone())))
+            }
             Destination::Maildir(maildir) => NextHop::Maildir(maildir.clone()),
         }
     }

@@ -282,7 +282,7 @@ impl Driver<'_> {
                     txn.rcpts.push(to);
                 }
             }
-            Request::Deliver(envelope) => {
+            Request::Deliver { envelope, .. } => {
                 let txn = self.transaction.take().expect("delivery without a transaction");
                 assert_eq!(envelope.mail_from, txn.from, "delivered envelope differs from what was accepted");
                 assert_eq!(envelope.params, txn.params);
@@ -345,6 +345,7 @@ fn drive(case: &Case, wire: &[u8], splits: Option<&[u16]>) -> Vec<Event> {
             true => BareLineEndings::Reject,
             false => BareLineEndings::Normalize,
         },
+        tls: Default::default(),
     };
     let mut driver = Driver {
         case,
@@ -389,11 +390,13 @@ fn drive(case: &Case, wire: &[u8], splits: Option<&[u16]>) -> Vec<Event> {
                 assert!(driver.transaction.take().is_some(), "Abandon without a transaction");
                 driver.events.push(Event::Abandon);
             }
-            Step::Refuse(reply) => {
+            Step::Refuse { reply, .. } => {
                 assert!(driver.transaction.take().is_some(), "Refuse without a transaction");
                 assert!(matches!(reply.code, 550 | 552), "unexpected refusal {reply:?}");
                 driver.events.push(Event::Refuse(reply));
             }
+            // The fuzzed session does not offer STARTTLS (`TlsPolicy::Off`).
+            Step::StartTls { .. } => panic!("STARTTLS accepted though not offered"),
             Step::NeedInput => {
                 driver.need_input();
                 let Some(piece) = feed.next() else { break };

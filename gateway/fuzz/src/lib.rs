@@ -1,6 +1,9 @@
 //! Oracles shared by the fuzz targets: line-ending checks and a deliberately naive reference
 //! model of DATA / BDAT content decoding, written independently of `sluice::smtp::parser` so the
-//! two can be compared byte for byte.
+//! two can be compared byte for byte. `checks` holds whole checks of the targets that the main
+//! workspace's smoke test replays too.
+
+pub mod checks;
 
 use std::ops::Range;
 

@@ -13,6 +13,7 @@ fn config() -> SessionConfig {
         max_header_size: 300,
         max_recipients: 2,
         bare_line_endings: BareLineEndings::Normalize,
+        tls: Default::default(),
     }
 }
 
@@ -64,7 +65,7 @@ fn bdat_message_ending_in_bare_lf() {
     let delivered = loop {
         match session.step(&mut input) {
             Step::Body(bytes) => body.extend_from_slice(&bytes),
-            Step::Request(Request::Deliver(_)) => break body,
+            Step::Request(Request::Deliver { .. }) => break body,
             Step::Request(_) => {
                 session.answer(Reply::new(250, "2.0.0", "Ok"));
             }
@@ -84,7 +85,7 @@ fn refusals(config: SessionConfig, input: &[u8], piece: usize) -> Vec<u16> {
     let mut codes = Vec::new();
     loop {
         match session.step(&mut buf) {
-            Step::Refuse(reply) => codes.push(reply.code),
+            Step::Refuse { reply, .. } => codes.push(reply.code),
             Step::Request(_) => {
                 session.answer(Reply::new(250, "2.0.0", "Ok"));
             }

@@ -68,12 +68,21 @@ pub struct SessionView {
     pub transaction: Option<TransactionView>,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Set once STARTTLS has succeeded.
+    pub tls: Option<TlsView>,
     pub paused: bool,
     pub paused_by: Option<String>,
     pub queued: Vec<QueueView>,
     pub pauses: u64,
     pub resumes: u64,
     pub age_seconds: f64,
+}
+
+/// A session's encryption: protocol version ("TLSv1.3") and cipher suite.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TlsView {
+    pub version: String,
+    pub cipher: String,
 }
 
 /// The transaction a session is in: sender and recipient count.

@@ -7,7 +7,10 @@
 //! only `load_file` and `embedded_default` touch the filesystem.
 
 pub mod dns;
+pub mod policy;
+pub mod relay;
 pub mod stages;
+pub mod tls;
 mod units;
 pub mod wasm;
 mod wording;
@@ -20,6 +23,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::chain::headers::HEADER_LIMIT;
+pub use relay::{RelayConfig, RelayTls};
 use stages::{FlowConfig, StageConfig};
 pub use units::{ByteSize, Span};
 
@@ -49,6 +53,11 @@ pub struct Config {
     /// The wasm host's own settings (the compiled-component cache).
     #[serde(default)]
     pub wasm: wasm::WasmConfig,
+    /// STARTTLS for clients; not offered when absent.
+    pub tls: Option<tls::TlsConfig>,
+    /// Relay policy and rate limits (`[policy]`).
+    #[serde(default)]
+    pub policy: policy::PolicyConfig,
     /// Relative paths in the config (filter files) are relative to this directory (absolute).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -116,6 +125,13 @@ pub struct ServerConfig {
     pub shutdown_timeout: Span,
     /// What to do with a bare CR or LF in a message body (SMTP smuggling defence).
     pub bare_line_endings: BareLineEndings,
+    /// Every connection begins with a PROXY header (v1 or v2) naming the real client; needs
+    /// `proxy_trusted`.
+    pub proxy_protocol: bool,
+    /// The load balancers allowed to connect when `proxy_protocol` is on (CIDRs).
+    pub proxy_trusted: Vec<ipnet::IpNet>,
+    /// MAIL only after STARTTLS (530 5.7.0 before); needs `[tls]`.
+    pub require_tls: bool,
 }
 
 impl Default for ServerConfig {
@@ -134,6 +150,9 @@ impl Default for ServerConfig {
             min_data_rate_grace: Span(Duration::from_secs(30)),
             shutdown_timeout: Span(Duration::from_secs(30)),
             bare_line_endings: BareLineEndings::Normalize,
+            proxy_protocol: false,
+            proxy_trusted: Vec::new(),
+            require_tls: false,
         }
     }
 }
@@ -146,28 +165,6 @@ pub enum BareLineEndings {
     Normalize,
     /// Refuse the message with 550 after reading it.
     Reject,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RelayConfig {
-    /// The next hop, `host:port`.
-    pub address: String,
-    /// Name we send in EHLO to the next hop; defaults to `server.hostname`.
-    pub helo_name: Option<String>,
-    #[serde(default = "default_connect_timeout")]
-    pub connect_timeout: Span,
-    /// Bound on each next-hop reply (Postfix's smtp_*_timeout); the final reply after DATA too.
-    #[serde(default = "default_relay_command_timeout")]
-    pub command_timeout: Span,
-}
-
-fn default_connect_timeout() -> Span {
-    Span(Duration::from_secs(30))
-}
-
-fn default_relay_command_timeout() -> Span {
-    Span(Duration::from_secs(300))
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -354,23 +351,31 @@ fn validate(config: &Config) -> Result<(), (String, String)> {
     if server.min_data_rate_grace.0.is_zero() {
         return fail("server.min_data_rate_grace", "must be greater than zero");
     }
+    if server.proxy_protocol && server.proxy_trusted.is_empty() {
+        return fail(
+            "server.proxy_protocol",
+            "is true, but server.proxy_trusted lists no load balancer; add their addresses, e.g. proxy_trusted = [\"10.0.0.5/32\"]",
+        );
+    }
     if let Some(hostname) = &server.hostname {
         if hostname.is_empty() || hostname.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
             return fail("server.hostname", "must be a host name without spaces, e.g. \"gw.example.org\"");
         }
     }
     if let Some(relay) = &config.relay {
-        if relay.address.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
-            return fail("relay.address", "must be host:port, e.g. \"127.0.0.1:10026\"");
-        }
-        if relay.command_timeout.0.is_zero() || relay.connect_timeout.0.is_zero() {
-            return fail("relay.command_timeout", "relay timeouts must be greater than zero");
-        }
+        relay.validate()?;
+    }
+    if server.require_tls && config.tls.is_none() {
+        return fail(
+            "server.require_tls",
+            "needs a certificate to offer STARTTLS with: add a [tls] section with cert_file and key_file",
+        );
     }
     if config.maildir.path.as_os_str().is_empty() {
         return fail("maildir.path", "must name a directory, e.g. \"./mail\"");
     }
     dns::validate(&config.dns)?;
+    policy::validate(&config.policy)?;
     stages::validate(&config.flow, &config.stage)
 }
 
@@ -380,6 +385,14 @@ mod tests {
 
     fn error(text: &str) -> String {
         parse("test.toml", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_control_character_in_a_comment_is_named() {
+        // Fuzzing finding: toml's error had no message, so the line ended after the key.
+        let shown = error("# a\x0cb\n[server]\n");
+        assert!(shown.starts_with("test.toml:1:"), "{shown}");
+        assert!(shown.contains("a control character other than tab"), "{shown}");
     }
 
     #[test]
@@ -504,6 +517,17 @@ mod tests {
             ]
             .map(PathBuf::from)
         );
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_balancers() {
+        let err = error("[server]\nproxy_protocol = true\n");
+        assert!(err.starts_with("test.toml:2:1: server.proxy_protocol: is true, but server.proxy_trusted"), "{err}");
+        let err = error("[server]\nproxy_protocol = true\nproxy_trusted = [\"10.0.0.5\"]\n");
+        assert!(err.starts_with("test.toml:3:") && err.contains("server.proxy_trusted"), "{err}");
+        let text = "[server]\nproxy_protocol = true\nproxy_trusted = [\"10.0.0.5/32\", \"::1/128\"]\n";
+        let server = parse("test.toml", text).unwrap().server;
+        assert_eq!(server.proxy_trusted, ["10.0.0.5/32".parse().unwrap(), "::1/128".parse().unwrap()]);
     }
 
     #[test]

@@ -32,6 +32,11 @@ fn stage_name(text: &str, index: usize) -> Option<String> {
 pub fn plain(message: &str) -> String {
     let message: Vec<&str> = message.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
     let message = message.join("; ");
+    // toml's parser gives no words for some characters it refuses (a control character in a
+    // comment, found by fuzzing); an error must still say what is wrong.
+    if message.is_empty() {
+        return "a character TOML does not allow here (a control character other than tab?); remove it".into();
+    }
     if let Some(rest) = message.strip_prefix("unknown field ") {
         let (field, known) = split_expected(rest);
         return match known {

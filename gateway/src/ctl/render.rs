@@ -117,6 +117,7 @@ pub(super) fn render_session(s: &SessionView) -> String {
         ("peer", s.peer.clone()),
         ("local port", s.local_port.to_string()),
         ("state", s.state.clone()),
+        ("tls", or_dash(s.tls.as_ref().map(|t| format!("{} {}", t.version, t.cipher)))),
         ("from", or_dash(s.transaction.as_ref().map(|t| t.from.clone()))),
         ("recipients", or_dash(s.transaction.as_ref().map(|t| t.rcpts.to_string()))),
         ("bytes in", bytes(s.bytes_in)),
@@ -191,7 +192,7 @@ fn human_duration(seconds: f64) -> String {
 mod tests {
     use super::*;
     use crate::admin::views::{
-        ByteCounts, FlowCounts, QueueView, SessionCounts, StageStats, TransactionCounts, TransactionView,
+        ByteCounts, FlowCounts, QueueView, SessionCounts, StageStats, TlsView, TransactionCounts, TransactionView,
     };
     use crate::config::stages::StageKind;
 
@@ -221,6 +222,7 @@ mod tests {
             transaction: Some(TransactionView { from: "a@b".into(), rcpts: 1 }),
             bytes_in: 1234,
             bytes_out: 300,
+            tls: Some(TlsView { version: "TLSv1.3".into(), cipher: "TLS13_AES_256_GCM_SHA384".into() }),
             paused: true,
             paused_by: Some("slow".into()),
             queued: vec![

@@ -1,24 +1,33 @@
 //! The in-line relay to the next hop. One `RelayClient` per client session mirrors the client's
 //! transaction: MAIL and RCPT are passed on as they arrive (so the next hop's per-recipient answers
 //! reach the client), and the content is sent at end of data; the client's 250 is the next hop's.
-//! Any failure to reach or hear the next hop becomes 451 4.4.1: the client keeps the message.
-//! The connection's state is a `Link` (ready / in flight / broken); the shutdown deadline's rule
-//! for deliveries lives in `RelayClient::data`.
+//! Any failure to reach or hear the next hop becomes 451 4.4.1: the client keeps the message;
+//! a next hop that `[relay] tls = "required"` cannot secure gets nothing, and the client 451
+//! 4.7.5. The connection's state is an `Opening`, then a `Link` (ready / in flight / broken);
+//! the shutdown deadline's rule for deliveries lives in `RelayClient::data`. The next hop learns
+//! the real client by XFORWARD (`xforward`) and, if asked, a `Received:` field (`received`).
 
+mod facts;
 mod link;
 mod pool;
+mod received;
+mod tls;
 mod wire;
+mod xforward;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::config;
 use crate::smtp::command::{BodyType, MailParams};
 use crate::smtp::reply::Reply;
 use crate::spool::Spool;
-use link::{Exchange, Link};
+pub use facts::{ClientFacts, Proto};
+use link::{Exchange, Link, TlsFailure};
 pub use pool::RelayPool;
+pub use tls::TlsPolicy;
 use wire::Wire;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +46,8 @@ pub enum RelayError {
     Malformed(String),
     #[error("refused the session: {0}")]
     Refused(Reply),
+    #[error("{0}")]
+    Tls(TlsFailure),
     #[error("cannot read spooled message: {0}")]
     Spool(std::io::Error),
 }
@@ -47,13 +58,20 @@ pub struct RelaySettings {
     pub helo_name: String,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
+    pub tls: TlsPolicy,
+    /// `[relay] add_received`: our host name for the `Received:` field; None: no field.
+    pub received_by: Option<String>,
 }
 
 /// The part of the transaction the next hop has accepted, kept to replay it on a new connection.
 #[derive(Debug, Default)]
 struct Accepted {
+    /// The client and Sluice's transaction id, for XFORWARD and `Received:`.
+    origin: Option<(ClientFacts, String)>,
     mail: Option<String>,
     rcpts: Vec<String>,
+    /// The recipients' addresses, in the order of `rcpts`.
+    to: Vec<String>,
 }
 
 /// How a delivery ended.
@@ -94,16 +112,55 @@ impl RelayClient {
         RelayClient { settings, pool, link: Link::Broken, accepted: Accepted::default() }
     }
 
+    /// The client's answer when the next hop could not be used; the operator's reason is logged.
     fn unavailable(&self, err: &RelayError) -> Reply {
-        tracing::warn!(target: "sluice::relay", next_hop = %self.settings.address, error = %err, "next hop unavailable");
+        let next_hop = &self.settings.address;
+        if let (RelayError::Tls(failure), config::RelayTls::Required) = (err, self.settings.tls.mode) {
+            tracing::warn!(target: "sluice::relay", next_hop = %next_hop, error = %err, "next hop not secured; nothing sent");
+            // Mail is kept by the client until the next hop (or the config) is fixed.
+            let text = match failure {
+                TlsFailure::NotOffered => "Next hop offers no STARTTLS; [relay] tls = required".to_string(),
+                TlsFailure::Refused(_) => "Next hop refused STARTTLS; [relay] tls = required".to_string(),
+                TlsFailure::Handshake(_) => {
+                    "TLS with the next hop failed (certificate or handshake); [relay] tls = required".to_string()
+                }
+            };
+            return Reply::new(451, "4.7.5", text);
+        }
+        tracing::warn!(target: "sluice::relay", next_hop = %next_hop, error = %err, "next hop unavailable");
         Reply::new(451, "4.4.1", "Next hop unavailable; try again later")
     }
 
     async fn connect(&self) -> Result<Wire, RelayError> {
         let s = &self.settings;
-        let wire = Wire::open(&s.address, &s.helo_name, s.connect_timeout, s.command_timeout).await?;
-        tracing::debug!(target: "sluice::relay", next_hop = %s.address, "connected to next hop");
+        let wire = match Wire::open(s, s.tls.mode).await {
+            // Like Postfix's `may`: a next hop whose TLS does not work still gets the mail, in
+            // plain text, on a new connection (the failed handshake consumed the first).
+            Err(RelayError::Tls(TlsFailure::Handshake(why))) if s.tls.mode == config::RelayTls::Opportunistic => {
+                tracing::warn!(target: "sluice::relay", next_hop = %s.address, error = %why, "TLS handshake with the next hop failed; delivering in plain text (tls = opportunistic)");
+                Wire::open(s, config::RelayTls::None).await?
+            }
+            other => other?,
+        };
+        let tls = wire.tls.as_deref().unwrap_or("none");
+        tracing::debug!(target: "sluice::relay", next_hop = %s.address, tls, "connected to next hop");
         Ok(wire)
+    }
+
+    /// XFORWARD before MAIL, when offered: the client's facts for this transaction. None when
+    /// all were taken; else the reply that ends the attempt (421: the connection is closing).
+    async fn xforward(&mut self, wire: &mut Wire) -> Result<Option<Reply>, RelayError> {
+        let (Some(offered), Some((client, _))) = (&wire.extensions.xforward, &self.accepted.origin) else {
+            return Ok(None);
+        };
+        for line in xforward::commands(client, offered) {
+            let reply = wire.command(&line, "XFORWARD").await?;
+            if !reply.is_positive() {
+                tracing::warn!(target: "sluice::relay", reply = reply.summary().as_str(), "next hop refused XFORWARD; connection dropped");
+                return Ok(Some(reply));
+            }
+        }
+        Ok(None)
     }
 
     fn mail_line(wire: &Wire, from: &str, params: &MailParams) -> Result<String, Reply> {
@@ -123,9 +180,10 @@ impl RelayClient {
         Ok(line)
     }
 
-    /// Passes MAIL FROM on, on this session's connection, a parked one, or a new one.
-    pub async fn mail(&mut self, from: &str, params: &MailParams) -> Reply {
-        self.accepted = Accepted::default();
+    /// Passes MAIL FROM on, on this session's connection, a parked one, or a new one, with the
+    /// client's facts (XFORWARD) before it; `id`: Sluice's transaction id, for `Received:`.
+    pub async fn mail(&mut self, from: &str, params: &MailParams, client: &ClientFacts, id: &str) -> Reply {
+        self.accepted = Accepted { origin: Some((client.clone(), id.to_string())), ..Accepted::default() };
         // A transaction still open here was never ended: its connection is not reused.
         let kept = match self.link.take() {
             Link::Ready(wire) => Some(wire),
@@ -153,7 +211,7 @@ impl RelayClient {
         }
     }
 
-    /// Sends MAIL on `wire` and moves the link on.
+    /// Sends XFORWARD and MAIL on `wire` and moves the link on.
     async fn mail_on(&mut self, mut wire: Wire, from: &str, params: &MailParams) -> Result<Reply, RelayError> {
         let line = match Self::mail_line(&wire, from, params) {
             Ok(line) => line,
@@ -162,6 +220,13 @@ impl RelayClient {
                 return Ok(reply);
             }
         };
+        if let Some(refused) = self.xforward(&mut wire).await? {
+            self.link = Link::after(Exchange::Xforward, wire, &refused);
+            return Ok(match refused.code {
+                421 => refused,
+                _ => Reply::new(451, "4.4.1", "Next hop refused the client's details; try again later"),
+            });
+        }
         let reply = wire.command(&line, "MAIL").await?;
         if reply.is_positive() {
             self.accepted.mail = Some(line);
@@ -183,6 +248,7 @@ impl RelayClient {
             Ok(reply) => {
                 if reply.is_positive() {
                     self.accepted.rcpts.push(line);
+                    self.accepted.to.push(to.to_string());
                 }
                 self.link = Link::after(Exchange::Rcpt, wire, &reply);
                 reply
@@ -228,8 +294,20 @@ impl RelayClient {
             Started::Streaming(wire) => wire,
             Started::Refused(reply) => return Ok(Sent::Refused(reply)),
         };
-        wire.send_content(spool).await?;
+        wire.send_content(self.received().as_bytes(), spool).await?;
         Ok(Sent::Dot(wire))
+    }
+
+    /// The `Received:` field for this transaction (`[relay] add_received`), or nothing.
+    fn received(&self) -> String {
+        let (Some(by), Some((client, id))) = (&self.settings.received_by, &self.accepted.origin) else {
+            return String::new();
+        };
+        let rcpt = match self.accepted.to.as_slice() {
+            [one] => Some(one.as_str()),
+            _ => None,
+        };
+        received::field(client, &received::Receipt { by, id, rcpt }, SystemTime::now())
     }
 
     /// Sends DATA; if the connection died while the client was sending (idle timeouts of the next
@@ -246,6 +324,9 @@ impl RelayClient {
         }
         let mut wire = self.connect().await?;
         let mail = self.accepted.mail.clone().ok_or(RelayError::Closed)?;
+        if self.xforward(&mut wire).await?.is_some() {
+            return Ok(Started::Refused(Reply::new(451, "4.4.1", "Next hop changed its answer; try again later")));
+        }
         let mut lines = vec![mail];
         lines.extend(self.accepted.rcpts.iter().cloned());
         if wire.extensions.pipelining {

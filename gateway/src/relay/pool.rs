@@ -2,7 +2,9 @@
 //! one connection per message then does not cost a connect, greeting and EHLO at the next hop for
 //! each message. Only connections between transactions are kept, and only briefly, and each only
 //! for sessions with the settings it was opened with: after a reload changes the next hop's
-//! address, HELO name or timeouts, no session gets a connection made under the old ones.
+//! address, HELO name or timeouts, no session gets a connection made under the old ones; and a
+//! connection secured with STARTTLS only goes to sessions of the generation whose TLS settings
+//! (CA roots read at that reload) checked it. A connection keeps its TLS while parked.
 //!
 //! Each parked connection has a watcher task that owns it until a session takes it back. The
 //! watcher is what enforces the bounds: at the idle limit it says QUIT and closes; when the next
@@ -231,9 +233,15 @@ mod tests {
             let _ = hung_up.await;
         });
         let pool = Arc::new(RelayPool::new(Gauge::default()));
-        let settings =
-            RelaySettings { address, helo_name: "gw.test".into(), connect_timeout: BOUND, command_timeout: BOUND };
-        let wire = Wire::open(&settings.address, &settings.helo_name, BOUND, BOUND).await.unwrap();
+        let settings = RelaySettings {
+            address,
+            helo_name: "gw.test".into(),
+            connect_timeout: BOUND,
+            command_timeout: BOUND,
+            tls: super::super::TlsPolicy::none(),
+            received_by: None,
+        };
+        let wire = Wire::open(&settings, settings.tls.mode).await.unwrap();
         pool.give(wire, &settings);
         assert_eq!(pool.gauge.get(), 1);
         // A reload moved the next hop: a connection to the old one is not handed out.

@@ -1,14 +1,17 @@
-//! One SMTP client connection to the next hop: bounded reply reading, command writing, EHLO
-//! extension discovery and dot-stuffed content transfer.
+//! One SMTP client connection to the next hop: opening it (greeting, EHLO, STARTTLS as the
+//! policy says), bounded reply reading, command writing, EHLO extension discovery and
+//! dot-stuffed content transfer, over a plain or TLS stream.
 
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::RelayError;
+use super::link::{Answer, Opening};
+use super::tls::{describe, Stream};
+use super::{RelayError, RelaySettings};
+use crate::config::RelayTls;
 use crate::smtp::reply::Reply;
 use crate::spool::Spool;
 
@@ -25,18 +28,24 @@ pub struct Extensions {
     pub eight_bit_mime: bool,
     pub smtputf8: bool,
     pub size: bool,
+    pub starttls: bool,
+    /// XFORWARD and the attributes it takes; None: not offered.
+    pub xforward: Option<Vec<String>>,
 }
 
 impl Extensions {
-    fn from_ehlo(reply: &Reply) -> Extensions {
+    pub fn from_ehlo(reply: &Reply) -> Extensions {
         let mut ext = Extensions::default();
         for line in reply.lines.iter().skip(1) {
-            let keyword = line.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+            let mut words = line.split_whitespace();
+            let keyword = words.next().unwrap_or("").to_ascii_uppercase();
             match keyword.as_str() {
                 "PIPELINING" => ext.pipelining = true,
                 "8BITMIME" => ext.eight_bit_mime = true,
                 "SMTPUTF8" => ext.smtputf8 = true,
                 "SIZE" => ext.size = true,
+                "STARTTLS" => ext.starttls = true,
+                "XFORWARD" => ext.xforward = Some(words.map(str::to_ascii_uppercase).collect()),
                 _ => {}
             }
         }
@@ -44,52 +53,111 @@ impl Extensions {
     }
 }
 
+/// Reads are buffered by the outer layer, writes by the inner one; both pass the other through.
+type Buffered = BufReader<BufWriter<Stream>>;
+
 pub struct Wire {
-    reader: BufReader<OwnedReadHalf>,
-    writer: BufWriter<OwnedWriteHalf>,
+    io: Buffered,
     /// Bound on each reply and on each write call: a next hop that makes no progress for this
     /// long (silent, or no longer reading) fails the exchange.
     command_timeout: Duration,
     pub extensions: Extensions,
+    /// The TLS negotiated (`tls::describe`); None: plain text.
+    pub tls: Option<String>,
 }
 
 impl Wire {
-    fn new(stream: TcpStream, command_timeout: Duration) -> Wire {
-        let (read, write) = stream.into_split();
+    fn new(stream: Stream, command_timeout: Duration) -> Wire {
         Wire {
-            reader: BufReader::with_capacity(16 * 1024, read),
-            writer: BufWriter::with_capacity(64 * 1024, write),
+            io: BufReader::with_capacity(16 * 1024, BufWriter::with_capacity(64 * 1024, stream)),
             command_timeout,
             extensions: Extensions::default(),
+            tls: None,
         }
     }
 
-    /// Connects, reads the greeting and introduces us with EHLO (HELO if EHLO is refused).
-    pub async fn open(
-        address: &str,
-        helo: &str,
-        connect: Duration,
-        command_timeout: Duration,
-    ) -> Result<Wire, RelayError> {
-        let stream = timeout(connect, TcpStream::connect(address))
+    /// Connects, reads the greeting, introduces us with EHLO (HELO if EHLO is refused) and runs
+    /// STARTTLS as `mode` says (`settings.tls.mode`, or `None` for the plain-text retry of an
+    /// opportunistic handshake that failed; `Opening` decides each step). A connection that is
+    /// to be secured and cannot be is closed with QUIT and returned as `RelayError::Tls`:
+    /// nothing else is sent on it.
+    pub async fn open(settings: &RelaySettings, mode: RelayTls) -> Result<Wire, RelayError> {
+        let stream = timeout(settings.connect_timeout, TcpStream::connect(&settings.address))
             .await
             .map_err(|_| RelayError::Timeout("connect"))?
             .map_err(RelayError::Connect)?;
         stream.set_nodelay(true).map_err(RelayError::Io)?;
-        let mut wire = Wire::new(stream, command_timeout);
-        let greeting = wire.read_reply("greeting").await?;
-        if greeting.code != 220 {
-            return Err(RelayError::Refused(greeting));
+        let mut wire = Wire::new(Stream::Plain(stream), settings.command_timeout);
+        let helo = &settings.helo_name;
+        let mut state = Opening::Greeting;
+        loop {
+            state = match state {
+                Opening::Greeting => {
+                    let reply = wire.read_reply("greeting").await?;
+                    state.after(Answer::Reply(&reply), mode)
+                }
+                Opening::Ehlo { .. } => {
+                    let reply = wire.command(&format!("EHLO {helo}"), "EHLO").await?;
+                    if reply.code == 250 {
+                        wire.extensions = Extensions::from_ehlo(&reply);
+                    }
+                    state.after(Answer::Reply(&reply), mode)
+                }
+                Opening::Helo => {
+                    wire.extensions = Extensions::default();
+                    let reply = wire.command(&format!("HELO {helo}"), "HELO").await?;
+                    state.after(Answer::Reply(&reply), mode)
+                }
+                Opening::StartTls => {
+                    let reply = wire.command("STARTTLS", "STARTTLS").await?;
+                    state.after(Answer::Reply(&reply), mode)
+                }
+                Opening::Handshake => {
+                    let secured = wire.secure(settings).await;
+                    let (next, result) = match secured {
+                        Ok(next) => (Some(next), Ok(())),
+                        Err(why) => (None, Err(why)),
+                    };
+                    let state = state.after(Answer::Handshake(result), mode);
+                    match next {
+                        Some(next) => wire = next,
+                        // The handshake consumed the connection: nothing to say QUIT on.
+                        None => return Err(Self::failed(state)),
+                    }
+                    state
+                }
+                Opening::Open => return Ok(wire),
+                Opening::Refused(reply) => return Err(RelayError::Refused(reply)),
+                Opening::Insecure(failure) => {
+                    let _ = wire.quit().await;
+                    return Err(RelayError::Tls(failure));
+                }
+            };
         }
-        let ehlo = wire.command(&format!("EHLO {helo}"), "EHLO").await?;
-        if ehlo.code == 250 {
-            wire.extensions = Extensions::from_ehlo(&ehlo);
-        } else {
-            let helo_reply = wire.command(&format!("HELO {helo}"), "HELO").await?;
-            if helo_reply.code != 250 {
-                return Err(RelayError::Refused(helo_reply));
-            }
+    }
+
+    fn failed(state: Opening) -> RelayError {
+        match state {
+            Opening::Insecure(failure) => RelayError::Tls(failure),
+            Opening::Refused(reply) => RelayError::Refused(reply),
+            _ => RelayError::Closed,
         }
+    }
+
+    /// The TLS handshake on this connection, after the next hop's 220 to STARTTLS. Anything it
+    /// sent after that 220 and before the handshake is an injection (the CVE-2011-0411 class
+    /// turned around): the connection is refused then, not secured.
+    async fn secure(self, settings: &RelaySettings) -> Result<Wire, String> {
+        if !self.io.buffer().is_empty() {
+            return Err("the next hop sent data after its 220 to STARTTLS, before the handshake".into());
+        }
+        let Stream::Plain(tcp) = self.io.into_inner().into_inner() else {
+            return Err("STARTTLS on a connection already secured".into());
+        };
+        let tls = settings.tls.secure(tcp, settings.command_timeout).await?;
+        let description = describe(tls.get_ref().1);
+        let mut wire = Wire::new(Stream::Tls(Box::new(tls)), settings.command_timeout);
+        wire.tls = Some(description);
         Ok(wire)
     }
 
@@ -97,7 +165,7 @@ impl Wire {
     /// command_timeout" fails, however long the whole transfer takes.
     async fn write(&mut self, bytes: &[u8], what: &'static str) -> Result<(), RelayError> {
         for piece in bytes.chunks(WRITE_PIECE) {
-            timeout(self.command_timeout, self.writer.write_all(piece))
+            timeout(self.command_timeout, self.io.write_all(piece))
                 .await
                 .map_err(|_| RelayError::Stalled(what))?
                 .map_err(RelayError::Io)?;
@@ -112,7 +180,7 @@ impl Wire {
     }
 
     pub async fn flush(&mut self) -> Result<(), RelayError> {
-        timeout(self.command_timeout, self.writer.flush())
+        timeout(self.command_timeout, self.io.flush())
             .await
             .map_err(|_| RelayError::Stalled("a flush"))?
             .map_err(RelayError::Io)
@@ -134,8 +202,7 @@ impl Wire {
         let mut lines = Vec::new();
         loop {
             let mut raw = Vec::new();
-            let n =
-                (&mut self.reader).take(MAX_REPLY_LINE).read_until(b'\n', &mut raw).await.map_err(RelayError::Io)?;
+            let n = (&mut self.io).take(MAX_REPLY_LINE).read_until(b'\n', &mut raw).await.map_err(RelayError::Io)?;
             if n == 0 {
                 return Err(RelayError::Closed);
             }
@@ -153,19 +220,26 @@ impl Wire {
         }
     }
 
-    /// Sends the spooled content dot-stuffed, then the terminating `.`, and flushes. The reply
-    /// is read by the caller: from here on the next hop may have the message.
-    pub async fn send_content(&mut self, spool: &mut Spool) -> Result<(), RelayError> {
+    /// Sends `prefix` (a `Received:` field) and the spooled content dot-stuffed, then the
+    /// terminating `.`, and flushes. The reply is read by the caller: from here on the next hop
+    /// may have the message.
+    pub async fn send_content(&mut self, prefix: &[u8], spool: &mut Spool) -> Result<(), RelayError> {
         let mut stuffer = DotStuffer::default();
         let mut reader = spool.reader().await.map_err(RelayError::Spool)?;
         let mut out = Vec::with_capacity(80 * 1024);
+        // The prefix goes out with the first chunk, through the stuffer: the content's first
+        // line is then not at the start of the stream, and its dots are counted right.
+        stuffer.stuff(prefix, &mut out);
         let mut sent = 0;
         while let Some(chunk) = reader.next_chunk().await.map_err(RelayError::Spool)? {
-            out.clear();
             stuffer.stuff(chunk, &mut out);
             self.write(&out, "the content").await?;
             sent += out.len();
+            out.clear();
         }
+        // Empty content: the prefix is still to go.
+        self.write(&out, "the content").await?;
+        sent += out.len();
         self.write(stuffer.terminator(), "the content").await?;
         // The content itself is never logged; its size is.
         tracing::trace!(target: "sluice::relay", bytes = sent, "to next hop: content and final dot");
@@ -176,7 +250,7 @@ impl Wire {
     /// timeout is a 421, then a close): either way the connection is done. Consumes nothing, so
     /// it can be raced with other events and the connection used afterwards.
     pub async fn hung_up(&mut self) {
-        let _ = self.reader.fill_buf().await;
+        let _ = self.io.fill_buf().await;
     }
 
     /// Ends the session politely: QUIT, and its reply awaited (RFC 5321 4.1.1.10), both bounded.
@@ -285,12 +359,12 @@ mod tests {
             got
         });
         let stream = TcpStream::connect(address).await.unwrap();
-        let mut wire = Wire::new(stream, Duration::from_secs(30));
+        let mut wire = Wire::new(Stream::Plain(stream), Duration::from_secs(30));
         let mut spool = Spool::new(1024, crate::spool::SpoolBudget::new(1 << 20), None);
         spool.write(b"Subject: x\r\n\r\nbare lf\n").await.unwrap();
-        wire.send_content(&mut spool).await.unwrap();
+        wire.send_content(b"Received: x\r\n", &mut spool).await.unwrap();
         assert_eq!(wire.read_reply("end of data").await.unwrap().code, 250);
-        assert_eq!(hop.await.unwrap(), b"Subject: x\r\n\r\nbare lf\n\r\n.\r\n");
+        assert_eq!(hop.await.unwrap(), b"Received: x\r\nSubject: x\r\n\r\nbare lf\n\r\n.\r\n");
     }
 
     #[test]
@@ -319,6 +393,16 @@ mod tests {
             lines: vec!["mx hello".into(), "PIPELINING".into(), "SIZE 1000".into(), "8BITMIME".into()],
         };
         let ext = Extensions::from_ehlo(&reply);
-        assert_eq!(ext, Extensions { pipelining: true, eight_bit_mime: true, smtputf8: false, size: true });
+        let expected = Extensions { pipelining: true, eight_bit_mime: true, size: true, ..Extensions::default() };
+        assert_eq!(ext, expected);
+        let reply = Reply {
+            code: 250,
+            enhanced: None,
+            lines: vec!["mx".into(), "STARTTLS".into(), "XFORWARD NAME ADDR proto HELO SOURCE PORT IDENT".into()],
+        };
+        let ext = Extensions::from_ehlo(&reply);
+        assert!(ext.starttls);
+        let attributes = ["NAME", "ADDR", "PROTO", "HELO", "SOURCE", "PORT", "IDENT"].map(String::from);
+        assert_eq!(ext.xforward.as_deref(), Some(&attributes[..]));
     }
 }

@@ -24,7 +24,9 @@ pub enum Command {
     Quit,
     Vrfy,
     Help,
-    /// Known verbs we deliberately do not offer (STARTTLS, AUTH, EXPN, ETRN, TURN).
+    /// RFC 3207; offered only when `[tls]` is configured.
+    StartTls,
+    /// Known verbs we deliberately do not offer (AUTH, EXPN, ETRN, TURN).
     NotImplemented(String),
 }
 
@@ -103,9 +105,8 @@ pub fn parse(line: &[u8]) -> Result<Command, SyntaxError> {
         "QUIT" => no_args(Command::Quit, "QUIT"),
         "VRFY" => Ok(Command::Vrfy),
         "HELP" => Ok(Command::Help),
-        "STARTTLS" | "AUTH" | "EXPN" | "ETRN" | "TURN" | "ATRN" => {
-            Ok(Command::NotImplemented(verb.to_ascii_uppercase()))
-        }
+        "STARTTLS" => no_args(Command::StartTls, "STARTTLS"),
+        "AUTH" | "EXPN" | "ETRN" | "TURN" | "ATRN" => Ok(Command::NotImplemented(verb.to_ascii_uppercase())),
         _ => Err(SyntaxError::Unrecognized),
     }
 }
@@ -253,7 +254,8 @@ mod tests {
             ("QUIT", Command::Quit),
             ("VRFY root", Command::Vrfy),
             ("HELP", Command::Help),
-            ("STARTTLS", Command::NotImplemented("STARTTLS".into())),
+            ("STARTTLS", Command::StartTls),
+            ("starttls", Command::StartTls),
         ];
         for (line, expected) in cases {
             assert_eq!(&ok(line), expected, "{line}");

@@ -18,14 +18,16 @@ use tracing::{debug, info, trace, warn};
 use super::command::MailParams;
 use super::deadline::{Expiry, ReadClock};
 use super::reply::Reply;
-use super::session::{Envelope, Request, Session, Step};
+use super::session::{Envelope, Hello, Request, Session, Step};
 use super::transaction_log::{EndedAt, TransactionLog};
 use crate::chain::runner::{ContentOutcome, ContentRun, Finished};
 use crate::chain::stage::Verdict;
 use crate::chain::{EnvelopeOutcome, Transaction};
 use crate::context::Context;
 use crate::flow::gate::{FlowHandle, SessionFlow};
-use crate::next_hop::{Delivery, NextHop};
+use crate::inbound_tls::{ClientStream, TlsInfo};
+use crate::next_hop::{ClientFacts, Delivery, NextHop, Proto};
+use crate::policy::Decision;
 use crate::server::Shutdown;
 use crate::sessions::Listing;
 use crate::settings::Settings;
@@ -50,7 +52,7 @@ enum Chained {
 }
 
 pub struct Connection {
-    stream: TcpStream,
+    stream: ClientStream,
     peer: SocketAddr,
     context: Arc<Context>,
     shutdown: Shutdown,
@@ -72,6 +74,8 @@ pub struct Connection {
     record: Option<TransactionLog>,
     /// The read deadlines: idle, per command line, minimum data rate.
     clock: ReadClock,
+    /// The encryption STARTTLS negotiated, for the transaction log lines.
+    tls: Option<TlsInfo>,
 }
 
 impl Connection {
@@ -86,7 +90,7 @@ impl Connection {
         let flow = context.flows.open(id, settings.watermarks);
         let local_port = stream.local_addr().map_or(0, |a| a.port());
         Connection {
-            stream,
+            stream: ClientStream::Plain(stream),
             peer,
             session: Session::new(settings.session.clone()),
             listing: context.sessions.open(id, peer, local_port, flow.clone()),
@@ -99,6 +103,7 @@ impl Connection {
             transactions: 0,
             record: None,
             clock: ReadClock::new(settings.reads),
+            tls: None,
             settings,
             context,
             shutdown,
@@ -110,6 +115,12 @@ impl Connection {
     /// once the session's slots are free.
     pub async fn run(mut self) -> SessionFlow {
         debug!(target: "sluice::smtp", "connected");
+        let (policy, client, hostname) = (&self.settings.policy, self.peer.ip(), &self.settings.session.hostname);
+        if let Err(refusal) = policy.connect(&self.context.rates, client, hostname, Instant::now()) {
+            refusal.log(client);
+            self.close_with(refusal.reply).await;
+            return self.flow.snapshot();
+        }
         let greeting = self.session.greeting();
         self.reply(&greeting);
         loop {
@@ -163,6 +174,11 @@ impl Connection {
                         }
                     }
                 }
+                Step::StartTls { discarded } => {
+                    if !self.flush().await || !self.start_tls(discarded).await {
+                        break;
+                    }
+                }
                 Step::Close => {
                     self.flush().await;
                     break;
@@ -173,6 +189,14 @@ impl Connection {
         // and `release` closes its next-hop connection rather than resetting it.
         self.chained = Chained::None;
         self.next_hop.release();
+        // TLS ends with close_notify, so the client can tell our close from a truncation.
+        if matches!(self.stream, ClientStream::Tls(_)) {
+            let deadline = self.shutdown.deadline.clone();
+            tokio::select! {
+                _ = timeout(REFUSAL_WRITE_TIMEOUT, self.stream.shutdown()) => {}
+                _ = deadline.cancelled() => {}
+            }
+        }
         self.flow.snapshot()
     }
 
@@ -208,7 +232,20 @@ impl Connection {
     /// MAIL through the chain, then the next hop; a refusal ends the transaction with its line.
     async fn mail(&mut self, helo: &str, from: &str, params: &MailParams) -> Reply {
         self.transactions += 1;
-        let mut record = TransactionLog::begin(self.id, self.transactions, self.peer, helo, from);
+        let mut record = TransactionLog::begin(
+            self.id,
+            self.transactions,
+            self.peer,
+            helo,
+            self.tls.as_ref().map(|t| t.version.as_str()),
+            from,
+        );
+        let policy = &self.settings.policy;
+        if let Err(refusal) = policy.mail(&self.context.rates, self.peer.ip(), self.transactions, Instant::now()) {
+            refusal.log(self.peer.ip());
+            record.log(EndedAt::Mail, "refused", &refusal.reply);
+            return refusal.reply;
+        }
         let (transaction, outcome) = self.settings.chain.begin(self.peer, helo, from).await;
         let reply = match outcome {
             EnvelopeOutcome::Refuse(refusal) => {
@@ -216,7 +253,18 @@ impl Connection {
                 refusal
             }
             EnvelopeOutcome::Continue => {
-                let reply = self.next_hop.mail(from, params).await;
+                let client = ClientFacts {
+                    addr: self.peer.ip(),
+                    port: self.peer.port(),
+                    name: None,
+                    helo: helo.to_string(),
+                    proto: match self.session.hello() {
+                        Some(Hello::Helo) => Proto::Smtp,
+                        _ => Proto::Esmtp,
+                    },
+                    tls: self.tls.as_ref().map(|t| format!("{} with cipher {}", t.version, t.cipher)),
+                };
+                let reply = self.next_hop.mail(from, params, &client, &record.id).await;
                 if reply.is_positive() {
                     self.chained = Chained::Envelope(transaction);
                     self.record = Some(record);
@@ -231,15 +279,36 @@ impl Connection {
         reply
     }
 
+    /// RCPT: the relay policy and the recipient rate first, then the chain and the next hop.
     async fn rcpt(&mut self, to: &str) -> Reply {
-        if let Chained::Envelope(transaction) = &mut self.chained {
-            if let EnvelopeOutcome::Refuse(reply) = transaction.rcpt(to).await {
-                return reply;
-            }
+        let (policy, client) = (&self.settings.policy, self.peer.ip());
+        if let Decision::Denied(why) = policy.relay(client, to) {
+            let shown = client.to_canonical();
+            info!(target: "sluice::policy", client = %shown, rcpt = to, reason = why.as_str(), "relay access denied");
+            return crate::policy::relay_denied(to);
         }
-        let reply = self.next_hop.rcpt(to).await;
-        if let (true, Some(record)) = (reply.is_positive(), &mut self.record) {
-            record.rcpt(to);
+        let counted = match policy.recipient(&self.context.rates, client, Instant::now()) {
+            Ok(counted) => counted,
+            Err(refusal) => {
+                refusal.log(client);
+                return refusal.reply;
+            }
+        };
+        let refused = match &mut self.chained {
+            Chained::Envelope(transaction) => match transaction.rcpt(to).await {
+                EnvelopeOutcome::Refuse(reply) => Some(reply),
+                EnvelopeOutcome::Continue => None,
+            },
+            _ => None,
+        };
+        let reply = match refused {
+            Some(reply) => reply,
+            None => self.next_hop.rcpt(to).await,
+        };
+        match (reply.is_positive(), &mut self.record) {
+            (true, Some(record)) => record.rcpt(to),
+            (true, None) => {}
+            (false, _) => self.settings.policy.uncount_recipient(&self.context.rates, client, counted, Instant::now()),
         }
         reply
     }
@@ -343,7 +412,9 @@ impl Connection {
                     self.clock.received(n, Instant::now());
                     // Acknowledge at once: a client with Nagle on (smtp-source, many MTAs) holds
                     // its final ".\r\n" until our ACK, and a delayed ACK costs it 40 ms a message.
-                    let _ = socket2::SockRef::from(&self.stream).set_tcp_quickack(true);
+                    if let Some(tcp) = self.stream.tcp() {
+                        let _ = socket2::SockRef::from(tcp).set_tcp_quickack(true);
+                    }
                     tracing::trace!(target: "sluice::io", bytes = n, buffered = self.input.len(), "read");
                     self.context.metrics.bytes_in.inc_by(n as u64);
                     self.update_listing(n as u64, 0);
@@ -354,6 +425,43 @@ impl Connection {
             // Between transactions a draining gateway closes at once; within one it waits.
             _ = self.shutdown.draining.cancelled(), if idle => Err(Interruption::Draining),
             _ = self.shutdown.deadline.cancelled() => Err(Interruption::Deadline),
+        }
+    }
+
+    /// The handshake after STARTTLS's 220, bounded by `command_timeout` and the shutdown
+    /// deadline; false if it failed (the session ends: the connection is no longer usable).
+    async fn start_tls(&mut self, discarded: usize) -> bool {
+        let Some(acceptor) = self.settings.tls.clone() else {
+            warn!(target: "sluice::smtp", "STARTTLS accepted without a certificate");
+            return false;
+        };
+        if discarded > 0 {
+            info!(target: "sluice::smtp", bytes = discarded, "discarded input pipelined after STARTTLS");
+        }
+        let limit = self.settings.reads.command_timeout;
+        let deadline = self.shutdown.deadline.clone();
+        let handshake = tokio::select! {
+            done = timeout(limit, self.stream.start_tls(&acceptor)) => done,
+            _ = deadline.cancelled() => return false,
+        };
+        self.context.metrics.tls_handshake(matches!(handshake, Ok(Ok(_))));
+        match handshake {
+            Ok(Ok(tls)) => {
+                self.session.tls_started();
+                self.listing.info.lock().unwrap_or_else(|p| p.into_inner()).tls = Some(tls.clone());
+                // Logged once /sessions shows it.
+                info!(target: "sluice::smtp", version = %tls.version, cipher = %tls.cipher, "TLS established");
+                self.tls = Some(tls);
+                true
+            }
+            Ok(Err(err)) => {
+                info!(target: "sluice::smtp", error = %err, "TLS handshake failed");
+                false
+            }
+            Err(_) => {
+                info!(target: "sluice::smtp", timeout = ?limit, "TLS handshake timed out");
+                false
+            }
         }
     }
 
@@ -395,7 +503,8 @@ async fn unless<T>(deadline: &CancellationToken, work: impl Future<Output = T>) 
     }
 }
 
-fn shutting_down(settings: &Settings) -> Reply {
+/// The 421 of a gateway that is stopping.
+pub fn shutting_down(settings: &Settings) -> Reply {
     Reply::new(421, "4.3.2", format!("{} Service shutting down, try again later", settings.session.hostname))
 }
 

@@ -32,6 +32,32 @@ pub struct SessionConfig {
     pub max_header_size: u64,
     pub max_recipients: usize,
     pub bare_line_endings: BareLineEndings,
+    pub tls: TlsPolicy,
+}
+
+/// Whether the listener offers STARTTLS (RFC 3207), and whether mail needs it first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TlsPolicy {
+    #[default]
+    Off,
+    Offered,
+    /// `server.require_tls`: MAIL before STARTTLS gets 530.
+    Required,
+}
+
+/// How the client last introduced itself (what XFORWARD's PROTO reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hello {
+    Helo,
+    Ehlo,
+}
+
+/// Where the session's encryption stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tls {
+    NotOffered,
+    Offered,
+    Active,
 }
 
 /// The envelope of one transaction.
@@ -61,6 +87,12 @@ pub enum Step {
     },
     /// Flush replies and read more input.
     NeedInput,
+    /// Flush replies (the 220 to STARTTLS), run the TLS handshake, then `Session::tls_started`
+    /// (or close if it fails). `discarded`: plaintext bytes the client sent after STARTTLS
+    /// before the handshake, thrown away unread (the CVE-2011-0411 command injection).
+    StartTls {
+        discarded: usize,
+    },
     /// Flush replies and close the connection.
     Close,
 }
@@ -119,6 +151,8 @@ enum State {
         remaining: u64,
         last: bool,
     },
+    /// STARTTLS answered 220: the driver is to run the handshake.
+    Handshake,
     /// Consuming the octets of a refused BDAT so framing survives, then replying.
     SkipChunk {
         remaining: u64,
@@ -140,9 +174,12 @@ pub struct Session {
     config: SessionConfig,
     state: State,
     pending: Option<(Pending, Request)>,
+    tls: Tls,
     framer: CommandFramer,
     queued: VecDeque<Step>,
     helo: String,
+    /// Set by HELO/EHLO, cleared with `helo` when TLS starts.
+    hello: Option<Hello>,
     errors: u32,
     /// Command lines framed so far: numbers the line being read, for its deadline.
     lines: u64,
@@ -160,13 +197,19 @@ const MAX_TRACED_COMMANDS: usize = 16;
 
 impl Session {
     pub fn new(config: SessionConfig) -> Session {
+        let tls = match config.tls {
+            TlsPolicy::Off => Tls::NotOffered,
+            TlsPolicy::Offered | TlsPolicy::Required => Tls::Offered,
+        };
         Session {
             config,
             state: State::Fresh,
             pending: None,
+            tls,
             framer: CommandFramer::default(),
             queued: VecDeque::new(),
             helo: String::new(),
+            hello: None,
             errors: 0,
             lines: 0,
             contents: 0,
@@ -200,6 +243,11 @@ impl Session {
         Waiting { phase, line: in_line.then_some(self.lines), content: in_content.then_some(self.contents) }
     }
 
+    /// HELO or EHLO, whichever the client last sent (None before either).
+    pub fn hello(&self) -> Option<Hello> {
+        self.hello
+    }
+
     /// The protocol state, as operators see it.
     pub fn state_name(&self) -> &'static str {
         if self.pending.is_some() {
@@ -207,6 +255,7 @@ impl Session {
         }
         match self.state {
             State::Fresh => "greeting",
+            State::Handshake => "tls handshake",
             State::Ready => "ready",
             State::Envelope(_) => "envelope",
             State::Data(..) => "data",
@@ -228,6 +277,16 @@ impl Session {
     /// True between transactions: nothing would be lost by closing now.
     pub fn is_idle(&self) -> bool {
         self.pending.is_none() && matches!(self.state, State::Fresh | State::Ready)
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: the session starts over (RFC 3207 §4.2: all
+    /// knowledge from before, the EHLO name too, is discarded) and waits for a new EHLO.
+    pub fn tls_started(&mut self) {
+        self.tls = Tls::Active;
+        self.state = State::Fresh;
+        self.helo.clear();
+        self.hello = None;
+        self.framer = CommandFramer::default();
     }
 
     /// Keeps a framed command line for `take_commands`, AUTH's argument withheld.
@@ -267,6 +326,14 @@ impl Session {
     fn advance(&mut self, input: &mut BytesMut) -> Option<Step> {
         match mem::replace(&mut self.state, State::Closed) {
             State::Closed => Some(Step::Close),
+            // Whatever followed STARTTLS in the plaintext stream is never executed: the handshake
+            // starts on the next bytes from the socket, and `tls_started` moves on from here.
+            State::Handshake => {
+                self.state = State::Handshake;
+                let discarded = input.len();
+                input.clear();
+                Some(Step::StartTls { discarded })
+            }
             State::Data(envelope, content) => self.read_data(envelope, content, input),
             State::Chunk { envelope, content, remaining, last } => {
                 self.read_chunk(envelope, content, remaining, last, input)
@@ -314,6 +381,9 @@ impl Session {
             return Reply::new(451, "4.3.0", "Error: internal sequencing error");
         };
         let accepted = reply.is_positive();
+        // A refused sender or recipient is a client error too (as in Postfix), so a client
+        // probing addresses or relay permission is cut off like one sending bad commands.
+        let refused = reply.code >= 500 && matches!(pending, Pending::Mail(_) | Pending::Rcpt(..));
         self.state = match pending {
             Pending::Mail(envelope) if accepted => State::Envelope(envelope),
             Pending::Mail(_) | Pending::Deliver => State::Ready,
@@ -324,6 +394,9 @@ impl Session {
                 State::Envelope(envelope)
             }
         };
+        if refused {
+            self.count_error();
+        }
         reply
     }
 
@@ -334,6 +407,12 @@ impl Session {
 
     /// A refused command; too many of them end the session.
     fn error(&mut self, reply: Reply) -> Step {
+        self.count_error();
+        Step::Reply(reply)
+    }
+
+    /// One more client error; the last one allowed queues 421 and the close.
+    fn count_error(&mut self) {
         self.errors += 1;
         if self.errors >= MAX_ERRORS {
             let text = format!("{} Error: too many errors", self.config.hostname);
@@ -341,7 +420,6 @@ impl Session {
             self.queued.push_back(Step::Close);
             self.state = State::Closed;
         }
-        Step::Reply(reply)
     }
 
     /// Queues `Abandon` when `state` holds a transaction, then `step`.
@@ -362,10 +440,12 @@ impl Session {
             (state, Ehlo(name)) => {
                 let reply = self.ehlo_reply(&name);
                 self.helo = name;
+                self.hello = Some(Hello::Ehlo);
                 (State::Ready, self.leave(&state, Step::Reply(reply)))
             }
             (state, Helo(name)) => {
                 self.helo = name;
+                self.hello = Some(Hello::Helo);
                 let reply = Reply::plain(250, self.config.hostname.clone());
                 (State::Ready, self.leave(&state, Step::Reply(reply)))
             }
@@ -382,15 +462,23 @@ impl Session {
                 (state, Some(Step::Reply(Reply::new(252, "2.5.2", text))))
             }
             (state, Help) => {
-                let text = "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT";
+                let text = match self.tls {
+                    Tls::NotOffered => "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT",
+                    _ => "Commands: EHLO HELO STARTTLS MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT",
+                };
                 (state, Some(Step::Reply(Reply::new(214, "2.0.0", text))))
             }
             (state, NotImplemented(verb)) => {
                 let reply = Reply::new(502, "5.5.1", format!("Error: {verb} not implemented"));
                 (state, Some(self.error(reply)))
             }
+            (state, StartTls) => self.starttls(state),
             (State::Fresh, Mail { .. } | Rcpt { .. } | Data) => {
                 (State::Fresh, Some(self.error(bad_sequence("send HELO/EHLO first"))))
+            }
+            (State::Ready, Mail { .. }) if self.config.tls == TlsPolicy::Required && self.tls != Tls::Active => {
+                let reply = Reply::new(530, "5.7.0", "Must issue a STARTTLS command first");
+                (State::Ready, Some(self.error(reply)))
             }
             (State::Ready, Mail { from, params }) => {
                 if params.size.is_some_and(|size| size > self.config.max_message_size) {
@@ -456,8 +544,21 @@ impl Session {
         }
     }
 
+    /// STARTTLS: 220 and the handshake when offered outside a transaction, else why not.
+    fn starttls(&mut self, state: State) -> (State, Option<Step>) {
+        let refusal = match (&state, self.tls) {
+            (_, Tls::NotOffered) => Reply::new(502, "5.5.1", "Error: command not implemented"),
+            (_, Tls::Active) => Reply::new(503, "5.5.1", "Error: TLS already active"),
+            (State::Fresh | State::Ready, Tls::Offered) => {
+                return (State::Handshake, Some(Step::Reply(Reply::new(220, "2.0.0", "Ready to start TLS"))));
+            }
+            _ => Reply::new(503, "5.5.1", "Error: MAIL transaction in progress"),
+        };
+        (state, Some(self.error(refusal)))
+    }
+
     fn ehlo_reply(&self, name: &str) -> Reply {
-        let lines = vec![
+        let mut lines = vec![
             format!("{} Hello {}", self.config.hostname, name),
             "PIPELINING".into(),
             format!("SIZE {}", self.config.max_message_size),
@@ -466,75 +567,16 @@ impl Session {
             "SMTPUTF8".into(),
             "CHUNKING".into(),
         ];
+        if self.tls == Tls::Offered {
+            lines.push("STARTTLS".into());
+        }
         Reply { code: 250, enhanced: None, lines }
     }
-
-    fn read_data(&mut self, envelope: Envelope, mut content: Content, input: &mut BytesMut) -> Option<Step> {
-        if input.is_empty() {
-            self.state = State::Data(envelope, content);
-            return Some(Step::NeedInput);
-        }
-        let window = input.len().min(BODY_CHUNK);
-        let mut out = Vec::with_capacity(window + 64);
-        let (used, ended) = content.decoder.decode(&input[..window], &mut out);
-        let _ = input.split_to(used);
-        if let Some(body) = content.accept(out, &self.config) {
-            self.queued.push_back(Step::Body(body));
-        }
-        if ended {
-            self.end_content(envelope, content);
-        } else {
-            self.state = State::Data(envelope, content);
-        }
-        None
-    }
-
-    fn read_chunk(
-        &mut self,
-        envelope: Envelope,
-        mut content: Content,
-        remaining: u64,
-        last: bool,
-        input: &mut BytesMut,
-    ) -> Option<Step> {
-        let take = remaining.min(input.len() as u64).min(BODY_CHUNK as u64) as usize;
-        if take == 0 && remaining > 0 {
-            self.state = State::Chunk { envelope, content, remaining, last };
-            return Some(Step::NeedInput);
-        }
-        let mut out = Vec::with_capacity(take + 64);
-        let (used, _) = content.decoder.decode(&input[..take], &mut out);
-        let _ = input.split_to(used);
-        let remaining = remaining - used as u64;
-        if remaining == 0 && last {
-            content.decoder.finish(&mut out);
-        }
-        if let Some(body) = content.accept(out, &self.config) {
-            self.queued.push_back(Step::Body(body));
-        }
-        if remaining > 0 {
-            self.state = State::Chunk { envelope, content, remaining, last };
-        } else if last {
-            self.end_content(envelope, content);
-        } else {
-            let reply = Reply::new(250, "2.0.0", format!("{} octets received", content.size));
-            self.queued.push_back(Step::Reply(reply));
-            self.state = State::Chunking(envelope, content);
-        }
-        None
-    }
-
-    /// End of content: refuse a faulty message or ask for delivery (after queued body steps).
-    /// The refusal is chosen from the final totals, so it never depends on how reads were split.
-    fn end_content(&mut self, envelope: Envelope, content: Content) {
-        self.state = State::Ready;
-        let step = match content.refusal(&self.config) {
-            Some(reply) => Step::Refuse { reply, size: content.size },
-            None => Step::Request(Request::Deliver { envelope, size: content.size }),
-        };
-        self.queued.push_back(step);
-    }
 }
+
+// Reading DATA and BDAT content: the other half of `Session`'s states.
+#[path = "session_content.rs"]
+mod content_reading;
 
 #[cfg(test)]
 #[path = "session_tests.rs"]

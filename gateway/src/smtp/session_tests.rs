@@ -9,6 +9,7 @@ fn config() -> SessionConfig {
         max_header_size: 1000,
         max_recipients: 2,
         bare_line_endings: BareLineEndings::Normalize,
+        tls: TlsPolicy::Off,
     }
 }
 
@@ -63,6 +64,8 @@ fn run_with(config: SessionConfig, input: &[u8], piece: usize) -> Run {
                 fed = end;
             }
             Step::NeedInput => return run,
+            // These sessions never offer STARTTLS.
+            Step::StartTls { .. } => unreachable!("STARTTLS accepted without [tls]"),
             Step::Close => {
                 run.closed = true;
                 return run;
@@ -354,4 +357,105 @@ fn waiting_tells_the_line_and_the_content_being_read() {
     assert!(matches!(session.step(&mut input), Step::NeedInput));
     assert!(input.is_empty());
     assert_eq!(session.waiting(&input).line, Some(0));
+}
+
+/// Steps until the session needs input, closes or asks for the handshake; the replies so far.
+fn replies_until_input(session: &mut Session, input: &mut BytesMut) -> (Vec<Reply>, Step) {
+    let mut replies = Vec::new();
+    loop {
+        match session.step(input) {
+            Step::Reply(reply) => replies.push(reply),
+            step @ (Step::NeedInput | Step::Close | Step::StartTls { .. }) => return (replies, step),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn starttls_is_offered_only_when_configured() {
+    for (policy, offered) in [(TlsPolicy::Off, false), (TlsPolicy::Offered, true), (TlsPolicy::Required, true)] {
+        let mut session = Session::new(SessionConfig { tls: policy, ..config() });
+        let mut input = BytesMut::from(&b"EHLO c\r\nSTARTTLS\r\n"[..]);
+        let (replies, step) = replies_until_input(&mut session, &mut input);
+        assert_eq!(replies[0].lines.iter().any(|l| l == "STARTTLS"), offered, "{policy:?}");
+        if offered {
+            assert_eq!(replies[1].code, 220);
+            assert_eq!(step, Step::StartTls { discarded: 0 });
+        } else {
+            assert_eq!((replies[1].code, replies[1].enhanced.as_deref()), (502, Some("5.5.1")));
+        }
+    }
+}
+
+#[test]
+fn commands_pipelined_after_starttls_are_discarded_and_the_session_starts_over() {
+    let mut session = Session::new(SessionConfig { tls: TlsPolicy::Offered, ..config() });
+    let injected = &b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\n"[..];
+    let mut input = BytesMut::from(injected);
+    let (replies, step) = replies_until_input(&mut session, &mut input);
+    assert_eq!(replies.iter().map(|r| r.code).collect::<Vec<_>>(), [250, 220]);
+    assert_eq!(step, Step::StartTls { discarded: "MAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\n".len() });
+    assert!(input.is_empty());
+    session.tls_started();
+    // The EHLO before TLS is forgotten: MAIL needs a new one, and STARTTLS is not offered again.
+    input.extend_from_slice(b"MAIL FROM:<a@b>\r\nEHLO c\r\nSTARTTLS\r\n");
+    let (replies, step) = replies_until_input(&mut session, &mut input);
+    assert_eq!(step, Step::NeedInput);
+    assert_eq!(replies[0].code, 503);
+    assert!(!replies[1].lines.iter().any(|l| l == "STARTTLS"));
+    assert_eq!((replies[2].code, replies[2].enhanced.as_deref()), (503, Some("5.5.1")));
+    input.extend_from_slice(b"MAIL FROM:<a@b>\r\n");
+    assert!(matches!(session.step(&mut input), Step::Request(Request::Mail { .. })));
+}
+
+#[test]
+fn starttls_is_refused_inside_a_transaction() {
+    let mut session = Session::new(SessionConfig { tls: TlsPolicy::Offered, ..config() });
+    let mut input = BytesMut::from(&b"EHLO c\r\nMAIL FROM:<a@b>\r\n"[..]);
+    replies_until_input_or_request(&mut session, &mut input);
+    session.answer(Reply::new(250, "2.1.0", "Ok"));
+    input.extend_from_slice(b"STARTTLS\r\n");
+    let (replies, step) = replies_until_input(&mut session, &mut input);
+    assert_eq!(step, Step::NeedInput);
+    assert_eq!(replies[0].code, 503);
+    assert_eq!(replies[0].lines[0], "Error: MAIL transaction in progress");
+}
+
+#[test]
+fn require_tls_refuses_mail_before_starttls() {
+    let mut session = Session::new(SessionConfig { tls: TlsPolicy::Required, ..config() });
+    let mut input = BytesMut::from(&b"EHLO c\r\nMAIL FROM:<a@b>\r\nSTARTTLS\r\n"[..]);
+    let (replies, step) = replies_until_input(&mut session, &mut input);
+    assert_eq!((replies[1].code, replies[1].enhanced.as_deref()), (530, Some("5.7.0")));
+    assert_eq!(step, Step::StartTls { discarded: 0 });
+    session.tls_started();
+    input.extend_from_slice(b"EHLO c\r\nMAIL FROM:<a@b>\r\n");
+    replies_until_input_or_request(&mut session, &mut input);
+}
+
+/// Steps through replies until the session asks the backend (asserted).
+fn replies_until_input_or_request(session: &mut Session, input: &mut BytesMut) {
+    loop {
+        match session.step(input) {
+            Step::Reply(_) => {}
+            Step::Request(Request::Mail { .. }) => return,
+            other => panic!("expected a MAIL request, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn refused_recipients_count_as_errors_and_end_a_probing_session() {
+    let mut input = b"EHLO c\r\nMAIL FROM:<a@b>\r\n".to_vec();
+    for i in 0..MAX_ERRORS {
+        input.extend_from_slice(format!("RCPT TO:<bad{i}@x>\r\n").as_bytes());
+    }
+    input.extend_from_slice(b"RCPT TO:<good@x>\r\n");
+    let r = run(&input);
+    assert!(r.closed);
+    let codes = &r.replies;
+    assert_eq!(codes.iter().filter(|&&c| c == 550).count(), MAX_ERRORS as usize, "{codes:?}");
+    assert_eq!(codes.last(), Some(&421));
+    // The recipient after the limit was never asked for.
+    assert_eq!(codes.len(), 2 + MAX_ERRORS as usize + 1, "{codes:?}");
 }

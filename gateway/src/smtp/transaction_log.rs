@@ -37,6 +37,8 @@ pub struct TransactionLog {
     pub id: String,
     client: SocketAddr,
     helo: String,
+    /// The client's TLS version, when the transaction ran after STARTTLS.
+    tls: Option<String>,
     from: String,
     rcpts: Vec<String>,
     started: Instant,
@@ -50,12 +52,20 @@ pub struct TransactionLog {
 
 impl TransactionLog {
     /// A transaction starting at MAIL; `number` counts the session's transactions from 1.
-    pub fn begin(session: u64, number: u32, client: SocketAddr, helo: &str, from: &str) -> TransactionLog {
+    pub fn begin(
+        session: u64,
+        number: u32,
+        client: SocketAddr,
+        helo: &str,
+        tls: Option<&str>,
+        from: &str,
+    ) -> TransactionLog {
         let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |t| t.as_millis() as u64);
         TransactionLog {
             id: transaction_id(millis, session, number),
             client,
             helo: helo.to_string(),
+            tls: tls.map(str::to_string),
             from: from.to_string(),
             rcpts: Vec::new(),
             started: Instant::now(),
@@ -85,6 +95,7 @@ impl TransactionLog {
             transaction = self.id.as_str(),
             client = self.client.to_string().as_str(),
             helo = self.helo.as_str(),
+            tls = self.tls.as_deref(),
             from = self.from.as_str(),
             rcpts = self.rcpts.join(",").as_str(),
             rcpt_count = self.rcpts.len(),

@@ -29,6 +29,10 @@ impl Certs {
              openssl x509 -req -in {p}.csr -CA {p}-ca.pem -CAkey {p}-ca.key -CAcreateserial -days 2 \
              -extfile {p}.ext -out {p}.leaf 2>/dev/null && cat {p}.leaf {p}-ca.pem > {p}.pem"
         ));
-        Certs { ca: dir.join(format!("{prefix}-ca.pem")), cert: dir.join(format!("{prefix}.pem")), key: dir.join(format!("{prefix}.key")) }
+        Certs {
+            ca: dir.join(format!("{prefix}-ca.pem")),
+            cert: dir.join(format!("{prefix}.pem")),
+            key: dir.join(format!("{prefix}.key")),
+        }
     }
 }

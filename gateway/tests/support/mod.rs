@@ -8,6 +8,7 @@ pub mod certs;
 pub mod clamd;
 pub mod dkim_keys;
 pub mod dns_server;
+pub mod haproxy;
 pub mod logfmt;
 pub mod opendkim;
 pub mod postfix;

@@ -23,6 +23,11 @@
 //!   `header_size_limit` (100 KiB) are cut off.
 //!
 //! Hence, for a well-formed CRLF message with no stray CR, `content_as_sent(&delivered) == sent`.
+//!
+//! [`PostfixNextHop::start_with`] adds main.cf lines: [`tls_settings`] gives smtpd a certificate
+//! (STARTTLS offered, `smtpd_tls_security_level = may`, TLS logged), [`XFORWARD_FROM_LOOPBACK`]
+//! lets loopback clients send XFORWARD. [`PostfixNextHop::wait_for_log`] waits on the mail log,
+//! where smtpd's `disconnect from … ehlo=1 mail=1 …` line counts each command it was sent.
 #![allow(dead_code)]
 
 use std::fs;
@@ -33,6 +38,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime};
+
+use super::certs::Certs;
 
 const HOSTNAME: &str = "nexthop.postfix.test";
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,6 +57,11 @@ impl PostfixNextHop {
     /// Configures and starts the instance. Returns once smtpd on `port` has sent this
     /// instance's banner, usually 0.3–0.5 s after the call on an idle machine.
     pub fn start() -> PostfixNextHop {
+        PostfixNextHop::start_with("")
+    }
+
+    /// Like [`Self::start`], with `extra` appended to main.cf (later lines win in Postfix).
+    pub fn start_with(extra: &str) -> PostfixNextHop {
         let is_root = fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
         assert!(is_root, "Postfix's master(8) must run as root");
         let dir = tempfile::Builder::new().prefix("pf-").tempdir().unwrap();
@@ -59,7 +71,7 @@ impl PostfixNextHop {
         mkdirs(root, &["", "etc", "spool"], 0o755);
         mkdirs(root, &["mail", "mail/tmp", "mail/new"], 0o777);
         let token = root.file_name().unwrap().to_string_lossy().into_owned();
-        write_file(&etc.join("main.cf"), &main_cf(root, &token), 0o644);
+        write_file(&etc.join("main.cf"), &format!("{}{extra}", main_cf(root, &token)), 0o644);
         write_file(&root.join("deliver"), &deliver_script(root), 0o755);
         let daemon_dir = run(postfix_command("postconf").args(["-dh", "daemon_directory"]));
         let mut failures = Vec::new();
@@ -124,6 +136,22 @@ impl PostfixNextHop {
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
     }
+
+    /// Polls the mail log until a line contains `needle`; returns that line. Panics after 30 s
+    /// with the log. postlogd writes lines as the daemons send them, so a line is whole.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT_TIMEOUT;
+        loop {
+            let log = self.log();
+            if let Some(line) = log.lines().find(|line| line.contains(needle)) {
+                return line.to_string();
+            }
+            if Instant::now() > deadline {
+                panic!("Postfix on port {}: no log line with {needle:?}; maillog:\n{log}", self.port);
+            }
+            sleep(POLL);
+        }
+    }
 }
 
 impl Drop for PostfixNextHop {
@@ -131,6 +159,20 @@ impl Drop for PostfixNextHop {
         stop_master(&mut self.master);
     }
 }
+
+/// main.cf lines that give smtpd `certs` and offer STARTTLS (not required), logging each TLS
+/// session ("Anonymous TLS connection established from …") and noting it in its `Received:`.
+pub fn tls_settings(certs: &Certs) -> String {
+    format!(
+        "smtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\nsmtpd_tls_security_level = may\n\
+         smtpd_tls_loglevel = 1\nsmtpd_tls_received_header = yes\n",
+        certs.cert.display(),
+        certs.key.display()
+    )
+}
+
+/// main.cf line that offers XFORWARD to (and takes it from) loopback clients.
+pub const XFORWARD_FROM_LOOPBACK: &str = "smtpd_authorized_xforward_hosts = 127.0.0.0/8\n";
 
 /// Removes the `Received:` header that this instance's smtpd prepended. Returns other input
 /// unchanged.
@@ -226,6 +268,7 @@ error     unix  - - n -   - error
 retry     unix  - - n -   - error
 anvil     unix  - - n -   1 anvil
 postlog   unix-dgram n - n - 1 postlogd
+tlsmgr    unix  - - n 1000? 1 tlsmgr
 sinkpipe  unix  - n n -   - pipe
   user=nobody argv={}/deliver ${{queue_id}}
 ",
