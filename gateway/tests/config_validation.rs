@@ -7,7 +7,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use support::{filter_wasm, run_tool, sluice_bin, wasm_stage, Gateway};
+use support::{check_config, filter_wasm, line_of, run_tool, sluice_bin, wasm_stage, Gateway};
 
 const BAD_RULES: &str = "rules = \"header Subject /(/ reject 550 5.7.1 x\"";
 const BAD_PATTERN: &str =
@@ -20,17 +20,6 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
         format!("[server]\nlisten = [\"127.0.0.1:0\"]\n\n[maildir]\npath = \"{}\"\n\n", dir.join("mail").display());
     std::fs::write(&path, server + text).unwrap();
     path
-}
-
-/// The 1-based line of the first line of `path` starting with `prefix`.
-fn line_of(path: &Path, prefix: &str) -> usize {
-    let text = std::fs::read_to_string(path).unwrap();
-    text.lines().position(|line| line.starts_with(prefix)).expect("line in config") + 1
-}
-
-fn check_config(path: &Path) -> (Option<i32>, String) {
-    let (status, output) = run_tool(sluice_bin(), &["check-config", path.to_str().unwrap()], None);
-    (status.code(), output)
 }
 
 /// `serve` on `path`; it must exit by itself (it is expected to refuse to start).

@@ -9,7 +9,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use support::sink::SmtpSink;
-use support::{http, message, run_tool, sluice_bin, Gateway, GatewayBuilder, SmtpClient};
+use support::{check_config, http, line_of, message, run_tool, sluice_bin, Gateway, GatewayBuilder, SmtpClient};
 
 const POLICY: &str = "[policy]\ntrusted_networks = [\"127.0.0.2/32\"]\nrelay_domains = [\"relay.test\"]";
 
@@ -128,16 +128,6 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("sluice.toml");
     std::fs::write(&path, format!("{text}\n[maildir]\npath = \"{}\"\n", dir.join("mail").display())).unwrap();
     path
-}
-
-fn line_of(path: &Path, prefix: &str) -> usize {
-    let text = std::fs::read_to_string(path).unwrap();
-    text.lines().position(|line| line.starts_with(prefix)).expect("line in config") + 1
-}
-
-fn check_config(path: &Path) -> (Option<i32>, String) {
-    let (status, output) = run_tool(sluice_bin(), &["check-config", path.to_str().unwrap()], None);
-    (status.code(), output)
 }
 
 #[test]

@@ -463,6 +463,18 @@ pub fn python(script: &str, args: &[&str]) -> (ExitStatus, String) {
     run_tool(&python, &all, None)
 }
 
+/// The 1-based line of the first line of `path` starting with `prefix`.
+pub fn line_of(path: &Path, prefix: &str) -> usize {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines().position(|line| line.starts_with(prefix)).expect("line in config") + 1
+}
+
+/// `sluice check-config PATH`: its exit code and output.
+pub fn check_config(path: &Path) -> (Option<i32>, String) {
+    let (status, output) = run_tool(sluice_bin(), &["check-config", path.to_str().unwrap()], None);
+    (status.code(), output)
+}
+
 /// Path of a Postfix tool (smtp-source, smtp-sink), which Debian installs in /usr/sbin.
 pub fn postfix_tool(name: &str) -> PathBuf {
     ["/usr/sbin", "/usr/local/sbin", "/usr/bin", "/sbin"]
