@@ -96,7 +96,8 @@ impl Refusal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counted {
     No,
-    Yes,
+    /// In the window that opened at this instant.
+    Yes(Instant),
 }
 
 /// The 550 for a recipient the client may not relay to (Postfix's wording).
@@ -178,15 +179,21 @@ impl Policy {
         if self.recipient_rate.is_none() || self.trusts(client) {
             return Ok(Counted::No);
         }
-        let reply = || Reply::new(451, "4.7.1", format!("Error: too many recipients from {}", client.to_canonical()));
-        self.count(&tables.recipients, self.recipient_rate, "policy.recipient_rate", client, now, reply)?;
-        Ok(Counted::Yes)
+        let Some(rate) = self.recipient_rate else { return Ok(Counted::No) };
+        match tables.recipients.admit(client, rate, now) {
+            Ok(window) => Ok(Counted::Yes(window)),
+            Err(tripped) => {
+                let reply =
+                    Reply::new(451, "4.7.1", format!("Error: too many recipients from {}", client.to_canonical()));
+                Err(Refusal { reply, limit: "policy.recipient_rate", first: tripped.first })
+            }
+        }
     }
 
     /// Gives back a recipient counted by `recipient` that was then refused.
-    pub fn uncount_recipient(&self, tables: &RateTables, client: IpAddr, counted: Counted, now: Instant) {
-        if let (Counted::Yes, Some(rate)) = (counted, self.recipient_rate) {
-            tables.recipients.refund(client, rate, now);
+    pub fn uncount_recipient(&self, tables: &RateTables, client: IpAddr, counted: Counted) {
+        if let Counted::Yes(window) = counted {
+            tables.recipients.refund(client, window);
         }
     }
 
@@ -341,8 +348,8 @@ mod tests {
 
         // A recipient refused further on is given back; an accepted one counts.
         let counted = policy.recipient(&tables, client, now).unwrap();
-        assert_eq!(counted, Counted::Yes);
-        policy.uncount_recipient(&tables, client, counted, now);
+        assert_eq!(counted, Counted::Yes(now));
+        policy.uncount_recipient(&tables, client, counted);
         let _accepted = policy.recipient(&tables, client, now).unwrap();
         let refused = policy.recipient(&tables, client, now).unwrap_err();
         let text = "451 4.7.1 Error: too many recipients from 192.0.2.7\r\n";
@@ -352,7 +359,7 @@ mod tests {
         let later = now + Duration::from_secs(60);
         assert_eq!(policy.connect(&tables, client, "gw.test", later), Ok(()));
         assert_eq!(policy.mail(&tables, client, 1, later), Ok(()));
-        assert_eq!(policy.recipient(&tables, client, later), Ok(Counted::Yes));
+        assert_eq!(policy.recipient(&tables, client, later), Ok(Counted::Yes(later)));
 
         let trusted = ip("127.0.0.1");
         for number in 1..10 {

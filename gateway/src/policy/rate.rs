@@ -61,13 +61,18 @@ impl Windows {
 
     /// One event of `key` at `now`: admitted and counted while its window has room.
     pub fn hit(&mut self, key: IpAddr, rate: Rate, now: Instant) -> Result<(), Tripped> {
+        self.admit(key, rate, now).map(|_| ())
+    }
+
+    /// `hit`, saying which window counted the event (its start), for `refund`.
+    pub fn admit(&mut self, key: IpAddr, rate: Rate, now: Instant) -> Result<Instant, Tripped> {
         self.sweep(rate.period, now);
         if let Some(window) = self.open.get_mut(&key) {
             let age = now.saturating_duration_since(window.start);
             if age < rate.period {
                 if window.admitted < rate.count {
                     window.admitted += 1;
-                    return Ok(());
+                    return Ok(window.start);
                 }
                 window.refused = window.refused.saturating_add(1);
                 return Err(Tripped { first: window.refused == 1, retry_after: rate.period - age });
@@ -77,16 +82,15 @@ impl Windows {
         }
         self.open.insert(key, Window { start: now, admitted: 1, refused: 0 });
         self.order.push_back((now, key));
-        Ok(())
+        Ok(now)
     }
 
     /// Takes back an admitted event that did not happen after all (a recipient refused further
-    /// on), if its window is still open.
-    pub fn refund(&mut self, key: IpAddr, rate: Rate, now: Instant) {
-        if let Some(window) = self.open.get_mut(&key) {
-            if now.saturating_duration_since(window.start) < rate.period {
-                window.admitted = window.admitted.saturating_sub(1);
-            }
+    /// on), if the window that counted it (`counted_in`, from `admit`) is still the open one: a
+    /// refund never makes room in a later window.
+    pub fn refund(&mut self, key: IpAddr, counted_in: Instant) {
+        if let Some(window) = self.open.get_mut(&key).filter(|window| window.start == counted_in) {
+            window.admitted = window.admitted.saturating_sub(1);
         }
     }
 
@@ -128,8 +132,12 @@ impl RateTable {
         self.lock().hit(client_key(client), rate, now)
     }
 
-    pub fn refund(&self, client: IpAddr, rate: Rate, now: Instant) {
-        self.lock().refund(client_key(client), rate, now)
+    pub fn admit(&self, client: IpAddr, rate: Rate, now: Instant) -> Result<Instant, Tripped> {
+        self.lock().admit(client_key(client), rate, now)
+    }
+
+    pub fn refund(&self, client: IpAddr, counted_in: Instant) {
+        self.lock().refund(client_key(client), counted_in)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Windows> {
@@ -186,15 +194,16 @@ mod tests {
         let mut windows = Windows::new(10);
         let t0 = Instant::now();
         let limit = rate(1, 10);
-        assert_eq!(windows.hit(A, limit, t0), Ok(()));
-        windows.refund(A, limit, t0 + secs(1));
+        let first = windows.admit(A, limit, t0).unwrap();
+        windows.refund(A, first);
         assert_eq!(windows.hit(A, limit, t0 + secs(2)), Ok(()));
         assert!(windows.hit(A, limit, t0 + secs(3)).is_err());
-        // After the window, a late refund changes nothing in the next one.
+        // An event counted in one window and refunded once the next is open changes nothing
+        // in the next one.
+        let counted_in = first;
         assert_eq!(windows.hit(A, limit, t0 + secs(10)), Ok(()));
-        windows.refund(A, limit, t0 + secs(20));
-        assert_eq!(windows.hit(A, limit, t0 + secs(20)), Ok(()));
-        assert!(windows.hit(A, limit, t0 + secs(21)).is_err());
+        windows.refund(A, counted_in);
+        assert!(windows.hit(A, limit, t0 + secs(11)).is_err());
     }
 
     #[test]

@@ -308,7 +308,7 @@ impl Connection {
         match (reply.is_positive(), &mut self.record) {
             (true, Some(record)) => record.rcpt(to),
             (true, None) => {}
-            (false, _) => self.settings.policy.uncount_recipient(&self.context.rates, client, counted, Instant::now()),
+            (false, _) => self.settings.policy.uncount_recipient(&self.context.rates, client, counted),
         }
         reply
     }
