@@ -18,6 +18,13 @@ pub const MAX_MEMORY: usize = 1 << 30;
 /// fails and the stage's `on_error` applies.
 const POOL_INSTANCES: u32 = 2000;
 
+/// Bytes of each pooled memory and table reset in place (dirty pages zeroed, found with Linux's
+/// PAGEMAP_SCAN where the kernel has it, ≥ 6.7) instead of given back with madvise: the next
+/// message's instance then takes no page faults on them. bench/wasm-host here: instantiation
+/// 50 → 22 µs, the first 64 KiB chunk of a message 52 → 6 µs (31 µs and 39 µs with memset
+/// alone, on older kernels). The price is at most this much resident per slot in use.
+const KEEP_RESIDENT: usize = 128 << 10;
+
 static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
 
 /// Guest calls running now; the clock thread sleeps on `WAKE` while it is 0.
@@ -70,7 +77,10 @@ fn build() -> Result<Engine, String> {
         .max_memory_size(MAX_MEMORY)
         .max_core_instances_per_component(16)
         .max_memories_per_component(4)
-        .max_tables_per_component(8);
+        .max_tables_per_component(8)
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(KEEP_RESIDENT)
+        .pagemap_scan(wasmtime::Enabled::Auto);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&config).map_err(|err| format!("cannot start the wasm engine: {err}"))?;
     let clock = engine.weak();
