@@ -155,7 +155,7 @@ fn open_proxy(config: &Config) -> Option<String> {
     if !server.proxy_protocol || config.policy.allow_open_relay {
         return None;
     }
-    let networks: Vec<IpNet> = server.proxy_trusted.iter().map(IpNet::trunc).collect();
+    let networks: Vec<IpNet> = server.proxy_trusted.iter().map(|network| network.0.trunc()).collect();
     let all = IpNet::aggregate(&networks).into_iter().find(|network| network.prefix_len() == 0)?;
     let family = if all.addr().is_ipv4() { "IPv4" } else { "IPv6" };
     Some(format!(

@@ -140,7 +140,10 @@ impl Settings {
             },
             watermarks: Watermarks { high: config.flow.high_watermark.0, low: config.flow.low_watermark.0 },
             admission: Admission { max_sessions: server.max_sessions, max_sessions_per_ip: server.max_sessions_per_ip },
-            proxy: ProxyProtocol::new(server.proxy_protocol, &server.proxy_trusted),
+            proxy: ProxyProtocol::new(
+                server.proxy_protocol,
+                &server.proxy_trusted.iter().map(|network| network.0).collect::<Vec<_>>(),
+            ),
             shutdown_timeout: server.shutdown_timeout.0,
             chain: Arc::new(chain),
             policy: Policy::new(&config.policy),

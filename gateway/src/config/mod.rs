@@ -128,8 +128,9 @@ pub struct ServerConfig {
     /// Every connection begins with a PROXY header (v1 or v2) naming the real client; needs
     /// `proxy_trusted`.
     pub proxy_protocol: bool,
-    /// The load balancers allowed to connect when `proxy_protocol` is on (CIDRs).
-    pub proxy_trusted: Vec<ipnet::IpNet>,
+    /// The load balancers allowed to connect when `proxy_protocol` is on (CIDRs or addresses,
+    /// written as `policy.trusted_networks` is).
+    pub proxy_trusted: Vec<policy::Network>,
     /// MAIL only after STARTTLS (530 5.7.0 before); needs `[tls]`.
     pub require_tls: bool,
 }
@@ -523,11 +524,12 @@ mod tests {
     fn proxy_protocol_needs_trusted_balancers() {
         let err = error("[server]\nproxy_protocol = true\n");
         assert!(err.starts_with("test.toml:2:1: server.proxy_protocol: is true, but server.proxy_trusted"), "{err}");
-        let err = error("[server]\nproxy_protocol = true\nproxy_trusted = [\"10.0.0.5\"]\n");
+        let err = error("[server]\nproxy_protocol = true\nproxy_trusted = [\"10.0.0.x\"]\n");
         assert!(err.starts_with("test.toml:3:") && err.contains("server.proxy_trusted"), "{err}");
-        let text = "[server]\nproxy_protocol = true\nproxy_trusted = [\"10.0.0.5/32\", \"::1/128\"]\n";
+        let text = "[server]\nproxy_protocol = true\nproxy_trusted = [\"10.0.0.5\", \"::1/128\"]\n";
         let server = parse("test.toml", text).unwrap().server;
-        assert_eq!(server.proxy_trusted, ["10.0.0.5/32".parse().unwrap(), "::1/128".parse().unwrap()]);
+        let networks: Vec<ipnet::IpNet> = server.proxy_trusted.iter().map(|network| network.0).collect();
+        assert_eq!(networks, ["10.0.0.5/32".parse::<ipnet::IpNet>().unwrap(), "::1/128".parse().unwrap()]);
     }
 
     #[test]
