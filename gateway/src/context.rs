@@ -265,6 +265,7 @@ pub async fn load_stages(
             timeout: stage.timeout.0,
             content,
             factory,
+            meters: metrics.stage_meters(&stage.name),
             metrics: metrics.clone(),
         });
     }

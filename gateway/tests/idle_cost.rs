@@ -1,5 +1,5 @@
 //! What an idle gateway costs: the wasm epoch clock (the thread behind every filter's CPU limit)
-//! sleeps while no guest code runs, and still bounds a filter that spins.
+//! parks soon after the last guest call ended, and still bounds a filter that spins.
 
 mod support;
 
@@ -33,8 +33,20 @@ fn the_epoch_clock_sleeps_while_no_filter_runs_and_still_stops_a_spinning_one() 
     let reply = client.send_message("a@client.test", &["b@dest.test"], &message("spin", 20_000));
     assert_eq!(reply.code, 451, "{}", reply.text());
     assert!(gateway.wait_for_log("stage failed").contains("CPU limit"), "{}", gateway.log());
-    // Idle now (the session open, no transaction): the clock does not wake at all. The window
-    // only has to be long enough for a 1 ms clock to show; an idle one is still at 0 after it.
+    // Idle now (the session open, no transaction): the clock parks once it saw no call for its
+    // linger (100 ticks), and then does not wake at all. The window only has to be long enough
+    // for a 1 ms clock to show; a parked one is still at 0 after it.
+    let parked = std::time::Instant::now() + Duration::from_secs(10);
+    let mut last = wakeups(&gateway, "sluice-epoch");
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = wakeups(&gateway, "sluice-epoch");
+        if now == last {
+            break;
+        }
+        assert!(std::time::Instant::now() < parked, "the epoch clock never parked after the calls ended");
+        last = now;
+    }
     let before = wakeups(&gateway, "sluice-epoch");
     std::thread::sleep(Duration::from_millis(300));
     client.cmd("NOOP", 250);

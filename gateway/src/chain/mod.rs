@@ -31,7 +31,7 @@ use tracing::{info, trace, warn};
 
 use crate::config::stages::StageKind;
 use crate::flow::gate::FlowHandle;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StageMeters};
 use crate::smtp::reply::Reply;
 use crate::spool::Spool;
 use answer::{ContentRules, Malformed};
@@ -74,6 +74,8 @@ pub struct StageSpec {
     pub content: ContentRules,
     pub factory: Box<dyn StageFactory>,
     pub metrics: Arc<Metrics>,
+    /// This stage's call meters in `metrics`.
+    pub meters: StageMeters,
 }
 
 /// What a stage call answers, in a few words for the `filters` trace.
@@ -106,13 +108,17 @@ pub(crate) async fn call<T: Answer>(
         Ok(Err(_panic)) => Err(StageError::Failed("stage panicked".into())),
         Ok(Ok(result)) => result,
     };
-    let answer = match &result {
-        Ok(answer) => answer.summary(),
-        Err(err) => format!("failed: {err}"),
-    };
-    let micros = started.elapsed().as_micros() as u64;
-    trace!(target: "sluice::filters", stage = %spec.name, event = event.name(), answer = answer.as_str(), micros, "call");
-    spec.metrics.stage_call(&spec.name, started.elapsed());
+    let took = started.elapsed();
+    // The answer's summary is only worth its allocation when someone traces filters.
+    if tracing::enabled!(target: "sluice::filters", tracing::Level::TRACE) {
+        let answer = match &result {
+            Ok(answer) => answer.summary(),
+            Err(err) => format!("failed: {err}"),
+        };
+        let micros = took.as_micros() as u64;
+        trace!(target: "sluice::filters", stage = %spec.name, event = event.name(), answer = answer.as_str(), micros, "call");
+    }
+    spec.meters.call(took);
     if let Err(err) = &result {
         spec.metrics.stage_failure(&spec.name, err.cause());
     }

@@ -57,6 +57,7 @@ fn stage(name: &str, on_error: OnError, instance: Box<dyn Stage>) -> RunningStag
             bare_line_endings: crate::config::BareLineEndings::Normalize,
         },
         factory: Box::new(TestStageFactory::new(Default::default())),
+        meters: Metrics::default().stage_meters(name),
         metrics: Arc::new(Metrics::default()),
     };
     RunningStage::new(Arc::new(spec), instance)

@@ -1,8 +1,9 @@
 //! The one wasmtime `Engine` of the process: epoch interruption (for CPU bounds that yield to
 //! tokio), the pooling allocator (cheap fresh instances per message), and the epoch clock, which
-//! ticks only while some guest code runs (a `Ticking` guard is alive): an idle gateway never wakes
-//! for it.
+//! ticks while guest code runs (a `Ticking` guard is alive) and for a moment after: an idle
+//! gateway never wakes for it, a busy one does not wake it for every call.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -27,9 +28,17 @@ const KEEP_RESIDENT: usize = 128 << 10;
 
 static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
 
-/// Guest calls running now; the clock thread sleeps on `WAKE` while it is 0.
-static RUNNING: Mutex<usize> = Mutex::new(0);
+/// Guest calls running now.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+/// The clock thread is parked on `WAKE` (no call for `LINGER` ticks): a starting call wakes it.
+static PARKED: AtomicBool = AtomicBool::new(false);
+static PARK: Mutex<()> = Mutex::new(());
 static WAKE: Condvar = Condvar::new();
+/// Ticks the clock goes on after the last call ended before it parks. Under load calls start and
+/// end thousands of times a second; parking and waking the clock thread on each would cost a
+/// futex wake and two context switches per call (most of a wasm stage's cost per message at
+/// 4 KiB). Idle for this long, the gateway stops waking for the clock at all.
+const LINGER: u32 = 100;
 
 /// Keeps the epoch clock ticking while guest code may run: hold one across every call into a
 /// store armed with an epoch deadline, or its CPU limit is not enforced.
@@ -38,9 +47,10 @@ pub struct Ticking(());
 
 impl Ticking {
     pub fn start() -> Ticking {
-        let mut running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
-        *running += 1;
-        if *running == 1 {
+        // SeqCst on both sides (here: RUNNING then PARKED; the clock: PARKED then RUNNING) means
+        // at least one of them sees the other's write: the clock never parks past a running call.
+        if RUNNING.fetch_add(1, Ordering::SeqCst) == 0 && PARKED.load(Ordering::SeqCst) {
+            let _park = PARK.lock().unwrap_or_else(|p| p.into_inner());
             WAKE.notify_one();
         }
         Ticking(())
@@ -49,14 +59,16 @@ impl Ticking {
 
 impl Drop for Ticking {
     fn drop(&mut self) {
-        *RUNNING.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 /// Blocks the clock thread until some call runs.
-fn wait_for_calls() {
-    let running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
-    let _running = WAKE.wait_while(running, |running| *running == 0).unwrap_or_else(|p| p.into_inner());
+fn park() {
+    let park = PARK.lock().unwrap_or_else(|p| p.into_inner());
+    PARKED.store(true, Ordering::SeqCst);
+    let _park = WAKE.wait_while(park, |_| RUNNING.load(Ordering::SeqCst) == 0).unwrap_or_else(|p| p.into_inner());
+    PARKED.store(false, Ordering::SeqCst);
 }
 
 /// The shared engine, created (with its epoch clock thread) on first use.
@@ -87,12 +99,18 @@ fn build() -> Result<Engine, String> {
     std::thread::Builder::new()
         .name("sluice-epoch".into())
         .spawn(move || {
-            // A tick is a whole period after the call started: the first one is not early.
+            // A call's first tick may come less than a period after it started (the clock runs
+            // on its own while calls come and go): CPU limits are exact to one tick.
+            let mut idle = 0;
             loop {
-                wait_for_calls();
+                if idle >= LINGER {
+                    park();
+                    idle = 0;
+                }
                 std::thread::sleep(TICK);
                 let Some(engine) = clock.upgrade() else { break };
                 engine.increment_epoch();
+                idle = if RUNNING.load(Ordering::SeqCst) == 0 { idle + 1 } else { 0 };
             }
         })
         .map_err(|err| format!("cannot start the epoch clock: {err}"))?;
