@@ -1,0 +1,65 @@
+"""Turning runs into figures: medians, paired ratios with their spread, and bench/RESULTS.md.
+
+A cell is one (size, concurrency); in it every gateway ran `repeat` times, interleaved, so run i
+of one gateway and run i of another saw the same background load: a ratio is taken per repeat
+(rate of A in repeat i ÷ rate of B in repeat i) and reported as the median with its min–max."""
+import statistics
+
+MB = 1e6
+
+
+def human(size):
+    for unit, n in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= n and size % n == 0:
+            return f"{size // n}{unit}"
+    return f"{size}B"
+
+
+def percentile(values, q):
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def rates(runs, count, key="seconds"):
+    """msg/s per repeat (None for a failed run)."""
+    return [count / r[key] if r["error"] is None and r.get(key) else None for r in runs]
+
+
+def summary(runs, count, size, queues):
+    """One gateway in one cell."""
+    ok = [r for r in runs if r["error"] is None]
+    out = {"runs": len(runs), "failed": len(runs) - len(ok),
+           "errors": sorted({r["error"] for r in runs if r["error"]})[:3],
+           "delivered": sum(r["delivered"] for r in runs), "sent": sum(r["sent"] for r in runs)}
+    if not ok:
+        return out
+    secs = statistics.median(r["seconds"] for r in ok)
+    out.update(msgs_per_s=count / secs, mb_per_s=count * size / secs / MB)
+    if queues:
+        out["drain_msgs_per_s"] = count / statistics.median(r["drain_seconds"] for r in ok)
+    lat = [x for r in ok for x in r["latencies"]]
+    out.update(p50_ms=1000 * percentile(lat, 0.5) if lat else None, p99_ms=1000 * percentile(lat, 0.99) if lat else None,
+               latency_samples=len(lat))
+    rss = [r["peak_rss_kib"] for r in runs if r.get("peak_rss_kib")]
+    out["peak_rss_mib"] = max(rss) / 1024 if rss else None
+    out["cpu_s"] = statistics.median(r["cpu"] for r in ok)
+    sent = statistics.median(r["sent"] for r in ok)
+    out["cpu_ms_per_msg"] = 1000 * out["cpu_s"] / sent if out["cpu_s"] else None
+    out["clamd_ms_per_msg"] = 1000 * statistics.median(r["clamd_cpu"] for r in ok) / sent
+    return out
+
+
+def ratio(a_runs, b_runs, count, a_key="seconds", b_key="seconds"):
+    """(median, min, max) of per-repeat a/b msg/s ratios, or None without a pair of good runs."""
+    pairs = [x / y for x, y in zip(rates(a_runs, count, a_key), rates(b_runs, count, b_key)) if x and y]
+    return (statistics.median(pairs), min(pairs), max(pairs)) if pairs else None
+
+
+def fmt_ratio(r):
+    return "—" if r is None else f"{r[0]:.2f} ({r[1]:.2f}–{r[2]:.2f})"
+
+
+def num(v, digits=1):
+    return "—" if v is None else f"{v:.{digits}f}" if v < 1000 else f"{v:.0f}"
