@@ -226,7 +226,7 @@ mod tests {
     fn exposition_has_the_families() {
         let metrics = Metrics::default();
         metrics.transaction("accepted");
-        metrics.stage_call("av", Duration::from_millis(3));
+        metrics.stage_meters("av").call(Duration::from_millis(3));
         metrics.stage_failure("av", "timeout");
         metrics.relay_reply(250, Duration::from_millis(1));
         let text = metrics.encode();
