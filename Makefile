@@ -26,7 +26,8 @@ filters:
 example-filters:
 	./examples/filters/build
 
-# Throughput benchmarks, side by side with Postfix smtp-source -> smtp-sink (not part of test).
+# The benchmark report (bench/RESULTS.md, bench/plots): sluice against direct delivery, clamsmtpd,
+# Haraka and Postfix + rspamd in one run (not part of test; `bench/report --quick`: < 5 minutes).
 bench: setup filters
 	cargo build --release --locked -p sluice
-	./bench/smtp-throughput
+	./bench/report

@@ -5,12 +5,12 @@
   on fresh connections while smtp-source runs, timing each from connect to the reply to the
   end of data. For an in-line gateway that reply comes after the next hop accepted the message,
   so it is the end-to-end latency; for a queueing one (Postfix) it is the intake latency.
-* **Sampler**: the gateway's process trees' RSS (sum of VmRSS) every 50 ms, and their CPU seconds
+* **Sampler**: the gateway's process trees' memory (sum of PSS) every 50 ms, and their CPU seconds
   from the start of the load to the moment the sink had every message.
 Every part is bounded by the run's deadline."""
 import smtplib, socket, subprocess, threading, time
 
-from .procs import find_tool, tree_cpu, tree_rss_kib
+from .procs import find_tool, hwm_kib, tree_cpu, tree_pss_kib
 
 PROBE_LIMIT = 2000  # messages per run at most
 
@@ -47,19 +47,24 @@ class Probe(threading.Thread):
 
 
 class Sampler(threading.Thread):
+    """Peak PSS of the trees, sampled every 50 ms (or twice as long as a sample takes: reading
+    smaps_rollup of hundreds of Postfix processes is not free, and it runs beside the load)."""
+
     def __init__(self, roots):
         super().__init__(daemon=True)
         self.roots, self.peak_kib, self.done = roots, 0, threading.Event()
 
     def run(self):
         while not self.done.is_set():
-            self.peak_kib = max(self.peak_kib, tree_rss_kib(self.roots))
-            self.done.wait(0.05)
+            start = time.monotonic()
+            self.peak_kib = max(self.peak_kib, tree_pss_kib(self.roots))
+            self.done.wait(max(0.05, 2 * (time.monotonic() - start)))
 
 
 def run(gateway, sink, size, conc, count, timeout, clamd=None, probe=True):
     """A dict: seconds (intake: smtp-source's wall time), drain_seconds (until the sink had all),
-    delivered, latencies, cpu (gateway trees), clamd_cpu, peak_rss_kib, error (None when all went well)."""
+    delivered, latencies, cpu (gateway trees), clamd_cpu, peak_pss_kib, hwm_kib (one-process
+    gateways: VmHWM), error (None when all went well)."""
     deadline = time.monotonic() + timeout
     before = sink.count()
     roots = gateway.roots
@@ -98,7 +103,7 @@ def run(gateway, sink, size, conc, count, timeout, clamd=None, probe=True):
     out.update(delivered=delivered, sent=want, latencies=prober.latencies if prober else [],
                probe_failures=prober.failures if prober else [], cpu=tree_cpu(roots) - cpu0,
                clamd_cpu=tree_cpu((clamd.proc.pid,)) - clamd_cpu0 if clamd else None,
-               peak_rss_kib=sampler.peak_kib or None)
+               peak_pss_kib=sampler.peak_kib or None, hwm_kib=hwm_kib(roots[0]) if len(roots) == 1 else None)
     if out["error"] is None and prober and prober.failures:
         out["error"] = f"probe: {len(prober.failures)} failed, first: {prober.failures[0]}"
     if out["error"] is None and delivered != want:

@@ -60,8 +60,8 @@ def draw(report, out_dir):
         chart(os.path.join(out_dir, "latency-by-concurrency.png"), f"p99 latency by concurrency, {human(size)}",
               "concurrent sessions", "p99 ms (probe)", series(report, "concurrency", "size", size, "p99_ms"),
               {c: str(c) for c in concs}, logy=True)
-        chart(os.path.join(out_dir, "rss-by-concurrency.png"), f"Peak RSS by concurrency, {human(rss_size)}",
-              "concurrent sessions", "MiB (process tree)", series(report, "concurrency", "size", rss_size, "peak_rss_mib"),
+        chart(os.path.join(out_dir, "rss-by-concurrency.png"), f"Peak memory by concurrency, {human(rss_size)}",
+              "concurrent sessions", "MiB (PSS of the process tree)", series(report, "concurrency", "size", rss_size, "peak_pss_mib"),
               {c: str(c) for c in concs})
         made += ["latency-by-concurrency.png", "rss-by-concurrency.png"]
     return made

@@ -1,8 +1,9 @@
 """Processes: free loopback ports, bounded stops, waiting for a port, and a process tree's RSS and CPU.
 
 A gateway is measured as its whole process tree (Postfix and Haraka fork workers), read from
-/proc: CPU = utime + stime + cutime + cstime of every live process in the tree, RSS = the sum of
-VmRSS over the tree, sampled while the load runs (VmHWM is per process, so a tree has none)."""
+/proc: CPU = utime + stime + cutime + cstime of every live process in the tree, memory = the sum
+of PSS over the tree, sampled while the load runs (VmHWM is per process, so a tree has none; a
+one-process gateway's VmHWM is read too)."""
 import os, re, shutil, signal, socket, subprocess, time
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -92,13 +93,25 @@ def tree_cpu(roots):
     return total / TICK
 
 
-def tree_rss_kib(roots):
+def tree_pss_kib(roots):
+    """Memory of the trees under `roots`: the sum of PSS (shared pages divided among the processes
+    sharing them; a sum of RSS would count rspamd's shared hyperscan maps or Postfix's libraries
+    once per process)."""
     total = 0
     for pid in {p for r in roots for p in tree(r)}:
         try:
-            with open(f"/proc/{pid}/status") as f:
-                m = re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.M)
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                m = re.search(r"^Pss:\s+(\d+) kB", f.read(), re.M)
             total += int(m[1]) if m else 0
         except OSError:
             pass
     return total
+
+
+def hwm_kib(pid, field="VmHWM"):
+    """Peak RSS (VmHWM; or another /proc/PID/status field in kB, e.g. VmRSS) of one process, or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M)[1])
+    except (OSError, TypeError):
+        return None

@@ -35,19 +35,37 @@ def target_rows(report):
         r = ratio(runs_of(cell, a), runs_of(cell, b), cell["messages"])
         verdict = "—" if r is None else "met" if r[0] >= threshold else "**missed**"
         rows.append(f"| {what} | {human(size)} × {conc} | ≥ {threshold} | {fmt_ratio(r)} | {verdict} |")
-    rss = [summary(c["runs"]["sluice"], c["messages"], c["size"], False).get("peak_rss_mib")
+    rss = [summary(c["runs"]["sluice"], c["messages"], c["size"], False).get("hwm_mib")
            for c in report["cells"] if c["size"] == 2 << 20 and c["concurrency"] == 50 and "sluice" in c["runs"]]
     if rss and rss[0]:
         rows.append(f"| peak RSS, no stage | 2MiB × 50 | ≤ 64 MiB | {rss[0]:.1f} MiB | "
                     f"{'met' if rss[0] <= 64 else '**missed**'} |")
+    bare = report.get("scale", {}).get("sluice")
+    if bare:
+        rss = bare.get("idle_rss_mib")
+        rows.append(f"| RSS with 1,000 idle sessions (after EHLO), no stage | — | < 100 MiB | "
+                    f"{'—' if rss is None else f'{rss:.1f} MiB'} | {'—' if rss is None else 'met' if rss < 100 else '**missed**'} |")
+        ok = bare.get("bodies_error") is None
+        rows.append(f"| 200 sessions × 2 MiB at once, no stage | — | all delivered | "
+                    f"{bare.get('delivered', 0)}/{bare.get('bodies', 200)} delivered | {'met' if ok else '**missed**'} |")
     return rows
+
+
+def scale_table(report):
+    rows = ["| gateway | idle sessions greeted | PSS with them open, MiB | 200 × 2 MiB at once: answered 250 | "
+            "reached the sink | peak PSS MiB | seconds | problem |", "|---|---|---|---|---|---|---|---|"]
+    for name, s in report.get("scale", {}).items():
+        problem = "; ".join(p for p in (s.get("idle_error"), s.get("bodies_error")) if p) or ""
+        rows.append(f"| {name} | {s.get('idle_sessions', '—')} | {num(s.get('idle_pss_mib'))} | {s.get('accepted', '—')} | "
+                    f"{s.get('delivered', '—')} | {num(s.get('bodies_peak_rss_mib'))} | {num(s.get('bodies_seconds'))} | {problem[:160]} |")
+    return "\n".join(rows)
 
 
 def cell_table(cell, gateways):
     count, size = cell["messages"], cell["size"]
     head = (f"### {human(size)} × {cell['concurrency']} ({count} messages per run)\n\n"
-            "| gateway | msg/s | MB/s | ÷ direct (spread) | p50 ms | p99 ms | peak RSS MiB | CPU ms/msg | clamd ms/msg | failed runs |\n"
-            "|---|---|---|---|---|---|---|---|---|---|")
+            "| gateway | msg/s | MB/s | ÷ direct (spread) | p50 ms | p99 ms | peak PSS MiB | peak RSS MiB | CPU ms/msg | clamd ms/msg | failed runs |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")
     rows = [head]
     direct = cell["runs"].get("direct", [])
     for g in gateways:
@@ -62,7 +80,7 @@ def cell_table(cell, gateways):
             vs += f"; to the sink {fmt_ratio(ratio(runs, direct, count, 'drain_seconds'))}"
         failed = f"{s['failed']}/{s['runs']}" + (f": {s['errors'][0][:120]}" if s["errors"] else "")
         rows.append(f"| {g['name']} | {rate} | {num(s.get('mb_per_s'))} | {vs} | {num(s.get('p50_ms'))} | "
-                    f"{num(s.get('p99_ms'))} | {num(s.get('peak_rss_mib'))} | {num(s.get('cpu_ms_per_msg'), 2)} | {num(s.get('clamd_ms_per_msg'), 2) if (s.get('clamd_ms_per_msg') or 0) >= 0.01 else ''} | {failed} |")
+                    f"{num(s.get('p99_ms'))} | {num(s.get('peak_pss_mib'))} | {num(s.get('hwm_mib'))} | {num(s.get('cpu_ms_per_msg'), 2)} | {num(s.get('clamd_ms_per_msg'), 2) if (s.get('clamd_ms_per_msg') or 0) >= 0.01 else ''} | {failed} |")
     alone = [c for c in cell["clamd_alone"] if c["error"] is None]
     if alone:
         secs = sorted(c["seconds"] for c in alone)[len(alone) // 2]
@@ -86,8 +104,10 @@ The load on every gateway: `smtp-source -s CONC -l SIZE` (one connection per mes
 latency probe (one message at a time, connect to the reply after the data); the next hop: one
 `smtp-sink` per gateway. p50/p99 are the probe's latencies under that load: end to end for the
 in-line gateways (they answer after the next hop accepted), intake for Postfix, which queues; for
-Postfix "to the sink" is the rate until the sink had every message. RSS is the sum over the
-gateway's process tree (sampled every 50 ms), CPU the tree's CPU time per message. clamd's own
+Postfix "to the sink" is the rate until the sink had every message. Memory is that of the
+gateway's process tree: PSS summed over it (sampled every 50 ms; shared pages divided among the
+processes sharing them) and, for one-process gateways, the kernel's peak RSS (VmHWM); CPU is the
+tree's CPU time per message. clamd's own
 CPU is not in the gateways' figures. How to read and re-run it: bench/README.md.
 
 ## Targets (issue 14)
@@ -105,6 +125,10 @@ CPU is not in the gateways' figures. How to read and re-run it: bench/README.md.
 ## Plots
 
 {chr(10).join(f"![{name}](plots/{name})" for name in figures)}
+
+## Scale: 1,000 idle sessions, then 200 bodies of 2 MiB at once
+
+{scale_table(report) if report.get("scale") else "Not run (--no-scale)."}
 
 ## Cells
 

@@ -42,8 +42,10 @@ def summary(runs, count, size, queues):
     lat = [x for r in ok for x in r["latencies"]]
     out.update(p50_ms=1000 * percentile(lat, 0.5) if lat else None, p99_ms=1000 * percentile(lat, 0.99) if lat else None,
                latency_samples=len(lat))
-    rss = [r["peak_rss_kib"] for r in runs if r.get("peak_rss_kib")]
-    out["peak_rss_mib"] = max(rss) / 1024 if rss else None
+    pss = [r["peak_pss_kib"] for r in runs if r.get("peak_pss_kib")]
+    out["peak_pss_mib"] = max(pss) / 1024 if pss else None
+    hwm = [r["hwm_kib"] for r in runs if r.get("hwm_kib")]
+    out["hwm_mib"] = max(hwm) / 1024 if hwm else None
     out["cpu_s"] = statistics.median(r["cpu"] for r in ok)
     sent = statistics.median(r["sent"] for r in ok)
     out["cpu_ms_per_msg"] = 1000 * out["cpu_s"] / sent if out["cpu_s"] else None

@@ -208,7 +208,7 @@ pub struct SpoolConfig {
 
 impl Default for SpoolConfig {
     fn default() -> Self {
-        SpoolConfig { memory_limit: ByteSize(1 << 20), total_memory_limit: ByteSize(64 << 20), directory: None }
+        SpoolConfig { memory_limit: ByteSize(1 << 20), total_memory_limit: ByteSize(32 << 20), directory: None }
     }
 }
 
