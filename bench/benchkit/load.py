@@ -10,7 +10,7 @@
 Every part is bounded by the run's deadline."""
 import smtplib, socket, subprocess, threading, time
 
-from .procs import find_tool, hwm_kib, tree_cpu, tree_pss_kib
+from .procs import find_tool, hwm_kib, tree, tree_cpu, tree_pss_kib
 
 PROBE_LIMIT = 2000  # messages per run at most
 
@@ -79,7 +79,7 @@ def run(gateway, sink, size, conc, count, timeout, clamd=None, probe=True):
     src = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if prober:
         prober.start()
-    out = {"error": None, "seconds": None, "drain_seconds": None}
+    out = {"error": None, "seconds": None, "drain_seconds": None, "count": count}
     try:
         _, err = src.communicate(timeout=max(0.1, deadline - time.monotonic()))
         out["seconds"] = time.monotonic() - start
@@ -103,7 +103,7 @@ def run(gateway, sink, size, conc, count, timeout, clamd=None, probe=True):
     out.update(delivered=delivered, sent=want, latencies=prober.latencies if prober else [],
                probe_failures=prober.failures if prober else [], cpu=tree_cpu(roots) - cpu0,
                clamd_cpu=tree_cpu((clamd.proc.pid,)) - clamd_cpu0 if clamd else None,
-               peak_pss_kib=sampler.peak_kib or None, hwm_kib=hwm_kib(roots[0]) if len(roots) == 1 else None)
+               peak_pss_kib=sampler.peak_kib or None, hwm_kib=hwm_kib(roots[0]) if len(roots) == 1 and len(tree(roots[0])) == 1 else None)
     if out["error"] is None and prober and prober.failures:
         out["error"] = f"probe: {len(prober.failures)} failed, first: {prober.failures[0]}"
     if out["error"] is None and delivered != want:

@@ -17,7 +17,7 @@ def series(report, x_key, fixed_key, fixed, figure):
         for c in sorted(report["cells"], key=lambda c: c[x_key]):
             if c[fixed_key] != fixed or g["name"] not in c["runs"]:
                 continue
-            v = summary(c["runs"][g["name"]], c["messages"], c["size"], g["queues"]).get(figure)
+            v = summary(c["runs"][g["name"]], c["size"], g["queues"]).get(figure)
             if v is not None:
                 xs.append(c[x_key])
                 ys.append(v)

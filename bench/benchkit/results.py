@@ -2,7 +2,8 @@
 
 A cell is one (size, concurrency); in it every gateway ran `repeat` times, interleaved, so run i
 of one gateway and run i of another saw the same background load: a ratio is taken per repeat
-(rate of A in repeat i ÷ rate of B in repeat i) and reported as the median with its min–max."""
+(rate of A in repeat i ÷ rate of B in repeat i) and reported as the median with its min–max.
+Each run records its own message count (`count`): a slow gateway sends fewer per run."""
 import statistics
 
 MB = 1e6
@@ -22,23 +23,23 @@ def percentile(values, q):
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def rates(runs, count, key="seconds"):
-    """msg/s per repeat (None for a failed run)."""
-    return [count / r[key] if r["error"] is None and r.get(key) else None for r in runs]
+def rates(runs, key="seconds"):
+    """msg/s of smtp-source's messages per repeat (None for a failed run)."""
+    return [r["count"] / r[key] if r["error"] is None and r.get(key) else None for r in runs]
 
 
-def summary(runs, count, size, queues):
-    """One gateway in one cell."""
+def summary(runs, size, queues):
+    """One gateway in one cell: medians over its good runs."""
     ok = [r for r in runs if r["error"] is None]
     out = {"runs": len(runs), "failed": len(runs) - len(ok),
            "errors": sorted({r["error"] for r in runs if r["error"]})[:3],
            "delivered": sum(r["delivered"] for r in runs), "sent": sum(r["sent"] for r in runs)}
     if not ok:
         return out
-    secs = statistics.median(r["seconds"] for r in ok)
-    out.update(msgs_per_s=count / secs, mb_per_s=count * size / secs / MB)
+    rate = statistics.median(x for x in rates(runs) if x)
+    out.update(msgs_per_s=rate, mb_per_s=rate * size / MB, count=statistics.median(r["count"] for r in ok))
     if queues:
-        out["drain_msgs_per_s"] = count / statistics.median(r["drain_seconds"] for r in ok)
+        out["drain_msgs_per_s"] = statistics.median(x for x in rates(runs, "drain_seconds") if x)
     lat = [x for r in ok for x in r["latencies"]]
     out.update(p50_ms=1000 * percentile(lat, 0.5) if lat else None, p99_ms=1000 * percentile(lat, 0.99) if lat else None,
                latency_samples=len(lat))
@@ -53,9 +54,9 @@ def summary(runs, count, size, queues):
     return out
 
 
-def ratio(a_runs, b_runs, count, a_key="seconds", b_key="seconds"):
+def ratio(a_runs, b_runs, a_key="seconds", b_key="seconds"):
     """(median, min, max) of per-repeat a/b msg/s ratios, or None without a pair of good runs."""
-    pairs = [x / y for x, y in zip(rates(a_runs, count, a_key), rates(b_runs, count, b_key)) if x and y]
+    pairs = [x / y for x, y in zip(rates(a_runs, a_key), rates(b_runs, b_key)) if x and y]
     return (statistics.median(pairs), min(pairs), max(pairs)) if pairs else None
 
 

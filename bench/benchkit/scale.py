@@ -10,7 +10,7 @@ Both are bounded by a deadline."""
 import smtplib, socket, threading, time
 
 from .load import Sampler, payload
-from .procs import hwm_kib, tree_pss_kib
+from .procs import hwm_kib, tree, tree_pss_kib
 
 IDLE, BODIES, BODY_SIZE = 1000, 200, 2 << 20
 
@@ -34,7 +34,7 @@ def idle_sessions(gateway, count=IDLE, timeout=60):
     greeted = len(socks) - (error is not None)
     time.sleep(0.5)  # let the gateway settle what the sessions allocated
     pss = tree_pss_kib(gateway.roots) / 1024
-    rss = hwm_kib(gateway.roots[0], "VmRSS") if len(gateway.roots) == 1 else None
+    rss = hwm_kib(gateway.roots[0], "VmRSS") if len(gateway.roots) == 1 and len(tree(gateway.roots[0])) == 1 else None
     for s in socks:
         s.close()
     return greeted, pss, rss and rss / 1024, error
