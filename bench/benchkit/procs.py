@@ -93,19 +93,20 @@ def tree_cpu(roots):
     return total / TICK
 
 
+def pss_kib(pid):
+    """PSS of one process (shared pages divided among the processes sharing them: a sum of RSS
+    would count rspamd's shared hyperscan maps or Postfix's libraries once per process), or 0."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            m = re.search(r"^Pss:\s+(\d+) kB", f.read(), re.M)
+        return int(m[1]) if m else 0
+    except OSError:
+        return 0
+
+
 def tree_pss_kib(roots):
-    """Memory of the trees under `roots`: the sum of PSS (shared pages divided among the processes
-    sharing them; a sum of RSS would count rspamd's shared hyperscan maps or Postfix's libraries
-    once per process)."""
-    total = 0
-    for pid in {p for r in roots for p in tree(r)}:
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                m = re.search(r"^Pss:\s+(\d+) kB", f.read(), re.M)
-            total += int(m[1]) if m else 0
-        except OSError:
-            pass
-    return total
+    """Memory of the trees under `roots`: the sum of their processes' PSS."""
+    return sum(pss_kib(p) for p in {p for r in roots for p in tree(r)})
 
 
 def hwm_kib(pid, field="VmHWM"):

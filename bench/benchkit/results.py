@@ -24,8 +24,8 @@ def percentile(values, q):
 
 
 def rates(runs, key="seconds"):
-    """msg/s of smtp-source's messages per repeat (None for a failed run)."""
-    return [r["count"] / r[key] if r["error"] is None and r.get(key) else None for r in runs]
+    """msg/s per repeat, smtp-source's and the probe's messages (None for a failed run)."""
+    return [(r["count"] + r.get("probed", 0)) / r[key] if r["error"] is None and r.get(key) else None for r in runs]
 
 
 def summary(runs, size, queues):
@@ -41,16 +41,19 @@ def summary(runs, size, queues):
     if queues:
         out["drain_msgs_per_s"] = statistics.median(x for x in rates(runs, "drain_seconds") if x)
     lat = [x for r in ok for x in r["latencies"]]
+    # with fewer than 100 samples the 99th percentile is the maximum: say so (render.py)
     out.update(p50_ms=1000 * percentile(lat, 0.5) if lat else None, p99_ms=1000 * percentile(lat, 0.99) if lat else None,
                latency_samples=len(lat))
     pss = [r["peak_pss_kib"] for r in runs if r.get("peak_pss_kib")]
     out["peak_pss_mib"] = max(pss) / 1024 if pss else None
     hwm = [r["hwm_kib"] for r in runs if r.get("hwm_kib")]
     out["hwm_mib"] = max(hwm) / 1024 if hwm else None
-    out["cpu_s"] = statistics.median(r["cpu"] for r in ok)
+    cpus = [r["cpu"] for r in ok if r.get("cpu") is not None]
+    out["cpu_s"] = statistics.median(cpus) if cpus else None
     sent = statistics.median(r["sent"] for r in ok)
     out["cpu_ms_per_msg"] = 1000 * out["cpu_s"] / sent if out["cpu_s"] else None
-    out["clamd_ms_per_msg"] = 1000 * statistics.median(r["clamd_cpu"] for r in ok) / sent
+    clamd = [r["clamd_cpu"] for r in ok if r.get("clamd_cpu") is not None]
+    out["clamd_ms_per_msg"] = 1000 * statistics.median(clamd) / sent if clamd else None
     return out
 
 

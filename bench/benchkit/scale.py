@@ -13,25 +13,28 @@ from .load import Sampler, payload
 from .procs import hwm_kib, tree, tree_pss_kib
 
 IDLE, BODIES, BODY_SIZE = 1000, 200, 2 << 20
+SESSION_TIMEOUT = 10  # seconds for one session's banner and EHLO reply
 
 
 def idle_sessions(gateway, count=IDLE, timeout=60):
     """(sessions greeted, tree PSS MiB with them open, RSS MiB of a one-process gateway, error or
     None). Stops at the first session
     the gateway does not greet (clamsmtpd and Postfix have session limits of their own)."""
-    deadline, socks, error = time.monotonic() + timeout, [], None
+    deadline, socks, greeted, error = time.monotonic() + timeout, [], 0, None
     try:
         for _ in range(count):  # one at a time: where a gateway stops greeting is its limit
-            s = socket.create_connection(("127.0.0.1", gateway.port), timeout=max(0.5, min(5, deadline - time.monotonic())))
+            if time.monotonic() > deadline:
+                raise OSError(f"the {timeout} s deadline passed")
+            s = socket.create_connection(("127.0.0.1", gateway.port), timeout=SESSION_TIMEOUT)
             socks.append(s)
             if not _reply(s).startswith(b"220"):
                 raise OSError("no 220 banner")
             s.sendall(b"EHLO idle.bench\r\n")
             if not _reply(s).startswith(b"250"):
                 raise OSError("EHLO not answered 250")
+            greeted += 1
     except OSError as e:
-        error = f"session {len(socks)} of {count} not greeted within 5 s: {e or type(e).__name__}"
-    greeted = len(socks) - (error is not None)
+        error = f"session {greeted + 1} of {count} not greeted within {SESSION_TIMEOUT} s: {e or type(e).__name__}"
     time.sleep(0.5)  # let the gateway settle what the sessions allocated
     pss = tree_pss_kib(gateway.roots) / 1024
     rss = hwm_kib(gateway.roots[0], "VmRSS") if len(gateway.roots) == 1 and len(tree(gateway.roots[0])) == 1 else None

@@ -21,8 +21,10 @@ class Sink:
             raise
 
     def count(self):
-        # -c prints "sess=N quit=N mesg=N\r" per event; the last mesg= is the total so far
-        self.out.seek(0)
+        # -c prints "sess=N quit=N mesg=N\r" per event; the last mesg= is the total so far (the
+        # file only grows: read its tail)
+        self.out.seek(0, os.SEEK_END)
+        self.out.seek(max(0, self.out.tell() - 256))
         counts = re.findall(r"mesg=(\d+)", self.out.read())
         return int(counts[-1]) if counts else 0
 
