@@ -92,7 +92,8 @@ def cell_table(cell, gateways):
             rate += f" intake, {num(s['drain_msgs_per_s'])} to the sink"
             vs += f"; to the sink {fmt_ratio(ratio(runs, direct, 'drain_seconds'))}"
         failed = f"{s['failed']}/{s['runs']}" + (f": {s['errors'][0][:120]}" if s["errors"] else "")
-        rows.append(f"| {g['name']} | {num(s.get('count'), 0)} | {rate} | {num(s.get('mb_per_s'))} | {vs} | {num(s.get('p50_ms'))} | "
+        sessions = "" if not s.get("count") or s["count"] >= cell["concurrency"] else f" (so {s['count']:.0f} sessions)"
+        rows.append(f"| {g['name']} | {num(s.get('count'), 0)}{sessions} | {rate} | {num(s.get('mb_per_s'))} | {vs} | {num(s.get('p50_ms'))} | "
                     f"{p99(s)} | {num(s.get('peak_pss_mib'))} | {num(s.get('hwm_mib'))} | {num(s.get('cpu_ms_per_msg'), 2)} | {num(s.get('clamd_ms_per_msg'), 2) if (s.get('clamd_ms_per_msg') or 0) >= 0.01 else ''} | {failed} |")
     alone = [c for c in cell["clamd_alone"] if c["error"] is None]
     if alone:
