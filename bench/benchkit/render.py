@@ -58,11 +58,13 @@ def target_rows(report):
 
 def scale_table(report):
     rows = ["| gateway | idle sessions greeted | PSS with them open, MiB | 200 × 2 MiB at once: answered 250 | "
-            "reached the sink | peak PSS MiB | seconds | problem |", "|---|---|---|---|---|---|---|---|"]
+            "reached the sink | peak PSS MiB (sampled) | peak RSS MiB (VmHWM, whole life) | seconds | problem |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for name, s in report.get("scale", {}).items():
         problem = "; ".join(p for p in (s.get("idle_error"), s.get("bodies_error")) if p) or ""
         rows.append(f"| {name} | {s.get('idle_sessions', '—')} | {num(s.get('idle_pss_mib'))} | {s.get('accepted', '—')} | "
-                    f"{s.get('delivered', '—')} | {num(s.get('bodies_peak_rss_mib'))} | {num(s.get('bodies_seconds'))} | {problem[:160]} |")
+                    f"{s.get('delivered', '—')} | {num(s.get('bodies_peak_rss_mib'))} | {num(s.get('bodies_hwm_mib'))} | "
+                    f"{num(s.get('bodies_seconds'))} | {problem[:160]} |")
     return "\n".join(rows)
 
 

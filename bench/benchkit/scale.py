@@ -57,7 +57,8 @@ def _reply(s):
 
 
 def parallel_bodies(gateway, sink, count=BODIES, size=BODY_SIZE, timeout=300):
-    """(answered 250, delivered to the sink, peak tree PSS MiB, seconds, error or None)."""
+    """(answered 250, delivered to the sink, peak tree PSS MiB, seconds, error or None). A
+    one-process gateway's exact peak (VmHWM, over its life) is read by the caller."""
     deadline, before = time.monotonic() + timeout, sink.count()
     messages = [payload(size, i) for i in range(count)]
     accepted, failures, start_line = [], [], threading.Barrier(count + 1)
