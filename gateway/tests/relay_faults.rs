@@ -193,3 +193,20 @@ fn a_pooled_connection_the_next_hop_closes_is_closed_at_once() {
     poll_until(|| open_tcp_connections(hop.port) == 0, "no connection left half-closed (CLOSE-WAIT)");
     gateway.wait_for_log("next hop closed a parked connection");
 }
+
+#[test]
+fn xforward_and_mail_go_to_a_pipelining_next_hop_in_one_round_trip() {
+    // The hop answers XFORWARD only once MAIL is there too: waiting for the XFORWARD reply first
+    // would cost every message a round trip, and here a 2 s timeout.
+    let hop = ScriptedHop::start(Behaviour::XforwardAnsweredAfterMail);
+    let gateway = gateway_to(&hop, "2s", &[]);
+    let mut client = gateway.connect();
+    client.hello();
+    for round in 1..=2 {
+        let reply = client.send_message("a@client.test", &["b@dest.test"], &message("pipelined", 3000));
+        assert_eq!(reply.code, 250, "{}", reply.text());
+        let seen = hop.wait_for("the message", |seen| seen.messages.len() == round);
+        assert_eq!(seen.pipelined_xforward, round, "{seen:?}");
+    }
+    client.cmd("QUIT", 221);
+}

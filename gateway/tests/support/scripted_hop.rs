@@ -23,6 +23,9 @@ pub enum Behaviour {
     StallAfter354,
     /// Answers the final dot only this long after it arrived.
     DelayDot(Duration),
+    /// Offers XFORWARD, and answers an XFORWARD line only once the MAIL after it has arrived:
+    /// a client that waits for each XFORWARD reply before sending MAIL never gets one.
+    XforwardAnsweredAfterMail,
 }
 
 /// What the next hop has seen so far.
@@ -42,6 +45,8 @@ pub struct Seen {
     pub messages: Vec<Vec<u8>>,
     /// Data streams that ended without the final dot (the connection closed mid-stream).
     pub cut_streams: usize,
+    /// XFORWARD lines whose MAIL arrived before their reply (`XforwardAnsweredAfterMail`).
+    pub pipelined_xforward: usize,
     /// "RSET" arrived inside a data stream: as a line, or glued to the end of a line the
     /// writer cut short.
     pub rset_in_data: bool,
@@ -180,7 +185,22 @@ fn serve(stream: TcpStream, behaviour: &Behaviour, shared: &Shared) -> io::Resul
         }
         let verb = String::from_utf8_lossy(&line).split_whitespace().next().unwrap_or("").to_ascii_uppercase();
         match verb.as_str() {
-            "EHLO" => out.write_all(b"250-hop.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n")?,
+            "EHLO" => {
+                let xforward = match behaviour {
+                    Behaviour::XforwardAnsweredAfterMail => "250-XFORWARD NAME ADDR PROTO HELO\r\n",
+                    _ => "",
+                };
+                out.write_all(format!("250-hop.test\r\n{xforward}250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n").as_bytes())?
+            }
+            "XFORWARD" if matches!(behaviour, Behaviour::XforwardAnsweredAfterMail) => {
+                let mut next = Vec::new();
+                input.read_until(b'\n', &mut next)?;
+                if !next.to_ascii_uppercase().starts_with(b"MAIL FROM:") {
+                    return out.write_all(b"503 5.5.1 expected MAIL after XFORWARD\r\n");
+                }
+                shared.record(|seen| seen.pipelined_xforward += 1);
+                out.write_all(b"250 2.0.0 Ok\r\n250 2.1.0 Ok\r\n")?;
+            }
             "QUIT" => {
                 shared.record(|seen| seen.quits += 1);
                 return out.write_all(b"221 2.0.0 Bye\r\n");
