@@ -182,7 +182,10 @@ impl Metrics {
     /// One stage's call meters, looked up once when the chain is built.
     pub fn stage_meters(&self, stage: &str) -> StageMeters {
         let label = StageLabel { stage: stage.into() };
-        StageMeters { calls: self.stage_calls.get_or_create(&label).clone(), latency: self.stage_latency.get_or_create(&label).clone() }
+        StageMeters {
+            calls: self.stage_calls.get_or_create(&label).clone(),
+            latency: self.stage_latency.get_or_create(&label).clone(),
+        }
     }
 
     pub fn stage_verdict(&self, stage: &str, verdict: &str) {

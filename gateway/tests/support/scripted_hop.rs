@@ -190,7 +190,10 @@ fn serve(stream: TcpStream, behaviour: &Behaviour, shared: &Shared) -> io::Resul
                     Behaviour::XforwardAnsweredAfterMail => "250-XFORWARD NAME ADDR PROTO HELO\r\n",
                     _ => "",
                 };
-                out.write_all(format!("250-hop.test\r\n{xforward}250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n").as_bytes())?
+                out.write_all(
+                    format!("250-hop.test\r\n{xforward}250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n")
+                        .as_bytes(),
+                )?
             }
             "XFORWARD" if matches!(behaviour, Behaviour::XforwardAnsweredAfterMail) => {
                 let mut next = Vec::new();
