@@ -168,15 +168,34 @@ impl RelayClient {
         Ok(refused)
     }
 
-    /// XFORWARD before MAIL, one command at a time (a next hop without PIPELINING). None when
-    /// all were taken; else the reply that ends the attempt (421: the connection is closing).
-    async fn xforward(&mut self, wire: &mut Wire) -> Result<Option<Reply>, RelayError> {
-        for line in self.xforward_lines(wire) {
-            wire.send(&line).await?;
+    /// Sends XFORWARD (when offered), then `mail` if given: all in one write when the next hop
+    /// pipelines (RFC 2920; one round trip per message fewer), else each line after the reply
+    /// to the one before. The first XFORWARD refusal ends the attempt (421: the connection is
+    /// closing); None: all were taken and `mail` is sent, its reply not yet read.
+    async fn xforward_then(&mut self, wire: &mut Wire, mail: Option<&str>) -> Result<Option<Reply>, RelayError> {
+        let lines = self.xforward_lines(wire);
+        if wire.extensions.pipelining {
+            for line in lines.iter().map(String::as_str).chain(mail) {
+                wire.send(line).await?;
+            }
+            wire.flush().await?;
+            let refused = Self::xforward_replies(wire, lines.len()).await?;
+            if refused.is_some() && mail.is_some() {
+                // Only empties the pipe: the connection is dropped whatever MAIL got.
+                let _ = wire.read_reply("MAIL").await;
+            }
+            return Ok(refused);
+        }
+        for line in lines.iter().map(String::as_str) {
+            wire.send(line).await?;
             wire.flush().await?;
             if let Some(refused) = Self::xforward_replies(wire, 1).await? {
                 return Ok(Some(refused));
             }
+        }
+        if let Some(mail) = mail {
+            wire.send(mail).await?;
+            wire.flush().await?;
         }
         Ok(None)
     }
@@ -238,33 +257,14 @@ impl RelayClient {
                 return Ok(reply);
             }
         };
-        let xforward = self.xforward_lines(&wire);
-        let refused = if wire.extensions.pipelining && !xforward.is_empty() {
-            // RFC 2920: XFORWARD and MAIL in one write, their replies in order; one round trip
-            // per message fewer. MAIL's reply after a refused XFORWARD only empties the pipe.
-            for line in xforward.iter().chain([&line]) {
-                wire.send(line).await?;
-            }
-            wire.flush().await?;
-            let refused = Self::xforward_replies(&mut wire, xforward.len()).await?;
-            if refused.is_some() {
-                let _ = wire.read_reply("MAIL").await;
-            }
-            refused
-        } else {
-            self.xforward(&mut wire).await?
-        };
-        if let Some(refused) = refused {
+        if let Some(refused) = self.xforward_then(&mut wire, Some(&line)).await? {
             self.link = Link::after(Exchange::Xforward, wire, &refused);
             return Ok(match refused.code {
                 421 => refused,
                 _ => Reply::new(451, "4.4.1", "Next hop refused the client's details; try again later"),
             });
         }
-        let reply = match wire.extensions.pipelining && !xforward.is_empty() {
-            true => wire.read_reply("MAIL").await?,
-            false => wire.command(&line, "MAIL").await?,
-        };
+        let reply = wire.read_reply("MAIL").await?;
         if reply.is_positive() {
             self.accepted.mail = Some(line);
         }
@@ -361,7 +361,7 @@ impl RelayClient {
         }
         let mut wire = self.connect().await?;
         let mail = self.accepted.mail.clone().ok_or(RelayError::Closed)?;
-        if self.xforward(&mut wire).await?.is_some() {
+        if self.xforward_then(&mut wire, None).await?.is_some() {
             return Ok(Started::Refused(Reply::new(451, "4.4.1", "Next hop changed its answer; try again later")));
         }
         let mut lines = vec![mail];
