@@ -157,7 +157,7 @@ fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     runtime.block_on(async {
         let stop = stop_signal()?;
         let token = preflight::admin_token(&config).map_err(anyhow::Error::msg)?;
-        let context = Arc::new(Context::from_config(&config, path, machine_hostname()).await?);
+        let context = Arc::new(Context::from_config(&config, path, crate::settings::machine_hostname()).await?);
         // Before anything listens: a SIGHUP sent once the port is seen must reload, not kill.
         tokio::spawn(reload_on_sighup(context.clone())?);
         crate::server::log_start(&context);
@@ -188,14 +188,6 @@ fn reload_on_sighup(context: Arc<Context>) -> anyhow::Result<impl std::future::F
             let _ = context.reload().await;
         }
     })
-}
-
-fn machine_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|name| name.trim().to_string())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
 }
 
 /// Registers for SIGTERM and SIGINT now (before any session can start, so an early signal is

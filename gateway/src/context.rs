@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -21,6 +21,8 @@ use crate::config::{self, Config};
 use crate::dns::{Resolver, TxtSource};
 use crate::flow::gate::{FlowRegistry, FlowStats};
 use crate::metrics::{Metrics, StageLabel};
+use crate::milter::address::MilterAddress;
+use crate::milter::stage::{MilterFactory, MilterSettings};
 use crate::policy::rate::RateTables;
 use crate::relay::RelayPool;
 use crate::reload::{self, FileDigests, ReloadReport};
@@ -257,12 +259,35 @@ pub async fn load_stages(
                 clamd::check(&settings).await;
                 Box::new(ClamdFactory::new(settings))
             }
+            StageKind::Milter => {
+                let address = stage.address.as_deref().and_then(MilterAddress::parse);
+                let address = address.ok_or_else(|| {
+                    anyhow::anyhow!("{}: bad milter address", config.locate(&format!("stage[{index}].address")))
+                })?;
+                let settings = MilterSettings {
+                    stage: stage.name.clone(),
+                    address,
+                    timeout: stage.timeout.0,
+                    hostname: config.server.hostname.clone().unwrap_or_else(crate::settings::machine_hostname),
+                    macros: stage.macros.clone().unwrap_or_default().into_iter().collect(),
+                    quarantine: stage.quarantine.unwrap_or_default(),
+                    replace_body: stage.replace_body.unwrap_or(false),
+                    max_message_size: content.max_message_size,
+                };
+                Box::new(MilterFactory::new(settings))
+            }
+        };
+        // A milter's `timeout` bounds each wait for one of its packets; its call may last up to
+        // `call_limit` while it keeps sending progress.
+        let call_bound = match stage.kind {
+            StageKind::Milter => stage.call_limit.map_or(Duration::from_secs(300), |limit| limit.0),
+            _ => stage.timeout.0,
         };
         specs.push(StageSpec {
             name: stage.name.clone(),
             kind: stage.kind,
             on_error: stage.on_error,
-            timeout: stage.timeout.0,
+            timeout: call_bound,
             content,
             factory,
             meters: metrics.stage_meters(&stage.name),

@@ -99,7 +99,11 @@ impl FilterTest {
         let interests = filter.interests();
         let filter = Arc::new(filter);
         let (end_of_data, end_signal) = EndOfData::channel();
-        let mut stage = filter.instantiate(&MessageContext { end_of_data: end_signal })?;
+        let mut stage = filter.instantiate(&MessageContext {
+            end_of_data: end_signal,
+            transaction_id: "filter-test.1".into(),
+            session: Default::default(),
+        })?;
 
         let mut events = vec![
             EnvelopeEvent::Connect { peer: self.peer },

@@ -17,6 +17,7 @@ pub mod inbound_tls;
 pub mod logging;
 pub mod maildir;
 pub mod metrics;
+pub mod milter;
 pub mod next_hop;
 pub mod policy;
 pub mod preflight;

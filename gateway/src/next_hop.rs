@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::chain::envelope_edit::EditedEnvelope;
 use crate::maildir::Maildir;
 use crate::relay::RelayClient;
 pub use crate::relay::{ClientFacts, Delivery, Proto};
@@ -39,16 +40,26 @@ impl NextHop {
     /// before its final dot (see `RelayClient::data`); a maildir delivery is local and
     /// all-or-nothing (a rename), so it is never cut: cutting it could lose the reply to a
     /// message already delivered.
-    pub async fn deliver(&mut self, mail_from: &str, spool: &mut Spool, abandon: &CancellationToken) -> Delivery {
+    ///
+    /// `edited`: the envelope as the chain changed it (a maildir keeps only its sender).
+    pub async fn deliver(
+        &mut self,
+        mail_from: &str,
+        edited: Option<&EditedEnvelope>,
+        spool: &mut Spool,
+        abandon: &CancellationToken,
+    ) -> Delivery {
         match self {
-            NextHop::Relay(relay) => relay.data(spool, abandon).await,
-            NextHop::Maildir(maildir) => Delivery::Answered(match maildir.deliver(mail_from, spool).await {
-                Ok(name) => Reply::new(250, "2.0.0", format!("Ok: delivered as {name}")),
-                Err(err) => {
-                    tracing::error!(target: "sluice::relay", error = %err, "maildir delivery failed; check the [maildir] path and free space");
-                    Reply::new(451, "4.3.0", "Local delivery failed; try again later")
-                }
-            }),
+            NextHop::Relay(relay) => relay.data(spool, edited, abandon).await,
+            NextHop::Maildir(maildir) => Delivery::Answered(
+                match maildir.deliver(edited.map_or(mail_from, |e| e.mail_from.as_str()), spool).await {
+                    Ok(name) => Reply::new(250, "2.0.0", format!("Ok: delivered as {name}")),
+                    Err(err) => {
+                        tracing::error!(target: "sluice::relay", error = %err, "maildir delivery failed; check the [maildir] path and free space");
+                        Reply::new(451, "4.3.0", "Local delivery failed; try again later")
+                    }
+                },
+            ),
         }
     }
 

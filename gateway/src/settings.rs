@@ -195,3 +195,12 @@ impl Drop for Alive {
         self.0.dec();
     }
 }
+
+/// The machine's host name, for `server.hostname` when the config has none.
+pub fn machine_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}

@@ -1,5 +1,5 @@
-//! A short run of the `config`, `header_section` and `proxy_header` fuzz targets on every
-//! `make test`, without nightly or libFuzzer: the corpus kept in gateway/fuzz/seeds/ and
+//! A short run of the `config`, `header_section`, `proxy_header` and `milter_reply` fuzz targets
+//! on every `make test`, without nightly or libFuzzer: the corpus kept in gateway/fuzz/seeds/ and
 //! mutations of it from a fixed seed go through the targets' own checks
 //! (gateway/fuzz/src/checks.rs, included here), so a finding once fixed stays fixed.
 
@@ -89,4 +89,9 @@ fn header_section_corpus() {
 #[test]
 fn proxy_header_corpus() {
     smoke("proxy_header", checks::proxy_header);
+}
+
+#[test]
+fn milter_reply_corpus() {
+    smoke("milter_reply", checks::milter_reply);
 }

@@ -1,10 +1,11 @@
-//! The checks of the `config`, `header_section` and `proxy_header` fuzz targets, each taking the
-//! raw fuzz input. Shared with the main workspace's `gateway/tests/fuzz_smoke.rs` (through a
+//! The checks of the `config`, `header_section`, `proxy_header` and `milter_reply` fuzz targets,
+//! each taking the raw fuzz input. Shared with the main workspace's `gateway/tests/fuzz_smoke.rs` (through a
 //! `#[path]` include), which replays the kept corpus (`gateway/fuzz/seeds/`) through them on
 //! every `make test`; so this file uses only `sluice` and `std`.
 
 use sluice::chain::headers::{HeaderChange, HeaderSection, HeaderSplitter};
 use sluice::config::{self, ConfigError};
+use sluice::milter::codec::{decode_reply, DecodeError, PacketReader, Reply};
 use sluice::proxy_header::{self, Parsed, MAX_LENGTH};
 use sluice::smtp::header_meter::HeaderMeter;
 
@@ -108,6 +109,105 @@ pub fn proxy_header(data: &[u8]) {
         }
         None => assert_eq!(whole, Ok(Parsed::Incomplete)),
     }
+}
+
+/// The packet limit of the `milter_reply` check: a body piece and some.
+const MILTER_MAX: usize = 64 * 1024 + 16;
+
+/// A milter's reply stream after a split-pattern byte, pushed into a `PacketReader` in the
+/// pieces the pattern cuts, as the socket would deliver it: never a panic; every reply re-encodes
+/// to exactly the frame it came from, or, for the one spare NUL after a last string the decoder
+/// tolerates, to that frame without it, and decodes back to itself; the reader's frames are
+/// `decode_reply`'s; a bad length is refused as soon as its 4 bytes are in, consumes nothing and
+/// stays refused; a frame that does not decode is consumed whole; `None` only while the buffered
+/// bytes hold no whole frame. Reading stops at the first error.
+pub fn milter_reply(data: &[u8]) {
+    let Some((&pattern, stream)) = data.split_first() else { return };
+    let mut reader = PacketReader::new(MILTER_MAX);
+    let (mut pushed, mut consumed) = (0, 0);
+    for size in milter_pieces(pattern, stream.len()) {
+        reader.push(&stream[pushed..pushed + size]);
+        pushed += size;
+        loop {
+            let result = reader.next_reply();
+            let now = pushed - reader.buffered();
+            match result {
+                Ok(None) => {
+                    assert_eq!(now, consumed, "None after consuming bytes");
+                    let rest = &stream[consumed..pushed];
+                    assert!(rest.len() < 4 || rest.len() - 4 < frame_length(rest), "None with a whole frame in");
+                    break;
+                }
+                Ok(Some(reply)) => {
+                    milter_frame(&stream[consumed..now], &reply);
+                    consumed = now;
+                }
+                Err(err) => {
+                    let rest = &stream[consumed..pushed];
+                    match err {
+                        DecodeError::Empty | DecodeError::TooLong { .. } => {
+                            assert_eq!(now, consumed, "{err}: bytes consumed");
+                            assert!(pushed - size < consumed + 4, "{err}: not refused when its length came in");
+                            match err {
+                                DecodeError::TooLong { length, max } => {
+                                    assert_eq!((length, max), (frame_length(rest), MILTER_MAX));
+                                    assert!(length > max);
+                                }
+                                _ => assert_eq!(frame_length(rest), 0),
+                            }
+                            assert_eq!(reader.next_reply(), Err(err), "a bad length refused once only");
+                        }
+                        err => {
+                            let frame = &stream[consumed..now];
+                            assert!(
+                                frame.len() >= 5 && frame_length(frame) == frame.len() - 4,
+                                "{err} after a part frame"
+                            );
+                            assert_eq!(decode_reply(frame[4], &frame[5..]), Err(err));
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// How the split-pattern byte cuts `len` bytes: its low 2 bits pick all at once, byte by byte,
+/// pieces of `step` (the other 6 bits, plus 1) or pieces growing 1, 2, .. `step` over and over.
+fn milter_pieces(pattern: u8, len: usize) -> Vec<usize> {
+    let step = usize::from(pattern >> 2) + 1;
+    let mut sizes = Vec::new();
+    let mut left = len;
+    while left > 0 {
+        let size = match pattern & 3 {
+            0 => left,
+            1 => 1,
+            2 => step,
+            _ => sizes.len() % step + 1,
+        };
+        sizes.push(size.min(left));
+        left -= size.min(left);
+    }
+    sizes
+}
+
+/// The length field at the start of at least 4 bytes.
+fn frame_length(bytes: &[u8]) -> usize {
+    u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize
+}
+
+/// A reply against the frame it was read from.
+fn milter_frame(frame: &[u8], reply: &Reply) {
+    assert!(frame.len() >= 5 && frame_length(frame) == frame.len() - 4, "a reply from a part frame");
+    assert_eq!(frame[4], reply.code(), "{}", reply.name());
+    assert_eq!(decode_reply(frame[4], &frame[5..]).as_ref(), Ok(reply), "the reader and decode_reply disagree");
+    let mut encoded = Vec::new();
+    reply.encode(&mut encoded);
+    if encoded != frame {
+        assert_eq!([&encoded[5..], &[0][..]].concat(), &frame[5..], "{reply:?} re-encodes otherwise");
+    }
+    assert_eq!(decode_reply(encoded[4], &encoded[5..]).as_ref(), Ok(reply), "decode(encode({reply:?}))");
 }
 
 /// Content as the chain sees it: every bare CR or LF made CRLF, and a line end at the end.

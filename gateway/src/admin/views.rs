@@ -123,6 +123,7 @@ impl std::fmt::Display for StageKind {
             StageKind::Test => "test",
             StageKind::Wasm => "wasm",
             StageKind::Clamd => "clamd",
+            StageKind::Milter => "milter",
         })
     }
 }
@@ -133,7 +134,7 @@ mod tests {
 
     #[test]
     fn stage_kinds_print_as_they_are_written() {
-        for kind in [StageKind::Test, StageKind::Wasm, StageKind::Clamd] {
+        for kind in [StageKind::Test, StageKind::Wasm, StageKind::Clamd, StageKind::Milter] {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.to_string());
         }
     }

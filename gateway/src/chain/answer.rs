@@ -5,6 +5,8 @@
 //! * a reply must be a reply of its verdict's class, with an enhanced code of that class (or
 //!   none), its text cut to reply lines a client reads as one reply;
 //! * header changes must name a field and stay within per-answer bounds;
+//! * envelope changes (at `end` only) must name one address each, a path a next hop can be sent,
+//!   within a per-answer bound;
 //! * the body a stage passes on is made CRLF-clean by the very rule the SMTP decoder applies to
 //!   client content (`BodyDecoder`), under the same `server.bare_line_endings` policy, as one
 //!   stream across chunks and answers, and may not outgrow `server.max_message_size`.
@@ -14,7 +16,7 @@
 use bytes::Bytes;
 
 use super::headers::{HeaderChange, HeaderSection};
-use super::stage::{BodyOutput, Reaction, Verdict};
+use super::stage::{BodyOutput, EnvelopeChange, Reaction, Verdict};
 use crate::config::BareLineEndings;
 use crate::smtp::parser::{BodyDecoder, Framing};
 use crate::smtp::reply::{Reply, MAX_REPLY_LINE};
@@ -27,6 +29,10 @@ pub const MAX_HEADER_CHANGES: usize = 1000;
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// A field name fits the first line of its field, 998 octets, with its colon and a space.
 pub const MAX_FIELD_NAME: usize = 996;
+/// Envelope changes in one answer.
+pub const MAX_ENVELOPE_CHANGES: usize = 1000;
+/// A path's address, without its angle brackets (RFC 5321 §4.5.3.1.3: 256 octets with them).
+pub const MAX_ADDRESS: usize = 254;
 
 /// Why an answer is not one the host can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +55,10 @@ pub enum Malformed {
     BodyTooLarge(u64),
     #[error("body output with a bare CR or LF (server.bare_line_endings = \"reject\")")]
     BareLineEnding,
+    #[error("{0} envelope changes in one answer (at most {MAX_ENVELOPE_CHANGES})")]
+    TooManyEnvelopeChanges(usize),
+    #[error("envelope change with an address a next hop cannot be sent: {0:?}")]
+    BadAddress(String),
 }
 
 /// What `[server]` holds every stage's content answers to.
@@ -143,6 +153,36 @@ fn header_changes(changes: Vec<HeaderChange>) -> Result<Vec<HeaderChange>, Malfo
         .collect()
 }
 
+/// Checks an answer's envelope changes: bounded in number, each address without its angle
+/// brackets, non-empty (but for the null sender), no longer than a path allows, and free of
+/// white space, controls and brackets, so that it is one `RCPT TO:<…>` or `MAIL FROM:<…>`.
+fn envelope_changes(changes: Vec<EnvelopeChange>) -> Result<Vec<EnvelopeChange>, Malformed> {
+    if changes.len() > MAX_ENVELOPE_CHANGES {
+        return Err(Malformed::TooManyEnvelopeChanges(changes.len()));
+    }
+    let address = |raw: String, null_allowed: bool| -> Result<String, Malformed> {
+        let trimmed = raw.trim();
+        let bare = trimmed.strip_prefix('<').and_then(|a| a.strip_suffix('>')).unwrap_or(trimmed);
+        let valid = (!bare.is_empty() || null_allowed)
+            && bare.len() <= MAX_ADDRESS
+            && bare.chars().all(|c| !c.is_control() && !c.is_whitespace() && !"<>".contains(c));
+        match valid {
+            true => Ok(bare.to_string()),
+            false => Err(Malformed::BadAddress(raw.chars().take(80).collect())),
+        }
+    };
+    changes
+        .into_iter()
+        .map(|change| {
+            Ok(match change {
+                EnvelopeChange::AddRecipient(a) => EnvelopeChange::AddRecipient(address(a, false)?),
+                EnvelopeChange::RemoveRecipient(a) => EnvelopeChange::RemoveRecipient(address(a, false)?),
+                EnvelopeChange::ChangeSender(a) => EnvelopeChange::ChangeSender(address(a, true)?),
+            })
+        })
+        .collect()
+}
+
 /// Printable ASCII other than ':' (RFC 5322 §3.6.8).
 fn field_name(name: &str) -> Result<String, Malformed> {
     let clean: String = name.chars().filter(|c| c.is_ascii_graphic() && *c != ':').collect();
@@ -188,7 +228,7 @@ impl ContentAnswers {
         let header_changes = header_changes(reaction.header_changes)?;
         let mut changed = section.clone();
         changed.apply(&header_changes);
-        Ok((Reaction { verdict, header_changes, body: BodyOutput::Pass }, changed))
+        Ok((Reaction { header_changes, ..Reaction::verdict(verdict) }, changed))
     }
 
     /// The answer to a body chunk (`carry_on` for a chunk the stage is not called for): `Pass`
@@ -211,17 +251,18 @@ impl ContentAnswers {
                 self.clean(&pieces, false)?
             }
         };
-        Ok(Reaction { verdict, header_changes: Vec::new(), body })
+        Ok(Reaction { body, ..Reaction::verdict(verdict) })
     }
 
-    /// The answer at the end of the body: header changes checked, appended bytes made clean,
-    /// and a line end added if the stage's output left its last line open.
+    /// The answer at the end of the body: header and envelope changes checked, appended bytes
+    /// made clean, and a line end added if the stage's output left its last line open.
     pub fn end(&mut self, reaction: Reaction) -> Result<Reaction, Malformed> {
         let verdict = verdict(reaction.verdict)?;
         if verdict.is_final() {
             return Ok(Reaction::verdict(verdict));
         }
         let header_changes = header_changes(reaction.header_changes)?;
+        let envelope = envelope_changes(reaction.envelope)?;
         let body = match reaction.body {
             BodyOutput::Replace(pieces) if !pieces.is_empty() => {
                 self.diverged = true;
@@ -230,7 +271,7 @@ impl ContentAnswers {
             _ if self.diverged => self.clean(&[], true)?,
             _ => BodyOutput::Pass,
         };
-        Ok(Reaction { verdict, header_changes, body })
+        Ok(Reaction { verdict, header_changes, body, envelope })
     }
 
     /// Keeps `decoder` where it would be after the clean input passed so far, without copying:

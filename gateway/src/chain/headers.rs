@@ -72,6 +72,11 @@ impl HeaderSection {
         self.fields.iter().map(|raw| split_field(raw))
     }
 
+    /// The fields as they are, each with its folds and final CRLF.
+    pub fn raw_fields(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.fields.iter().map(Vec::as_slice)
+    }
+
     /// The first value of `name` (case-insensitive).
     pub fn get(&self, name: &str) -> Option<String> {
         self.fields().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)

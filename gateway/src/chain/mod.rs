@@ -12,6 +12,7 @@
 
 pub mod answer;
 pub mod decision;
+pub mod envelope_edit;
 mod field;
 pub mod headers;
 pub mod runner;
@@ -37,7 +38,7 @@ use crate::spool::Spool;
 use answer::{ContentRules, Malformed};
 use decision::Decision;
 use runner::{ContentRun, EndOfData, RunningStage, Standing};
-use stage::{EnvelopeEvent, MessageContext, Stage, StageError, StageEvent, StageFactory, Verdict};
+use stage::{EnvelopeEvent, MessageContext, SessionSlots, Stage, StageError, StageEvent, StageFactory, Verdict};
 
 /// What a stage's failure (error, timeout, trap, bad answer) does to the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -168,9 +169,18 @@ impl Chain {
     }
 
     /// Starts a transaction: fresh stage instances, then connect, helo and mail events.
-    pub async fn begin(&self, peer: SocketAddr, helo: &str, mail_from: &str) -> (Transaction, EnvelopeOutcome) {
+    /// `transaction_id` names it in logs; `session` is what stages keep for the client session.
+    pub async fn begin(
+        &self,
+        peer: SocketAddr,
+        helo: &str,
+        mail_from: &str,
+        transaction_id: &str,
+        session: &SessionSlots,
+    ) -> (Transaction, EnvelopeOutcome) {
         let (end_sender, end_of_data) = EndOfData::channel();
-        let context = MessageContext { end_of_data };
+        let context =
+            MessageContext { end_of_data, transaction_id: transaction_id.to_string(), session: session.clone() };
         let mut stages = Vec::new();
         let mut refusal = None;
         let mut refused_by = None;

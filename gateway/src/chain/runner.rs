@@ -21,7 +21,7 @@ use tracing::{info, warn, Instrument};
 use super::answer::{ContentAnswers, Malformed};
 use super::decision::Decision;
 use super::headers::{BodyOpening, HeaderChange, HeaderSection, HeaderSplitter};
-use super::stage::{BodyOutput, Reaction, Stage, StageError, StageEvent, Verdict};
+use super::stage::{BodyOutput, EnvelopeChange, Reaction, Stage, StageError, StageEvent, Verdict};
 use super::{call, failed_answer, interested, OnError, StageSpec};
 use crate::flow::gate::{FlowHandle, MessageFlow};
 use crate::flow::FlowEvent;
@@ -33,8 +33,15 @@ use crate::spool::Spool;
 pub enum Item {
     Headers(HeaderSection),
     Body(Bytes),
-    /// End of content, with header changes stages asked for at their end.
-    End(Vec<HeaderChange>),
+    /// End of content, with the changes stages asked for at their end.
+    End(LateChanges),
+}
+
+/// What stages ask to change at their end, gathered down the chain in chain order.
+#[derive(Debug, Default)]
+pub struct LateChanges {
+    pub headers: Vec<HeaderChange>,
+    pub envelope: Vec<EnvelopeChange>,
 }
 
 impl Item {
@@ -165,7 +172,7 @@ pub struct ContentRun {
     flow: MessageFlow,
     decision: Arc<Decision>,
     end_of_data: watch::Sender<bool>,
-    spooled: oneshot::Receiver<std::io::Result<Spool>>,
+    spooled: oneshot::Receiver<std::io::Result<(Spool, Vec<EnvelopeChange>)>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -178,13 +185,10 @@ pub struct Finished {
 
 /// How the content phase ended.
 pub enum ContentOutcome {
-    Deliver(Spool),
+    /// Relay the spooled message, with the envelope changes stages asked for, in chain order.
+    Deliver(Spool, Vec<EnvelopeChange>),
     /// A stage's final verdict (reject, tempfail or discard), the stage's name and why it decided.
-    Decided {
-        stage: String,
-        verdict: Verdict,
-        reason: String,
-    },
+    Decided { stage: String, verdict: Verdict, reason: String },
     /// The spool or a stage task failed unexpectedly.
     Failed(String),
 }
@@ -279,7 +283,7 @@ impl ContentRun {
             let (section, rest) = splitter.finish();
             self.pass_head(section, rest);
         }
-        self.first.send(Item::End(Vec::new()));
+        self.first.send(Item::End(LateChanges::default()));
         self.end_of_data.send_replace(true);
         self.flow.report(FlowEvent::EndOfMessage);
         // Every task ends: stage 0 at the End just sent (or earlier, failing), each later task at
@@ -293,7 +297,7 @@ impl ContentRun {
             return ContentOutcome::Decided { stage, verdict, reason: self.decision.reason() };
         }
         match self.spooled.try_recv() {
-            Ok(Ok(spool)) => ContentOutcome::Deliver(spool),
+            Ok(Ok((spool, envelope))) => ContentOutcome::Deliver(spool, envelope),
             Ok(Err(err)) => ContentOutcome::Failed(format!("spool error: {err}")),
             // The End never reached the spool: a stage task died and its content is incomplete.
             Err(_) => ContentOutcome::Failed("a stage task ended unexpectedly".into()),
@@ -310,7 +314,11 @@ impl Drop for ContentRun {
     }
 }
 
-async fn spool_task(mut inbox: Mailbox, mut spool: Spool, done: oneshot::Sender<std::io::Result<Spool>>) {
+async fn spool_task(
+    mut inbox: Mailbox,
+    mut spool: Spool,
+    done: oneshot::Sender<std::io::Result<(Spool, Vec<EnvelopeChange>)>>,
+) {
     let mut head = HeaderSection::default();
     let mut opening = BodyOpening::default();
     let mut result = Ok(());
@@ -324,10 +332,10 @@ async fn spool_task(mut inbox: Mailbox, mut spool: Spool, done: oneshot::Sender<
             }
             Item::Body(_) => {}
             Item::End(changes) => {
-                head.apply(&changes);
+                head.apply(&changes.headers);
                 head.close_before(&opening);
                 spool.set_head(head.to_bytes());
-                let _ = done.send(result.map(|()| spool));
+                let _ = done.send(result.map(|()| (spool, changes.envelope)));
                 inbox.drained(bytes);
                 return;
             }
@@ -411,7 +419,8 @@ async fn pass_items(mut inbox: Mailbox, stage: &mut RunningStage, next: Inbox, d
                     }),
                     false => Reaction::carry_on(),
                 };
-                late.extend(reaction.header_changes);
+                late.headers.extend(reaction.header_changes);
+                late.envelope.extend(reaction.envelope);
                 if let BodyOutput::Replace(chunks) = reaction.body {
                     chunks.into_iter().filter(|c| !c.is_empty()).for_each(|chunk| next.send(Item::Body(chunk)));
                 }

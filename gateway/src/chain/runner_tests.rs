@@ -65,7 +65,11 @@ fn stage(name: &str, on_error: OnError, instance: Box<dyn Stage>) -> RunningStag
 
 fn pass(name: &str) -> RunningStage {
     let (_, end_of_data) = EndOfData::channel();
-    let context = crate::chain::stage::MessageContext { end_of_data };
+    let context = crate::chain::stage::MessageContext {
+        end_of_data,
+        transaction_id: "test.1".into(),
+        session: Default::default(),
+    };
     stage(name, OnError::Tempfail, TestStageFactory::new(Default::default()).instantiate(&context).unwrap())
 }
 

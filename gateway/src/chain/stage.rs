@@ -1,8 +1,12 @@
-//! The stage contract: what every chain stage (built-in test stage, wasm filter, clamd bridge)
-//! receives and answers. One `Stage` instance serves one transaction, so no state leaks between
-//! messages or senders.
+//! The stage contract: what every chain stage (built-in test stage, wasm filter, clamd bridge,
+//! milter) receives and answers. One `Stage` instance serves one transaction, so no state leaks
+//! between messages or senders; what a stage keeps for a whole client session (a milter's
+//! connection) lives in the session's `SessionSlots`, keyed by the stage's factory.
 
+use std::any::Any;
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -63,6 +67,16 @@ pub enum BodyOutput {
     Replace(Vec<Bytes>),
 }
 
+/// A change of the envelope a stage asks for at `end` (a milter's SMFIR_ADDRCPT, DELRCPT and
+/// CHGFROM); the relay sends the envelope as changed. Addresses without angle brackets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvelopeChange {
+    AddRecipient(String),
+    RemoveRecipient(String),
+    /// The reverse path; empty is the null sender.
+    ChangeSender(String),
+}
+
 /// A stage's answer to one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reaction {
@@ -71,12 +85,14 @@ pub struct Reaction {
     /// at `end` they apply to the header section before relay.
     pub header_changes: Vec<HeaderChange>,
     pub body: BodyOutput,
+    /// Envelope changes; honoured at `end` only.
+    pub envelope: Vec<EnvelopeChange>,
 }
 
 impl Reaction {
     /// Whether this answer changes the message: header changes, or bytes of its own for the body.
     pub fn edits(&self) -> bool {
-        !self.header_changes.is_empty() || matches!(self.body, BodyOutput::Replace(_))
+        !self.header_changes.is_empty() || !self.envelope.is_empty() || matches!(self.body, BodyOutput::Replace(_))
     }
 
     /// The answer in a few words, for the `filters` trace (the body bytes themselves are not
@@ -90,11 +106,14 @@ impl Reaction {
             let bytes: usize = chunks.iter().map(Bytes::len).sum();
             text.push_str(&format!(", body replaced by {} chunks ({bytes} bytes)", chunks.len()));
         }
+        if !self.envelope.is_empty() {
+            text.push_str(&format!(", {} envelope changes", self.envelope.len()));
+        }
         text
     }
 
     pub fn verdict(verdict: Verdict) -> Reaction {
-        Reaction { verdict, header_changes: Vec::new(), body: BodyOutput::Pass }
+        Reaction { verdict, header_changes: Vec::new(), body: BodyOutput::Pass, envelope: Vec::new() }
     }
 
     pub fn carry_on() -> Reaction {
@@ -228,6 +247,34 @@ pub trait Stage: Send {
 pub struct MessageContext {
     /// Becomes true once the client's end of data has been read.
     pub end_of_data: EndOfData,
+    /// The transaction's id, as its log line shows it (a milter's queue id macro, `i`).
+    pub transaction_id: String,
+    /// What stages keep for the client session, across its transactions.
+    pub session: SessionSlots,
+}
+
+/// Per-session state of stages, one slot per stage factory (`slot_id`): taken by a transaction's
+/// instance, given back when it is done with it, dropped with the session. A reload makes new
+/// factories with new ids, so nothing of an old generation is taken by a new one.
+#[derive(Clone, Default)]
+pub struct SessionSlots(Arc<Mutex<HashMap<u64, Box<dyn Any + Send>>>>);
+
+impl SessionSlots {
+    pub fn take<T: Any + Send>(&self, slot: u64) -> Option<T> {
+        let mut slots = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let value = slots.remove(&slot)?;
+        value.downcast::<T>().ok().map(|boxed| *boxed)
+    }
+
+    pub fn give<T: Any + Send>(&self, slot: u64, value: T) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(slot, Box::new(value));
+    }
+}
+
+/// A process-unique id for a stage factory's session slot.
+pub fn slot_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Makes a fresh `Stage` per transaction.

@@ -464,6 +464,52 @@ mod tests {
     }
 
     #[test]
+    fn milter_stage_keys() {
+        let stage = |lines: &str| error(&format!("[[stage]]\nname = \"m\"\nkind = \"milter\"\n{lines}"));
+        let cases = [
+            ("", "@3@stage \"m\": kind: a milter stage needs address"),
+            ("address = \"127.0.0.1:8891\"\n", "@4@stage \"m\": address: must be inet:HOST:PORT"),
+            (
+                "address = \"inet:127.0.0.1:8891\"\npath = \"x.wasm\"\n",
+                "@5@stage \"m\": path: only for kind = \"wasm\"",
+            ),
+            (
+                "address = \"inet:127.0.0.1:8891\"\naction = \"tag\"\n",
+                "@5@stage \"m\": action: only for kind = \"clamd\"",
+            ),
+            (
+                "address = \"inet:127.0.0.1:8891\"\ntimeout = \"10s\"\ncall_limit = \"5s\"\n",
+                "@6@stage \"m\": call_limit: must be at least the stage's timeout",
+            ),
+            (
+                "address = \"inet:127.0.0.1:8891\"\n[stage.macros]\n\"daemon_name\" = \"x\"\n",
+                "@6@stage \"m\": [stage.macros] daemon_name: a macro name is one letter (j) or {name} in braces",
+            ),
+            (
+                "address = \"inet:127.0.0.1:8891\"\nquarantine = \"hold\"\n",
+                "stage \"m\": quarantine: unknown value \"hold\"",
+            ),
+        ];
+        for (lines, expected) in cases {
+            let err = stage(lines);
+            // "@LINE@MESSAGE": the error is on that line.
+            let (line, message) = match expected.strip_prefix('@').and_then(|e| e.split_once('@')) {
+                Some((line, message)) => (Some(line), message),
+                None => (None, expected),
+            };
+            assert!(err.contains(message), "{lines}: {err}");
+            assert!(line.is_none_or(|line| err.starts_with(&format!("test.toml:{line}:"))), "{lines}: {err}");
+        }
+        let err =
+            error("[[stage]]\nname = \"c\"\nkind = \"clamd\"\naddress = \"127.0.0.1:3310\"\nreplace_body = true\n");
+        assert!(err.starts_with("test.toml:5:") && err.contains("replace_body: only for kind = \"milter\""), "{err}");
+        let ok = "[[stage]]\nname = \"m\"\nkind = \"milter\"\naddress = \"unix:/run/m.sock\"\nquarantine = \"tag\"\n\
+                  replace_body = true\n[stage.macros]\n\"{daemon_name}\" = \"mx1\"\nj = \"mx1.example\"\n";
+        let stages = parse("test.toml", ok).unwrap().stage;
+        assert_eq!(stages[0].macros.as_ref().map(|m| m.len()), Some(2));
+    }
+
+    #[test]
     fn syntax_error_has_a_line() {
         let err = error("[server\nlisten = 1\n");
         assert!(err.starts_with("test.toml:1:"), "{err}");
@@ -477,7 +523,7 @@ mod tests {
         let err = error("[[stage]]\nname = \"a\"\nkind = \"wasm2\"\n");
         assert_eq!(
             err,
-            "test.toml:3:8: stage \"a\": kind: unknown value \"wasm2\"; use one of \"test\", \"wasm\", \"clamd\""
+            "test.toml:3:8: stage \"a\": kind: unknown value \"wasm2\"; use one of \"test\", \"wasm\", \"clamd\", \"milter\""
         );
         let err = error("[[stage]]\nname = \"a\"\nkind = \"test\"\n[stage.test]\ndelay = \"fast\"\n");
         assert!(

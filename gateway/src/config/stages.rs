@@ -32,6 +32,21 @@ pub enum StageKind {
     Wasm,
     /// The ClamAV scanner bridge (`address`, `action`, `max_size`, `oversize`).
     Clamd,
+    /// A milter (`address`, `call_limit`, `macros`, `quarantine`, `replace_body`).
+    Milter,
+}
+
+/// What a milter stage does with a message its milter quarantines (SMFIR_QUARANTINE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuarantineAction {
+    /// 451: the message stays with the sender until someone looks (the default).
+    #[default]
+    Tempfail,
+    /// Deliver it with "[QUARANTINE] " before its Subject.
+    Tag,
+    /// Deliver it with an `X-Quarantined:` field giving the milter's reason.
+    Header,
 }
 
 /// What the clamd stage does with an infected message.
@@ -88,7 +103,8 @@ pub struct StageConfig {
     /// `kind = "wasm"`: what the filter may reach beyond its message (`["dns"]`); a filter
     /// importing a capability it was not granted fails to load.
     pub capabilities: Option<Vec<Capability>>,
-    /// `kind = "clamd"`: "host:port" or "unix:/path/to/clamd.ctl".
+    /// `kind = "clamd"`: "host:port" or "unix:/path/to/clamd.ctl"; `kind = "milter"`:
+    /// "inet:host:port" or "unix:/path/to/socket".
     pub address: Option<String>,
     /// `kind = "clamd"`: what to do with infected mail (default reject).
     pub action: Option<VirusAction>,
@@ -97,6 +113,17 @@ pub struct StageConfig {
     pub max_size: Option<ByteSize>,
     /// `kind = "clamd"`: what to do with a message too large to scan (default tempfail).
     pub oversize: Option<OversizeAction>,
+    /// `kind = "milter"`: bound on one call however long the milter keeps it alive with progress
+    /// packets (default 5m; `timeout` bounds each wait for a packet).
+    pub call_limit: Option<Span>,
+    /// `kind = "milter"`: `[stage.macros]`, more macros (or other values for the built-in ones),
+    /// sent with the connection's: `"{daemon_name}" = "mx1"`.
+    pub macros: Option<std::collections::BTreeMap<String, String>>,
+    /// `kind = "milter"`: what a quarantine request does (default tempfail).
+    pub quarantine: Option<QuarantineAction>,
+    /// `kind = "milter"`: offer the milter body replacement; the stage then holds the body until
+    /// the milter's end-of-message answer (default false).
+    pub replace_body: Option<bool>,
 }
 
 impl StageConfig {
@@ -204,51 +231,47 @@ pub(super) fn validate(flow: &FlowConfig, stages: &[StageConfig]) -> Result<(), 
         if stage.timeout.0.is_zero() {
             return fail(format!("stage[{i}].timeout"), "must be greater than zero");
         }
-        let wasm_keys = [
-            ("path", stage.path.is_some()),
-            ("memory_limit", stage.memory_limit.is_some()),
-            ("cpu_limit", stage.cpu_limit.is_some()),
-            ("message_timeout", stage.message_timeout.is_some()),
-            ("config", stage.config.is_some()),
-            ("files", stage.files.is_some()),
-            ("capabilities", stage.capabilities.is_some()),
+        // Each kind's own keys; a key of another kind is an error naming it.
+        let keys: [(&str, bool, &[StageKind]); 16] = [
+            ("test", stage.test.is_some(), &[StageKind::Test]),
+            ("path", stage.path.is_some(), &[StageKind::Wasm]),
+            ("memory_limit", stage.memory_limit.is_some(), &[StageKind::Wasm]),
+            ("cpu_limit", stage.cpu_limit.is_some(), &[StageKind::Wasm]),
+            ("message_timeout", stage.message_timeout.is_some(), &[StageKind::Wasm]),
+            ("config", stage.config.is_some(), &[StageKind::Wasm]),
+            ("files", stage.files.is_some(), &[StageKind::Wasm]),
+            ("capabilities", stage.capabilities.is_some(), &[StageKind::Wasm]),
+            ("address", stage.address.is_some(), &[StageKind::Clamd, StageKind::Milter]),
+            ("action", stage.action.is_some(), &[StageKind::Clamd]),
+            ("max_size", stage.max_size.is_some(), &[StageKind::Clamd]),
+            ("oversize", stage.oversize.is_some(), &[StageKind::Clamd]),
+            ("call_limit", stage.call_limit.is_some(), &[StageKind::Milter]),
+            ("macros", stage.macros.is_some(), &[StageKind::Milter]),
+            ("quarantine", stage.quarantine.is_some(), &[StageKind::Milter]),
+            ("replace_body", stage.replace_body.is_some(), &[StageKind::Milter]),
         ];
-        let clamd_keys = [
-            ("address", stage.address.is_some()),
-            ("action", stage.action.is_some()),
-            ("max_size", stage.max_size.is_some()),
-            ("oversize", stage.oversize.is_some()),
-        ];
-        let foreign = |keys: &[(&str, bool)], kind: &str| -> Result<(), (String, String)> {
-            match keys.iter().find(|(_, set)| *set) {
-                Some((key, _)) => fail(format!("stage[{i}].{key}"), &format!("only for kind = \"{kind}\"")),
-                None => Ok(()),
-            }
-        };
-        if stage.kind != StageKind::Test && stage.test.is_some() {
-            return fail(format!("stage[{i}].test"), "only for kind = \"test\"");
+        if let Some((key, _, kinds)) = keys.iter().find(|(_, set, kinds)| *set && !kinds.contains(&stage.kind)) {
+            let names: Vec<String> = kinds.iter().map(|k| format!("kind = \"{k}\"")).collect();
+            return fail(format!("stage[{i}].{key}"), &format!("only for {}", names.join(" or ")));
         }
         match stage.kind {
-            StageKind::Clamd => {
-                foreign(&wasm_keys, "wasm")?;
-                match stage.address.as_deref() {
-                    None => {
-                        return fail(
-                            format!("stage[{i}].kind"),
-                            "a clamd stage needs address = \"127.0.0.1:3310\" or \"unix:/path\"",
-                        )
-                    }
-                    Some(a)
-                        if a.strip_prefix("unix:").is_none_or(str::is_empty)
-                            && a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() =>
-                    {
-                        return fail(format!("stage[{i}].address"), "must be host:port or unix:/path/to/socket");
-                    }
-                    Some(_) => {}
+            StageKind::Clamd => match stage.address.as_deref() {
+                None => {
+                    return fail(
+                        format!("stage[{i}].kind"),
+                        "a clamd stage needs address = \"127.0.0.1:3310\" or \"unix:/path\"",
+                    )
                 }
-            }
+                Some(a)
+                    if a.strip_prefix("unix:").is_none_or(str::is_empty)
+                        && a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() =>
+                {
+                    return fail(format!("stage[{i}].address"), "must be host:port or unix:/path/to/socket");
+                }
+                Some(_) => {}
+            },
+            StageKind::Milter => validate_milter(i, stage)?,
             StageKind::Wasm => {
-                foreign(&clamd_keys, "clamd")?;
                 if stage.path.is_none() {
                     return fail(format!("stage[{i}].kind"), "a wasm stage needs path = \"FILE.wasm\"");
                 }
@@ -264,10 +287,7 @@ pub(super) fn validate(flow: &FlowConfig, stages: &[StageConfig]) -> Result<(), 
                     return fail(format!("stage[{i}].cpu_limit"), "limits must be greater than zero");
                 }
             }
-            StageKind::Test => {
-                foreign(&wasm_keys, "wasm")?;
-                foreign(&clamd_keys, "clamd")?;
-            }
+            StageKind::Test => {}
         }
         if let Some(test) = &stage.test {
             if test.verdict.is_some() != test.at.is_some() {
@@ -278,6 +298,35 @@ pub(super) fn validate(flow: &FlowConfig, stages: &[StageConfig]) -> Result<(), 
                     return fail(format!("stage[{i}].test.reply"), "must be an SMTP reply such as \"550 5.7.1 text\"");
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// A milter stage's keys: an address Sluice can reach (`inet:HOST:PORT` or `unix:PATH`), limits
+/// above zero, macro names as milters spell them (`j`, `{daemon_name}`) and values without NUL.
+fn validate_milter(i: usize, stage: &StageConfig) -> Result<(), (String, String)> {
+    let fail = |key: &str, message: &str| Err((format!("stage[{i}].{key}"), message.to_string()));
+    let Some(address) = stage.address.as_deref() else {
+        return fail("kind", "a milter stage needs address = \"inet:127.0.0.1:PORT\" or \"unix:/path/to/socket\"");
+    };
+    if crate::milter::address::MilterAddress::parse(address).is_none() {
+        return fail("address", "must be inet:HOST:PORT or unix:/path/to/socket (as Postfix writes milters)");
+    }
+    if stage.call_limit.is_some_and(|limit| limit.0 < stage.timeout.0) {
+        return fail("call_limit", "must be at least the stage's timeout");
+    }
+    for (name, value) in stage.macros.iter().flatten() {
+        let single = name.len() == 1 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let braced = name.len() > 2
+            && name.starts_with('{')
+            && name.ends_with('}')
+            && name[1..name.len() - 1].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !single && !braced {
+            return fail(&format!("macros.{name}"), "a macro name is one letter (j) or {name} in braces");
+        }
+        if value.contains('\0') {
+            return fail(&format!("macros.{name}"), "a macro value cannot hold a NUL");
         }
     }
     Ok(())

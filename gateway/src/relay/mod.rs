@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::chain::envelope_edit::EditedEnvelope;
 use crate::config;
 use crate::smtp::command::{BodyType, MailParams};
 use crate::smtp::reply::Reply;
@@ -69,6 +70,8 @@ struct Accepted {
     /// The client and Sluice's transaction id, for XFORWARD and `Received:`.
     origin: Option<(ClientFacts, String)>,
     mail: Option<String>,
+    /// The reverse path in `mail`, to rewrite it when a stage changes the sender.
+    from: String,
     rcpts: Vec<String>,
     /// The recipients' addresses, in the order of `rcpts`.
     to: Vec<String>,
@@ -267,6 +270,7 @@ impl RelayClient {
         let reply = wire.read_reply("MAIL").await?;
         if reply.is_positive() {
             self.accepted.mail = Some(line);
+            self.accepted.from = from.to_string();
         }
         self.link = Link::after(Exchange::Mail, wire, &reply);
         Ok(reply)
@@ -300,9 +304,16 @@ impl RelayClient {
     /// the next hop has nothing (never RSET inside a data stream). Once the dot is sent the next
     /// hop may have the message, so its answer is awaited whatever the deadline (bounded by
     /// `command_timeout`) and passed on: a 421 there would make the client send it twice.
-    pub async fn data(&mut self, spool: &mut Spool, abandon: &CancellationToken) -> Delivery {
+    ///
+    /// `edited`: the envelope as the chain changed it, relayed instead of the client's.
+    pub async fn data(
+        &mut self,
+        spool: &mut Spool,
+        edited: Option<&EditedEnvelope>,
+        abandon: &CancellationToken,
+    ) -> Delivery {
         let sent = tokio::select! {
-            sent = self.send_message(spool) => Some(sent),
+            sent = self.send_message(spool, edited) => Some(sent),
             _ = abandon.cancelled() => None,
         };
         self.accepted = Accepted::default();
@@ -326,8 +337,12 @@ impl RelayClient {
 
     /// DATA, the content and the final dot. The connection is owned here while the stream is
     /// open, so dropping this future (the deadline) drops the connection.
-    async fn send_message(&mut self, spool: &mut Spool) -> Result<Sent, RelayError> {
-        let mut wire = match self.start_data().await? {
+    async fn send_message(&mut self, spool: &mut Spool, edited: Option<&EditedEnvelope>) -> Result<Sent, RelayError> {
+        let started = match edited {
+            None => self.start_data().await?,
+            Some(edited) => self.start_edited(edited).await?,
+        };
+        let mut wire = match started {
             Started::Streaming(wire) => wire,
             Started::Refused(reply) => return Ok(Sent::Refused(reply)),
         };
@@ -359,10 +374,51 @@ impl RelayClient {
                 Err(err) => return Err(err),
             }
         }
-        let mut wire = self.connect().await?;
+        let wire = self.connect().await?;
+        self.replay(wire, |_| Reply::new(451, "4.4.1", "Next hop changed its answer; try again later")).await
+    }
+
+    /// Sends the envelope as the chain changed it instead of the client's: the next hop's
+    /// transaction is reset (or, if that fails, a new connection made) and the changed envelope
+    /// replayed. A refusal of it is the message's answer, in the refusal's class: the client is
+    /// told that the next hop would not take the envelope the filters made.
+    async fn start_edited(&mut self, edited: &EditedEnvelope) -> Result<Started, RelayError> {
+        let Some(mail) = self.accepted.mail.take() else { return Err(RelayError::Closed) };
+        let tail = mail.get("MAIL FROM:<".len() + self.accepted.from.len() + 1..).unwrap_or_default();
+        self.accepted.mail = Some(format!("MAIL FROM:<{}>{tail}", edited.mail_from));
+        self.accepted.from = edited.mail_from.clone();
+        self.accepted.rcpts = edited.recipients.iter().map(|to| format!("RCPT TO:<{to}>")).collect();
+        self.accepted.to = edited.recipients.clone();
+        let kept = match self.link.take() {
+            Link::InFlight(mut wire) => match wire.command("RSET", "RSET").await {
+                Ok(reply) => match Link::after(Exchange::Rset, wire, &reply) {
+                    Link::Ready(wire) => Some(wire),
+                    _ => None,
+                },
+                Err(_) => None,
+            },
+            _ => None,
+        };
+        let wire = match kept {
+            Some(wire) => wire,
+            None => self.connect().await?,
+        };
+        self.replay(wire, |refusal| {
+            let text = format!("Next hop refused the envelope as the filters changed it: {}", refusal.summary());
+            match refusal.is_transient() {
+                true => Reply::new(451, "4.4.1", text),
+                false => Reply::new(554, "5.4.1", text),
+            }
+        })
+        .await
+    }
+
+    /// Replays the accepted envelope on `wire` (XFORWARD, MAIL, RCPTs), pipelined when offered,
+    /// then DATA. A refusal of any of it ends the transfer with `refused(reply)`.
+    async fn replay(&mut self, mut wire: Wire, refused: impl Fn(&Reply) -> Reply) -> Result<Started, RelayError> {
         let mail = self.accepted.mail.clone().ok_or(RelayError::Closed)?;
-        if self.xforward_then(&mut wire, None).await?.is_some() {
-            return Ok(Started::Refused(Reply::new(451, "4.4.1", "Next hop changed its answer; try again later")));
+        if let Some(reply) = self.xforward_then(&mut wire, None).await? {
+            return Ok(Started::Refused(refused(&reply)));
         }
         let mut lines = vec![mail];
         lines.extend(self.accepted.rcpts.iter().cloned());
@@ -390,7 +446,7 @@ impl RelayClient {
         if let Some(reply) = changed {
             // The connection is dropped here, whatever the pipelined DATA got.
             tracing::warn!(target: "sluice::relay", reply = reply.summary().as_str(), "next hop refused the replayed envelope");
-            return Ok(Started::Refused(Reply::new(451, "4.4.1", "Next hop changed its answer; try again later")));
+            return Ok(Started::Refused(refused(&reply)));
         }
         let reply = match wire.extensions.pipelining {
             true => wire.read_reply("DATA").await?,

@@ -20,7 +20,9 @@ use super::deadline::{Expiry, ReadClock};
 use super::reply::Reply;
 use super::session::{Envelope, Hello, Request, Session, Step};
 use super::transaction_log::{EndedAt, TransactionLog};
+use crate::chain::envelope_edit;
 use crate::chain::runner::{ContentOutcome, ContentRun, Finished};
+use crate::chain::stage::SessionSlots;
 use crate::chain::stage::Verdict;
 use crate::chain::{EnvelopeOutcome, Transaction};
 use crate::context::Context;
@@ -76,6 +78,8 @@ pub struct Connection {
     clock: ReadClock,
     /// The encryption STARTTLS negotiated, for the transaction log lines.
     tls: Option<TlsInfo>,
+    /// What chain stages keep for this session (milter connections), dropped with it.
+    stage_slots: SessionSlots,
 }
 
 impl Connection {
@@ -104,6 +108,7 @@ impl Connection {
             record: None,
             clock: ReadClock::new(settings.reads),
             tls: None,
+            stage_slots: SessionSlots::default(),
             settings,
             context,
             shutdown,
@@ -246,7 +251,8 @@ impl Connection {
             record.log(EndedAt::Mail, "refused", &refusal.reply);
             return refusal.reply;
         }
-        let (transaction, outcome) = self.settings.chain.begin(self.peer, helo, from).await;
+        let (transaction, outcome) =
+            self.settings.chain.begin(self.peer, helo, from, &record.id, &self.stage_slots).await;
         let reply = match outcome {
             EnvelopeOutcome::Refuse(refusal) => {
                 record.decided_by = transaction.refused_by().cloned();
@@ -330,9 +336,20 @@ impl Connection {
             record.message_id = message_id;
         }
         let (result, reply) = match outcome {
-            ContentOutcome::Deliver(mut spool) => {
+            ContentOutcome::Deliver(mut spool, changes) => {
+                let edited = envelope_edit::apply(&envelope.mail_from, &envelope.rcpt_to, &changes);
+                if edited.as_ref().is_some_and(|e| e.recipients.is_empty()) {
+                    unless(deadline, self.next_hop.reset()).await;
+                    info!(target: "sluice::filters", "every recipient removed by the chain: message discarded");
+                    if let Some(record) = &mut self.record {
+                        record.decided_by = Some(("chain".into(), "every recipient removed".into()));
+                    }
+                    let reply = Reply::new(250, "2.0.0", "Ok");
+                    self.log_message(EndedAt::Data, "discarded", &reply);
+                    return Some(reply);
+                }
                 let started = Instant::now();
-                let delivery = self.next_hop.deliver(&envelope.mail_from, &mut spool, deadline).await;
+                let delivery = self.next_hop.deliver(&envelope.mail_from, edited.as_ref(), &mut spool, deadline).await;
                 let Delivery::Answered(reply) = delivery else {
                     self.log_message(EndedAt::Data, "tempfailed", &shutting_down(&self.settings));
                     return None;

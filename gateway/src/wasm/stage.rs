@@ -312,5 +312,5 @@ fn reaction_from(reaction: wit::Reaction) -> Reaction {
         wit::BodyOutput::Pass => BodyOutput::Pass,
         wit::BodyOutput::Replace(chunks) => BodyOutput::Replace(chunks.into_iter().map(Bytes::from).collect()),
     };
-    Reaction { verdict: verdict_from(reaction.verdict), header_changes, body }
+    Reaction { header_changes, body, ..Reaction::verdict(verdict_from(reaction.verdict)) }
 }

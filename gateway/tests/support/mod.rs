@@ -10,9 +10,11 @@ pub mod dkim_keys;
 pub mod dns_server;
 pub mod haproxy;
 pub mod logfmt;
+pub mod milters;
 pub mod opendkim;
 pub mod postfix;
 pub mod scripted_hop;
+pub mod scripted_milter;
 pub mod sink;
 
 use std::io::{BufRead, BufReader, Read, Write};

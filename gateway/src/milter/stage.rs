@@ -1,0 +1,515 @@
+//! The milter stage: a transaction's events as milter commands (with the macros common milters
+//! read), the milter's answers as verdicts, and its end-of-message modifications as the chain's
+//! header, envelope and body changes. Body chunks go to the milter as they arrive, each waiting
+//! for its answer, so a milter that falls behind holds the stage's inbox and the flow controller
+//! pauses the client. The connection is kept for the client session (`SessionSlots`): the next
+//! transaction starts with SMFIC_ABORT on it instead of a new connection and negotiation.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tracing::debug;
+
+use super::address::MilterAddress;
+use super::codec::{Actions, Command, Family, OptNeg, Protocol, Reply, MAX_BODY_CHUNK, VERSION};
+use super::link::{Link, LinkError, LinkState};
+use super::modifications::Modifications;
+use crate::chain::headers::HeaderSection;
+use crate::chain::stage::{
+    BodyOutput, EnvelopeEvent, Interests, MessageContext, Reaction, SessionSlots, Stage, StageError, StageEvent,
+    StageFactory, Verdict,
+};
+use crate::config::stages::QuarantineAction;
+use crate::smtp::reply::Reply as SmtpReply;
+
+#[derive(Debug, Clone)]
+pub struct MilterSettings {
+    pub stage: String,
+    pub address: MilterAddress,
+    /// Bound on each write to the milter and each wait for a packet from it.
+    pub timeout: Duration,
+    /// Our host name, the `j` macro.
+    pub hostname: String,
+    /// `[stage.macros]`, sent with the connection's (and overriding built-in ones).
+    pub macros: Vec<(String, String)>,
+    pub quarantine: QuarantineAction,
+    /// Offer SMFIF_CHGBODY, holding the body until the milter's end-of-message answer.
+    pub replace_body: bool,
+    /// `server.max_message_size`: the most a replaced body may hold.
+    pub max_message_size: u64,
+}
+
+impl MilterSettings {
+    /// What Sluice offers: every modification it can apply (body replacement only if asked
+    /// for), every step a milter may skip or leave unanswered, and header values as they are.
+    fn offer(&self) -> OptNeg {
+        let mut actions = Actions::ADD_HEADERS
+            | Actions::CHANGE_HEADERS
+            | Actions::ADD_RCPT
+            | Actions::ADD_RCPT_PAR
+            | Actions::DELETE_RCPT
+            | Actions::CHANGE_FROM
+            | Actions::QUARANTINE;
+        if self.replace_body {
+            actions = actions | Actions::CHANGE_BODY;
+        }
+        let protocol = [
+            Protocol::NO_CONNECT,
+            Protocol::NO_HELO,
+            Protocol::NO_MAIL,
+            Protocol::NO_RCPT,
+            Protocol::NO_BODY,
+            Protocol::NO_HEADERS,
+            Protocol::NO_EOH,
+            Protocol::NO_UNKNOWN,
+            Protocol::NO_DATA,
+            Protocol::SKIP,
+            Protocol::NR_HEADER,
+            Protocol::NR_CONNECT,
+            Protocol::NR_HELO,
+            Protocol::NR_MAIL,
+            Protocol::NR_RCPT,
+            Protocol::NR_DATA,
+            Protocol::NR_UNKNOWN,
+            Protocol::NR_EOH,
+            Protocol::NR_BODY,
+            Protocol::HEADER_LEADING_SPACE,
+        ]
+        .into_iter()
+        .fold(Protocol(0), |all, bit| all | bit);
+        OptNeg { version: VERSION, actions, protocol }
+    }
+}
+
+pub struct MilterFactory {
+    settings: Arc<MilterSettings>,
+    /// This factory's slot in each session's `SessionSlots`.
+    slot: u64,
+}
+
+impl MilterFactory {
+    pub fn new(settings: MilterSettings) -> MilterFactory {
+        MilterFactory { settings: Arc::new(settings), slot: crate::chain::stage::slot_id() }
+    }
+}
+
+impl StageFactory for MilterFactory {
+    fn instantiate(&self, context: &MessageContext) -> Result<Box<dyn Stage>, StageError> {
+        let conn = match context.session.take::<Kept>(self.slot) {
+            Some(Kept::Open { link, helo }) if link.state() == LinkState::Ready => {
+                Conn::Open { link, helo, reused: true }
+            }
+            Some(Kept::Decided(verdict)) => Conn::Decided(verdict),
+            _ => Conn::Fresh,
+        };
+        Ok(Box::new(MilterStage {
+            settings: self.settings.clone(),
+            slot: self.slot,
+            session: context.session.clone(),
+            transaction_id: context.transaction_id.clone(),
+            conn,
+            subject: None,
+            held: Vec::new(),
+            body: BodyFeed::Feeding,
+        }))
+    }
+}
+
+/// What a session keeps of its milter between transactions.
+enum Kept {
+    /// A connection that has seen CONNECT, and HELO with this name.
+    Open { link: Link, helo: Option<String> },
+    /// The milter answered for the whole connection at CONNECT or HELO.
+    Decided(Verdict),
+}
+
+/// The transaction's connection to the milter.
+enum Conn {
+    /// None yet: opened at the connect event.
+    Fresh,
+    /// `reused`: it served an earlier transaction, which SMFIC_ABORT ends before this one's MAIL.
+    Open { link: Link, helo: Option<String>, reused: bool },
+    /// The milter answered for the whole connection: every transaction gets this.
+    Decided(Verdict),
+    /// It failed during this transaction.
+    Lost,
+}
+
+/// Whether body chunks still go to the milter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyFeed {
+    Feeding,
+    /// The milter answered SMFIR_SKIP: it has seen enough of the body.
+    Skipped,
+}
+
+struct MilterStage {
+    settings: Arc<MilterSettings>,
+    slot: u64,
+    session: SessionSlots,
+    transaction_id: String,
+    conn: Conn,
+    /// The message's Subject, for `quarantine = "tag"`.
+    subject: Option<String>,
+    /// The body as it came, while `replace_body` holds it back.
+    held: Vec<Bytes>,
+    body: BodyFeed,
+}
+
+impl Drop for MilterStage {
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.conn, Conn::Lost) {
+            Conn::Open { link, helo, .. } if link.state() == LinkState::Ready => {
+                self.session.give(self.slot, Kept::Open { link, helo })
+            }
+            Conn::Decided(verdict) => self.session.give(self.slot, Kept::Decided(verdict)),
+            _ => {}
+        }
+    }
+}
+
+/// The macro stage code of a command, as SMFIC_MACRO names it.
+fn macros(for_command: u8, pairs: Vec<(String, String)>) -> Command {
+    let macros = pairs.into_iter().map(|(name, value)| (name.into_bytes(), value.into_bytes())).collect();
+    Command::Macros { for_command, macros }
+}
+
+impl MilterStage {
+    fn failed(&self, err: LinkError) -> StageError {
+        match err {
+            LinkError::Timeout(after) => StageError::Timeout(after),
+            err => StageError::Failed(format!("milter at {}: {err}", self.settings.address)),
+        }
+    }
+
+    fn link(&mut self) -> Result<&mut Link, StageError> {
+        match &mut self.conn {
+            Conn::Open { link, .. } => Ok(link),
+            _ => Err(StageError::Failed(format!("milter at {}: not connected", self.settings.address))),
+        }
+    }
+
+    /// Sends `command` (after its macros) unless the milter asked to skip it (`skip`), and
+    /// returns its answer unless it asked for none (`no_reply`).
+    async fn exchange(
+        &mut self,
+        skip: Protocol,
+        no_reply: Protocol,
+        commands: &[Command],
+    ) -> Result<Option<Reply>, StageError> {
+        let link = self.link()?;
+        if link.wants(skip) {
+            return Ok(None);
+        }
+        let result = match link.wants(no_reply) {
+            true => link.tell(commands).await.map(|()| None),
+            false => match link.ask(commands).await {
+                Ok(()) => link.answer().await.map(Some),
+                Err(err) => Err(err),
+            },
+        };
+        result.map_err(|err| self.lose(err))
+    }
+
+    /// The link failed: it is dropped, and so is the failure's cause into a stage error.
+    fn lose(&mut self, err: LinkError) -> StageError {
+        self.conn = Conn::Lost;
+        self.failed(err)
+    }
+
+    async fn connect(&mut self, peer: SocketAddr) -> Result<Verdict, StageError> {
+        let settings = self.settings.clone();
+        let link = Link::open(&settings.address, settings.timeout, settings.offer()).await.map_err(|e| self.lose(e))?;
+        debug!(target: "sluice::filters", stage = %settings.stage, version = link.agreed.version,
+            actions = link.agreed.actions.names().join(",").as_str(),
+            protocol = link.agreed.protocol.names().join(",").as_str(), "milter negotiated");
+        self.conn = Conn::Open { link, helo: None, reused: false };
+        let address = peer.ip().to_canonical();
+        let family = if address.is_ipv4() { Family::Inet4 } else { Family::Inet6 };
+        let mut pairs = vec![
+            ("j".to_string(), settings.hostname.clone()),
+            ("{daemon_name}".to_string(), "sluice".to_string()),
+            ("{client_addr}".to_string(), address.to_string()),
+            ("{client_name}".to_string(), "unknown".to_string()),
+        ];
+        for (name, value) in &settings.macros {
+            pairs.retain(|(n, _)| n != name);
+            pairs.push((name.clone(), value.clone()));
+        }
+        let connect = Command::Connect {
+            hostname: b"unknown".to_vec(),
+            family,
+            port: peer.port(),
+            address: address.to_string().into_bytes(),
+        };
+        let answer = self.exchange(Protocol::NO_CONNECT, Protocol::NR_CONNECT, &[macros(b'C', pairs), connect]).await?;
+        self.session_verdict(answer)
+    }
+
+    /// An answer at CONNECT or HELO is for the whole connection: kept for later transactions.
+    fn session_verdict(&mut self, answer: Option<Reply>) -> Result<Verdict, StageError> {
+        let verdict = self.verdict(answer, Phase::Envelope)?;
+        if verdict != Verdict::Continue {
+            self.conn = Conn::Decided(verdict.clone());
+        }
+        Ok(verdict)
+    }
+
+    /// The verdict an answer stands for.
+    fn verdict(&self, answer: Option<Reply>, phase: Phase) -> Result<Verdict, StageError> {
+        let Some(answer) = answer else { return Ok(Verdict::Continue) };
+        Ok(match answer {
+            Reply::Continue => Verdict::Continue,
+            Reply::Accept => Verdict::Accept,
+            Reply::Discard => Verdict::Discard,
+            Reply::Reject => Verdict::Reject(match phase {
+                Phase::Envelope => SmtpReply::new(550, "5.7.1", "Command rejected"),
+                Phase::Content => SmtpReply::new(554, "5.7.1", "Message content rejected"),
+            }),
+            Reply::Tempfail => Verdict::Tempfail(SmtpReply::new(451, "4.7.1", "Service unavailable - try again later")),
+            Reply::ReplyCode(text) => {
+                let text = String::from_utf8_lossy(&text);
+                let lines: Vec<String> = text.split('\n').map(|l| l.trim_end_matches('\r').to_string()).collect();
+                match SmtpReply::parse_lines(&lines) {
+                    Some(reply) if reply.is_transient() => Verdict::Tempfail(reply),
+                    Some(reply) if reply.code / 100 == 5 => Verdict::Reject(reply),
+                    _ => return Err(self.protocol(format!("sent a reply code that is not 4xx or 5xx: {text:?}"))),
+                }
+            }
+            other => return Err(self.protocol(format!("answered {} where a verdict was due", other.name()))),
+        })
+    }
+
+    fn protocol(&self, what: String) -> StageError {
+        StageError::Failed(format!("milter at {}: {what}", self.settings.address))
+    }
+
+    async fn helo(&mut self, name: &str) -> Result<Verdict, StageError> {
+        if let Conn::Open { helo: Some(sent), .. } = &self.conn {
+            if sent == name {
+                return Ok(Verdict::Continue);
+            }
+        }
+        let answer =
+            self.exchange(Protocol::NO_HELO, Protocol::NR_HELO, &[Command::Helo(name.as_bytes().to_vec())]).await?;
+        if let Conn::Open { helo, .. } = &mut self.conn {
+            *helo = Some(name.to_string());
+        }
+        self.session_verdict(answer)
+    }
+
+    async fn mail(&mut self, from: &str) -> Result<Verdict, StageError> {
+        if let Conn::Open { link, reused, .. } = &mut self.conn {
+            if *reused {
+                *reused = false;
+                let aborted = link.tell(&[Command::Abort]).await;
+                aborted.map_err(|err| self.lose(err))?;
+            }
+        }
+        let pairs = vec![
+            ("i".to_string(), self.transaction_id.clone()),
+            ("{mail_addr}".to_string(), from.to_string()),
+            ("{auth_authen}".to_string(), String::new()),
+        ];
+        let mail = Command::Mail(vec![format!("<{from}>").into_bytes()]);
+        let answer = self.exchange(Protocol::NO_MAIL, Protocol::NR_MAIL, &[macros(b'M', pairs), mail]).await?;
+        self.verdict(answer, Phase::Envelope)
+    }
+
+    async fn rcpt(&mut self, to: &str) -> Result<Verdict, StageError> {
+        let pairs = vec![("i".to_string(), self.transaction_id.clone()), ("{rcpt_addr}".to_string(), to.to_string())];
+        let rcpt = Command::Rcpt(vec![format!("<{to}>").into_bytes()]);
+        let answer = self.exchange(Protocol::NO_RCPT, Protocol::NR_RCPT, &[macros(b'R', pairs), rcpt]).await?;
+        self.verdict(answer, Phase::Envelope)
+    }
+
+    fn queue_id(&self, for_command: u8) -> Command {
+        macros(for_command, vec![("i".to_string(), self.transaction_id.clone())])
+    }
+
+    /// One body chunk, in pieces of at most 65535 bytes, each answered unless the milter asked
+    /// for no answers to body chunks.
+    async fn feed(&mut self, chunk: &Bytes) -> Result<Verdict, StageError> {
+        let mut at = 0;
+        while at < chunk.len() && self.body == BodyFeed::Feeding {
+            let piece = chunk.slice(at..chunk.len().min(at + MAX_BODY_CHUNK));
+            at += piece.len();
+            let skip_allowed = self.link()?.wants(Protocol::SKIP);
+            match self.exchange(Protocol::NO_BODY, Protocol::NR_BODY, &[Command::Body(piece)]).await? {
+                Some(Reply::Skip) if skip_allowed => self.body = BodyFeed::Skipped,
+                answer => match self.verdict(answer, Phase::Content)? {
+                    Verdict::Continue => {}
+                    verdict => return Ok(verdict),
+                },
+            }
+        }
+        Ok(Verdict::Continue)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Envelope,
+    Content,
+}
+
+#[async_trait]
+impl Stage for MilterStage {
+    fn interests(&self) -> Interests {
+        let Conn::Open { link, .. } = &self.conn else { return Interests::ALL };
+        let mut events = vec![StageEvent::Connect, StageEvent::Helo, StageEvent::Headers, StageEvent::End];
+        if !link.wants(Protocol::NO_MAIL) {
+            events.push(StageEvent::Mail);
+        }
+        if !link.wants(Protocol::NO_RCPT) {
+            events.push(StageEvent::Rcpt);
+        }
+        if self.settings.replace_body || !link.wants(Protocol::NO_BODY) {
+            events.push(StageEvent::Body);
+        }
+        Interests::of(&events)
+    }
+
+    async fn envelope(&mut self, event: &EnvelopeEvent) -> Result<Verdict, StageError> {
+        match (&self.conn, event) {
+            (Conn::Decided(verdict), _) => Ok(verdict.clone()),
+            (Conn::Lost, _) => Err(self.protocol("the connection was lost earlier in this transaction".into())),
+            (Conn::Fresh, EnvelopeEvent::Connect { peer }) => self.connect(*peer).await,
+            (Conn::Fresh, _) => Err(self.protocol("not connected".into())),
+            (Conn::Open { .. }, EnvelopeEvent::Connect { .. }) => Ok(Verdict::Continue),
+            (Conn::Open { .. }, EnvelopeEvent::Helo { name }) => self.helo(&name.clone()).await,
+            (Conn::Open { .. }, EnvelopeEvent::MailFrom { address }) => self.mail(&address.clone()).await,
+            (Conn::Open { .. }, EnvelopeEvent::RcptTo { address }) => self.rcpt(&address.clone()).await,
+        }
+    }
+
+    async fn headers(&mut self, headers: &HeaderSection) -> Result<Reaction, StageError> {
+        self.subject = headers.get("Subject").map(|s| s.trim().to_string());
+        let data = [self.queue_id(b'T'), Command::Data];
+        let answer = self.exchange(Protocol::NO_DATA, Protocol::NR_DATA, &data).await?;
+        let verdict = self.verdict(answer, Phase::Content)?;
+        if verdict != Verdict::Continue {
+            return Ok(Reaction::verdict(verdict));
+        }
+        let leading_space = self.link()?.wants(Protocol::HEADER_LEADING_SPACE);
+        for raw in headers.raw_fields() {
+            let (name, value) = milter_field(raw, leading_space);
+            let answer =
+                self.exchange(Protocol::NO_HEADERS, Protocol::NR_HEADER, &[Command::Header { name, value }]).await?;
+            let verdict = self.verdict(answer, Phase::Content)?;
+            if verdict != Verdict::Continue {
+                return Ok(Reaction::verdict(verdict));
+            }
+        }
+        let eoh = [self.queue_id(b'N'), Command::EndOfHeaders];
+        let answer = self.exchange(Protocol::NO_EOH, Protocol::NR_EOH, &eoh).await?;
+        Ok(Reaction::verdict(self.verdict(answer, Phase::Content)?))
+    }
+
+    async fn body(&mut self, chunk: Bytes) -> Result<Reaction, StageError> {
+        let verdict = self.feed(&chunk).await?;
+        if self.settings.replace_body {
+            self.held.push(chunk);
+            return Ok(Reaction { body: BodyOutput::Replace(Vec::new()), ..Reaction::verdict(verdict) });
+        }
+        Ok(Reaction::verdict(verdict))
+    }
+
+    async fn end(&mut self) -> Result<Reaction, StageError> {
+        let settings = self.settings.clone();
+        let end = [self.queue_id(b'E'), Command::EndOfBody];
+        let link = self.link()?;
+        link.ask(&end).await.map_err(|err| self.lose(err))?;
+        let mut changes = Modifications::new(settings.max_message_size);
+        let answer = loop {
+            let link = self.link()?;
+            let packet = link.next().await.map_err(|err| self.lose(err))?;
+            if !super::link::is_modification(&packet) {
+                self.link()?.answered();
+                break packet;
+            }
+            let agreed = self.link()?.agreed;
+            changes.add(packet, agreed).map_err(|why| {
+                self.conn = Conn::Lost;
+                self.protocol(why)
+            })?;
+        };
+        let verdict = self.verdict(Some(answer), Phase::Content)?;
+        if verdict.is_final() {
+            return Ok(Reaction::verdict(verdict));
+        }
+        let held = std::mem::take(&mut self.held);
+        let mut reaction = changes.into_reaction(verdict, &settings.quarantine, self.subject.as_deref());
+        if settings.replace_body && matches!(reaction.body, BodyOutput::Pass) {
+            reaction.body = BodyOutput::Replace(held);
+        }
+        Ok(reaction)
+    }
+}
+
+/// A raw header field as the milter protocol carries it: the name without trailing white space,
+/// and the value after the colon, folds as bare LF (as Sendmail and Postfix send them), without
+/// the final line end and, unless the milter asked for leading space, without the one space
+/// after the colon.
+fn milter_field(raw: &[u8], leading_space: bool) -> (Vec<u8>, Vec<u8>) {
+    let colon = memchr::memchr(b':', raw).unwrap_or(raw.len());
+    let name = raw[..colon].trim_ascii_end().to_vec();
+    let mut value = raw.get(colon + 1..).unwrap_or_default();
+    value = value.strip_suffix(b"\r\n").or_else(|| value.strip_suffix(b"\n")).unwrap_or(value);
+    if !leading_space {
+        value = value.strip_prefix(b" ").unwrap_or(value);
+    }
+    let mut out = Vec::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(at) = memchr::memmem::find(rest, b"\r\n") {
+        out.extend_from_slice(&rest[..at]);
+        out.push(b'\n');
+        rest = &rest[at + 2..];
+    }
+    out.extend_from_slice(rest);
+    (name, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_as_milters_see_them() {
+        let cases: [(&[u8], bool, &[u8], &[u8]); 5] = [
+            (b"Subject: hello\r\n", false, b"Subject", b"hello"),
+            (b"Subject: hello\r\n", true, b"Subject", b" hello"),
+            (b"Subject:hello\r\n", false, b"Subject", b"hello"),
+            (b"X-Long: one\r\n\ttwo\r\n three\r\n", false, b"X-Long", b"one\n\ttwo\n three"),
+            (b"To :  a@x.test\r\n", false, b"To", b" a@x.test"),
+        ];
+        for (raw, leading_space, name, value) in cases {
+            let (n, v) = milter_field(raw, leading_space);
+            assert_eq!((n.as_slice(), v.as_slice()), (name, value), "{:?}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn the_offer_names_what_sluice_applies() {
+        let settings = |replace_body| MilterSettings {
+            stage: "m".into(),
+            address: MilterAddress::Inet("127.0.0.1:1".into()),
+            timeout: Duration::from_secs(1),
+            hostname: "gw.test".into(),
+            macros: Vec::new(),
+            quarantine: QuarantineAction::Tempfail,
+            replace_body,
+            max_message_size: 1 << 20,
+        };
+        let offer = settings(false).offer();
+        assert_eq!(offer.version, 6);
+        assert!(!offer.actions.contains(Actions::CHANGE_BODY) && !offer.actions.contains(Actions::SET_SYMLIST));
+        assert!(offer.actions.contains(Actions::ADD_HEADERS | Actions::DELETE_RCPT | Actions::QUARANTINE));
+        assert!(settings(true).offer().actions.contains(Actions::CHANGE_BODY));
+        assert!(offer.protocol.contains(Protocol::NR_BODY | Protocol::SKIP | Protocol::HEADER_LEADING_SPACE));
+        assert!(!offer.protocol.contains(Protocol::RCPT_REJ));
+    }
+}

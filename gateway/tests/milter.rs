@@ -1,0 +1,243 @@
+//! Milter stages against a scripted milter (tests/support/scripted_milter.rs, its own framing):
+//! what the milter is sent (negotiation, macros, commands in order, headers as Postfix sends them,
+//! the body in pieces as it arrives, one connection per session with SMFIC_ABORT between
+//! messages), and what its answers do (verdicts and reply codes at each step, header, envelope
+//! and body changes reaching the next hop, quarantine as configured).
+
+mod support;
+
+use support::scripted_milter::{cstr, packet, replycode, Behaviour, Options, ScriptedMilter};
+use support::sink::SmtpSink;
+use support::{message, Gateway, SmtpClient};
+
+fn milter_stage(address: &str, extra: &str) -> String {
+    format!("[[stage]]\nname = \"milter\"\nkind = \"milter\"\naddress = \"{address}\"\ntimeout = \"10s\"\n{extra}\n")
+}
+
+fn normal(options: Options) -> ScriptedMilter {
+    ScriptedMilter::start(Behaviour::Normal(options))
+}
+
+fn send(client: &mut SmtpClient, content: &[u8]) -> support::ClientReply {
+    client.send_message("a@client.test", &["b@dest.test"], content)
+}
+
+fn macro_value(seen: &support::scripted_milter::Seen, for_command: u8, name: &str) -> Option<String> {
+    seen.macros
+        .iter()
+        .filter(|(command, _)| *command == for_command)
+        .flat_map(|(_, pairs)| pairs.iter())
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.clone())
+}
+
+#[test]
+fn the_milter_sees_the_transaction_with_its_macros_and_the_body_in_pieces() {
+    let milter = normal(Options::default());
+    let gateway = Gateway::builder().section(&milter_stage(&milter.address(), "")).start();
+    let mut client = gateway.connect();
+    client.hello();
+    let content = [b"Subject: folded\r\n\tsecond line\r\nX-Tight:x\r\n".as_slice(), &message("big", 200_000)].concat();
+    assert_eq!(send(&mut client, &content).code, 250);
+    assert_eq!(gateway.delivered(), vec![content.clone()], "a milter that changes nothing changes nothing");
+    let seen = milter.wait_for("one message ended", |s| s.messages_ended == 1);
+    let (version, actions, protocol) = seen.optneg.expect("negotiated");
+    assert_eq!(version, 6);
+    assert_eq!(actions & 0x02, 0, "no body replacement offered unless replace_body");
+    assert_ne!(protocol & 0x10_0000, 0, "header values with their leading space are offered");
+    let codes: Vec<u8> = seen.commands.iter().map(|(_, code)| *code).filter(|c| *c != b'D').collect();
+    let order: Vec<u8> = codes.iter().copied().filter(|c| !b"LB".contains(c)).collect();
+    assert_eq!(order, b"OCHMRTNE".to_vec(), "{:?}", String::from_utf8_lossy(&codes));
+    assert_eq!(macro_value(&seen, b'C', "j").as_deref(), Some("gw.test"));
+    assert_eq!(macro_value(&seen, b'C', "{client_addr}").as_deref(), Some("127.0.0.1"));
+    assert_eq!(macro_value(&seen, b'C', "{daemon_name}").as_deref(), Some("sluice"));
+    assert_eq!(macro_value(&seen, b'M', "{mail_addr}").as_deref(), Some("a@client.test"));
+    assert_eq!(macro_value(&seen, b'M', "{auth_authen}").as_deref(), Some(""));
+    assert_eq!(macro_value(&seen, b'R', "{rcpt_addr}").as_deref(), Some("b@dest.test"));
+    let id = macro_value(&seen, b'E', "i").expect("the queue id at end of message");
+    gateway.wait_for_log(&format!("transaction=\"{id}\""));
+    assert_eq!(seen.mails[0][0], "<a@client.test>");
+    assert_eq!(seen.rcpts[0][0], "<b@dest.test>");
+    assert_eq!(seen.connects[0].1, b'4');
+    // Postfix's way: folds as bare LF, and one space after the colon dropped.
+    assert_eq!(seen.headers[0], ("Subject".to_string(), b"folded\n\tsecond line".to_vec()));
+    assert_eq!(seen.headers[1], ("X-Tight".to_string(), b"x".to_vec()));
+    assert!(seen.body_chunks.iter().all(|&n| n <= 65535), "{:?}", seen.body_chunks);
+    let body_at = content.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(seen.bodies[0], content[body_at..].to_vec(), "the body exactly as relayed");
+}
+
+#[test]
+fn one_connection_per_session_with_abort_between_messages() {
+    let milter = normal(Options::default());
+    let gateway = Gateway::builder().section(&milter_stage(&milter.address(), "")).start();
+    let mut client = gateway.connect();
+    client.hello();
+    for n in 0..3 {
+        assert_eq!(send(&mut client, &message(&format!("m{n}"), 1000)).code, 250);
+    }
+    // A transaction that ends with RSET leaves the connection usable too.
+    client.cmd("MAIL FROM:<a@client.test>", 250);
+    client.cmd("RSET", 250);
+    assert_eq!(send(&mut client, &message("after rset", 1000)).code, 250);
+    let seen = milter.wait_for("four messages", |s| s.messages_ended == 4);
+    assert_eq!(seen.connections, 1, "one connection for the session");
+    assert_eq!(seen.aborts, 4, "an abort before each reused transaction");
+    assert_eq!(seen.commands.iter().filter(|(_, c)| *c == b'O').count(), 1);
+    assert_eq!(seen.commands.iter().filter(|(_, c)| *c == b'C').count(), 1);
+    client.cmd("QUIT", 221);
+    let mut other = gateway.connect();
+    other.hello();
+    assert_eq!(send(&mut other, &message("second session", 1000)).code, 250);
+    let seen = milter.wait_for("a second connection", |s| s.messages_ended == 5);
+    assert_eq!(seen.connections, 2);
+    assert_eq!(gateway.delivered().len(), 5);
+}
+
+#[test]
+fn verdicts_and_reply_codes_at_each_step() {
+    // (command answered, the answer, the client's command it shows at, reply code, text, delivered)
+    let cases: Vec<(u8, Vec<u8>, &str, u16, &str, usize)> = vec![
+        (b'M', packet(b'r', &[]), "MAIL", 550, "5.7.1", 0),
+        (b'M', packet(b't', &[]), "MAIL", 451, "4.7.1", 0),
+        (b'R', replycode("550 5.1.1 No such user here"), "RCPT", 550, "No such user here", 0),
+        (b'L', replycode("554 5.7.1 Bad header"), ".", 554, "Bad header", 0),
+        (b'B', packet(b'r', &[]), ".", 554, "5.7.1", 0),
+        (b'E', replycode("450-4.7.1 first line\r\n450 4.7.1 second line"), ".", 450, "second line", 0),
+        (b'E', packet(b'd', &[]), ".", 250, "", 0),
+        (b'E', packet(b'a', &[]), ".", 250, "", 1),
+        (b'M', packet(b'a', &[]), ".", 250, "", 1),
+    ];
+    for (at, answer, shows_at, code, text, delivered) in cases {
+        let milter = normal(Options { reply_to: vec![(at, answer)], ..Options::default() });
+        let gateway = Gateway::builder().section(&milter_stage(&milter.address(), "")).start();
+        let mut client = gateway.connect();
+        client.hello();
+        let what = format!("answer to {} shown at {shows_at}", at as char);
+        let mut reply = None;
+        for (line, step) in [("MAIL FROM:<a@client.test>", "MAIL"), ("RCPT TO:<b@dest.test>", "RCPT")] {
+            client.send(format!("{line}\r\n").as_bytes());
+            let answer = client.reply();
+            if step == shows_at {
+                reply = Some(answer);
+                break;
+            }
+            assert_eq!(answer.code, 250, "{what}: {}", answer.text());
+        }
+        let reply = reply.unwrap_or_else(|| {
+            client.cmd("DATA", 354);
+            client.send(&message("step", 100_000));
+            client.send(b".\r\n");
+            client.reply()
+        });
+        assert_eq!((reply.code, reply.text().contains(text)), (code, true), "{what}: {}", reply.text());
+        assert_eq!(gateway.delivered().len(), delivered, "{what}");
+    }
+}
+
+#[test]
+fn header_envelope_and_body_changes_reach_the_next_hop() {
+    let sink = SmtpSink::start(&[]);
+    let at_eom = vec![
+        packet(b'h', &cstr(&[b"X-Added", b"by the milter"])),
+        packet(b'i', &[&0u32.to_be_bytes()[..], &cstr(&[b"X-Top", b"first"])].concat()),
+        packet(b'm', &[&1u32.to_be_bytes()[..], &cstr(&[b"Subject", b"changed"])].concat()),
+        packet(b'm', &[&1u32.to_be_bytes()[..], &cstr(&[b"X-Remove-Me", b""])].concat()),
+        packet(b'+', &cstr(&[b"<added@dest.test>"])),
+        packet(b'-', &cstr(&[b"<b@dest.test>"])),
+        packet(b'e', &cstr(&[b"<bounces@client.test>"])),
+    ];
+    let milter = normal(Options { at_eom, ..Options::default() });
+    let gateway = Gateway::builder().relay_to(sink.port).section(&milter_stage(&milter.address(), "")).start();
+    let mut client = gateway.connect();
+    client.hello();
+    let content = b"Subject: original\r\nX-Remove-Me: yes\r\nFrom: <a@client.test>\r\n\r\nbody\r\n";
+    let reply = client.send_message("a@client.test", &["b@dest.test", "c@dest.test"], content);
+    assert_eq!(reply.code, 250, "{}", reply.text());
+    let relayed = sink.wait_for_messages(1).remove(0);
+    assert_eq!(relayed.mail_from, "bounces@client.test");
+    assert_eq!(relayed.rcpt_to, vec!["c@dest.test".to_string(), "added@dest.test".to_string()]);
+    assert_eq!(
+        String::from_utf8_lossy(&relayed.data),
+        "X-Top: first\r\nSubject: changed\r\nFrom: <a@client.test>\r\nX-Added: by the milter\r\n\r\nbody\r\n"
+    );
+}
+
+#[test]
+fn a_replaced_body_is_relayed_only_when_offered() {
+    let at_eom = vec![packet(b'b', b"new body line one\r\n"), packet(b'b', b"and two\r\n")];
+    let milter = normal(Options { at_eom: at_eom.clone(), ..Options::default() });
+    let gateway = Gateway::builder().section(&milter_stage(&milter.address(), "replace_body = true")).start();
+    let mut client = gateway.connect();
+    client.hello();
+    assert_eq!(send(&mut client, &message("replaced", 150_000)).code, 250);
+    let delivered = String::from_utf8_lossy(&gateway.delivered()[0]).to_string();
+    assert!(delivered.ends_with("\r\n\r\nnew body line one\r\nand two\r\n"), "{}", &delivered[..200]);
+    let (_, actions, _) = milter.seen().optneg.unwrap();
+    assert_ne!(actions & 0x02, 0, "SMFIF_CHGBODY offered");
+    // Held but not replaced: the body as it came.
+    let milter = normal(Options::default());
+    let gateway = Gateway::builder().section(&milter_stage(&milter.address(), "replace_body = true")).start();
+    let mut client = gateway.connect();
+    client.hello();
+    let content = message("kept", 150_000);
+    assert_eq!(send(&mut client, &content).code, 250);
+    assert_eq!(gateway.delivered(), vec![content]);
+    // Not offered: a milter replacing the body anyway is a failure (on_error), nothing relayed.
+    let milter = normal(Options { at_eom, exceed_offer: true, ..Options::default() });
+    let gateway = Gateway::builder().section(&milter_stage(&milter.address(), "")).start();
+    let mut client = gateway.connect();
+    client.hello();
+    let reply = send(&mut client, &message("not offered", 1000));
+    assert_eq!(reply.code, 451, "{}", reply.text());
+    assert!(gateway.delivered().is_empty());
+    gateway.wait_for_log("without having negotiated it");
+}
+
+#[test]
+fn quarantine_holds_tags_or_marks_as_configured() {
+    let at_eom = vec![packet(b'q', &cstr(&[b"looks like phishing"]))];
+    let milter = normal(Options { at_eom, ..Options::default() });
+    let run = |extra: &str| {
+        let gateway = Gateway::builder().section(&milter_stage(&milter.address(), extra)).start();
+        let mut client = gateway.connect();
+        client.hello();
+        let reply = send(&mut client, b"Subject: hello\r\n\r\nbody\r\n");
+        let delivered = gateway.delivered().iter().map(|m| String::from_utf8_lossy(m).to_string()).collect::<Vec<_>>();
+        (reply, delivered)
+    };
+    let (reply, delivered) = run("");
+    assert_eq!(reply.code, 451, "{}", reply.text());
+    assert!(reply.text().contains("looks like phishing") && delivered.is_empty(), "{}", reply.text());
+    let (reply, delivered) = run("quarantine = \"tag\"");
+    assert_eq!(reply.code, 250);
+    assert_eq!(delivered, vec!["Subject: [QUARANTINE] hello\r\n\r\nbody\r\n".to_string()]);
+    let (reply, delivered) = run("quarantine = \"header\"");
+    assert_eq!(reply.code, 250);
+    assert_eq!(delivered, vec!["Subject: hello\r\nX-Quarantined: looks like phishing\r\n\r\nbody\r\n".to_string()]);
+}
+
+#[test]
+fn a_milter_that_accepts_or_rejects_the_connection_is_not_asked_again() {
+    let milter =
+        normal(Options { reply_to: vec![(b'C', replycode("554 5.7.1 You are on our list"))], ..Options::default() });
+    let gateway = Gateway::builder().section(&milter_stage(&milter.address(), "")).start();
+    let mut client = gateway.connect();
+    client.hello();
+    for _ in 0..2 {
+        let reply = client.cmd("MAIL FROM:<a@client.test>", 554);
+        assert!(reply.text().contains("You are on our list"), "{}", reply.text());
+    }
+    let seen = milter.seen();
+    assert_eq!(seen.commands.iter().filter(|(_, c)| *c == b'C').count(), 1);
+    assert_eq!(seen.commands.iter().filter(|(_, c)| *c == b'M').count(), 0);
+    let milter = normal(Options { reply_to: vec![(b'H', packet(b'a', &[]))], ..Options::default() });
+    let gateway = Gateway::builder().section(&milter_stage(&milter.address(), "")).start();
+    let mut client = gateway.connect();
+    client.hello();
+    for n in 0..2 {
+        assert_eq!(send(&mut client, &message(&format!("accepted {n}"), 1000)).code, 250);
+    }
+    assert_eq!(gateway.delivered().len(), 2);
+    assert_eq!(milter.seen().commands.iter().filter(|(_, c)| *c == b'M').count(), 0);
+}
