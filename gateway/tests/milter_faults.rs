@@ -1,0 +1,133 @@
+//! Milter stages when the milter misbehaves (tests/support/scripted_milter.rs): down, never
+//! answering, silent after the negotiation, closing mid-body, answering garbage or a packet of
+//! an unknown kind — each is the stage's `on_error`, and the gateway goes on serving; a milter
+//! that stops reading pauses the client through the flow controller; the seed's load (10 × 256
+//! KiB at once) through a throttled milter leaves nothing stranded.
+
+mod support;
+
+use std::time::Duration;
+
+use support::scripted_milter::{Behaviour, Options, ScriptedMilter};
+use support::sink::SmtpSink;
+use support::{message, Gateway, SmtpClient};
+
+fn milter_stage(address: &str, extra: &str) -> String {
+    format!("[[stage]]\nname = \"milter\"\nkind = \"milter\"\naddress = \"{address}\"\n{extra}\n")
+}
+
+/// Sends one message step by step; returns the command that was refused (or "." for the final
+/// answer) and its reply code.
+fn attempt(client: &mut SmtpClient, content: &[u8]) -> (&'static str, u16) {
+    for (line, step) in [("MAIL FROM:<a@client.test>", "MAIL"), ("RCPT TO:<b@dest.test>", "RCPT"), ("DATA", "DATA")] {
+        let code = client.cmd_any(line);
+        if code >= 400 {
+            return (step, code);
+        }
+    }
+    client.send(content);
+    client.send(b".\r\n");
+    (".", client.reply().code)
+}
+
+#[test]
+fn each_failure_is_the_stages_on_error_and_the_gateway_goes_on() {
+    let cases = [
+        ("down", Behaviour::Down, "MAIL"),
+        ("never answers", Behaviour::NeverAnswer, "MAIL"),
+        ("silent after the negotiation", Behaviour::SilentAfterOptneg, "MAIL"),
+        ("garbage", Behaviour::Garbage, "MAIL"),
+        ("an unknown packet", Behaviour::UnknownReply, "MAIL"),
+        ("closes mid-body", Behaviour::CloseMidBody, "."),
+    ];
+    for (what, behaviour, refused_at) in cases {
+        let milter = ScriptedMilter::start(behaviour);
+        let limits = "timeout = \"1s\"\ncall_limit = \"2s\"";
+        let gateway = Gateway::builder().section(&milter_stage(&milter.address(), limits)).start();
+        let mut client = gateway.connect();
+        client.hello();
+        let content = message(what, 200_000);
+        assert_eq!(attempt(&mut client, &content), (refused_at, 451), "{what}, on_error = tempfail");
+        // The session goes on, and so does the gateway.
+        client.cmd("RSET", 250);
+        client.cmd("QUIT", 221);
+        let mut other = gateway.connect();
+        other.hello();
+        assert_eq!(attempt(&mut other, &content), (refused_at, 451), "{what}, again");
+        gateway.wait_for_log("stage failed");
+        assert!(gateway.delivered().is_empty(), "{what}");
+
+        let open = Gateway::builder()
+            .section(&milter_stage(&milter.address(), &format!("{limits}\non_error = \"accept\"")))
+            .start();
+        let mut client = open.connect();
+        client.hello();
+        assert_eq!(attempt(&mut client, &content), (".", 250), "{what}, on_error = accept");
+        assert_eq!(open.delivered(), vec![content], "{what}: passed on unchanged");
+
+        let closed = Gateway::builder()
+            .section(&milter_stage(&milter.address(), &format!("{limits}\non_error = \"reject\"")))
+            .start();
+        let mut client = closed.connect();
+        client.hello();
+        assert_eq!(attempt(&mut client, &message(what, 1000)), (refused_at, 554), "{what}, on_error = reject");
+    }
+}
+
+/// A milter that stops reading mid-body: the stage waits for its answer, the stage's inbox
+/// reaches the high watermark and the client is paused; released, everything drains, the
+/// message is delivered and every pause was resumed.
+#[test]
+fn a_milter_that_falls_behind_pauses_the_client() {
+    let milter = ScriptedMilter::start(Behaviour::HoldBody(Options::default()));
+    let gateway = Gateway::builder()
+        .section("[flow]\nhigh_watermark = \"256KiB\"\nlow_watermark = \"64KiB\"")
+        .section(&milter_stage(&milter.address(), "timeout = \"60s\""))
+        .start();
+    let address = gateway.address.clone();
+    let content = message("held", 4 << 20);
+    let sent = content.clone();
+    let sender = std::thread::spawn(move || {
+        let mut client = SmtpClient::connect(&address);
+        client.hello();
+        client.send_message("a@client.test", &["b@dest.test"], &sent).code
+    });
+    milter.wait_for("the milter holding the body", |seen| seen.held == 1);
+    gateway.wait_for_log("sluice::flow: pause");
+    assert!(!sender.is_finished(), "the client must wait while the milter does not read");
+    milter.release();
+    assert_eq!(sender.join().unwrap(), 250);
+    assert_eq!(gateway.delivered(), vec![content]);
+    let resume = gateway.wait_for_log("sluice::flow: resume");
+    assert!(resume.contains("stage=milter"), "the pause was the milter's: {resume}");
+    let closed = gateway.wait_for_log("session closed");
+    let count =
+        |key: &str| closed.split_whitespace().find_map(|f| f.strip_prefix(key)).unwrap().parse::<u64>().unwrap();
+    assert!(count("pauses=") >= 1, "{closed}");
+    assert_eq!(count("pauses="), count("resumes="), "{closed}");
+}
+
+#[test]
+fn seed_load_through_a_throttled_milter_leaves_nothing_stranded() {
+    let throttled = Behaviour::SlowBody { delay: Duration::from_millis(20), options: Options::default() };
+    let milter = ScriptedMilter::start(throttled);
+    let sink = SmtpSink::start(&[]);
+    let gateway = Gateway::builder()
+        .relay_to(sink.port)
+        .section("[flow]\nhigh_watermark = \"64KiB\"\nlow_watermark = \"16KiB\"")
+        .section(&milter_stage(&milter.address(), "timeout = \"30s\""))
+        .start();
+    let (status, output) = support::seed_load(gateway.port());
+    assert!(status.success(), "{output}");
+    assert_eq!(sink.wait_for_messages(10).len(), 10);
+    let log = gateway.wait_for_log_count("session closed", 10);
+    for line in log.lines().filter(|line| line.contains("session closed")) {
+        let count =
+            |key: &str| line.split_whitespace().find_map(|f| f.strip_prefix(key)).unwrap().parse::<u64>().unwrap();
+        assert_eq!(count("pauses="), count("resumes="), "a session left paused: {line}");
+    }
+    support::poll_until(|| support::open_tcp_connections(gateway.port()) == 0, "no client connection left");
+    // Each session's milter connection ends with it.
+    milter.wait_for("every milter connection closed", |seen| seen.connections == 10 && seen.closed == 10);
+    assert_eq!(milter.seen().messages_ended, 10);
+}
