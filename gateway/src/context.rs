@@ -22,7 +22,7 @@ use crate::dns::{Resolver, TxtSource};
 use crate::flow::gate::{FlowRegistry, FlowStats};
 use crate::metrics::{Metrics, StageLabel};
 use crate::milter::address::MilterAddress;
-use crate::milter::stage::{MilterFactory, MilterSettings};
+use crate::milter::stage::{check as milter_check, MilterFactory, MilterSettings};
 use crate::policy::rate::RateTables;
 use crate::relay::RelayPool;
 use crate::reload::{self, FileDigests, ReloadReport};
@@ -274,6 +274,7 @@ pub async fn load_stages(
                     replace_body: stage.replace_body.unwrap_or(false),
                     max_message_size: content.max_message_size,
                 };
+                milter_check(&settings).await;
                 Box::new(MilterFactory::new(settings))
             }
         };

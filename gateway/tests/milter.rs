@@ -45,7 +45,12 @@ fn the_milter_sees_the_transaction_with_its_macros_and_the_body_in_pieces() {
     assert_eq!(version, 6);
     assert_eq!(actions & 0x02, 0, "no body replacement offered unless replace_body");
     assert_ne!(protocol & 0x10_0000, 0, "header values with their leading space are offered");
-    let codes: Vec<u8> = seen.commands.iter().map(|(_, code)| *code).filter(|c| *c != b'D').collect();
+    // The gateway negotiated once at start to see that the milter answers (OPTNEG, QUIT).
+    gateway.wait_for_log("milter answers");
+    assert_eq!(seen.commands.iter().filter(|(n, _)| *n == 1).map(|(_, c)| *c).collect::<Vec<_>>(), b"OQ".to_vec());
+    let session = seen.commands.iter().find(|(_, code)| *code == b'C').map(|(n, _)| *n).unwrap();
+    let codes: Vec<u8> =
+        seen.commands.iter().filter(|(n, code)| *n == session && *code != b'D').map(|(_, code)| *code).collect();
     let order: Vec<u8> = codes.iter().copied().filter(|c| !b"LB".contains(c)).collect();
     assert_eq!(order, b"OCHMRTNE".to_vec(), "{:?}", String::from_utf8_lossy(&codes));
     assert_eq!(macro_value(&seen, b'C', "j").as_deref(), Some("gw.test"));
@@ -81,16 +86,17 @@ fn one_connection_per_session_with_abort_between_messages() {
     client.cmd("RSET", 250);
     assert_eq!(send(&mut client, &message("after rset", 1000)).code, 250);
     let seen = milter.wait_for("four messages", |s| s.messages_ended == 4);
-    assert_eq!(seen.connections, 1, "one connection for the session");
+    // Connection 1 is the gateway's check at start; the session's is the second.
+    assert_eq!(seen.connections, 2, "one connection for the session");
     assert_eq!(seen.aborts, 4, "an abort before each reused transaction");
-    assert_eq!(seen.commands.iter().filter(|(_, c)| *c == b'O').count(), 1);
+    assert_eq!(seen.commands.iter().filter(|(_, c)| *c == b'O').count(), 2);
     assert_eq!(seen.commands.iter().filter(|(_, c)| *c == b'C').count(), 1);
     client.cmd("QUIT", 221);
     let mut other = gateway.connect();
     other.hello();
     assert_eq!(send(&mut other, &message("second session", 1000)).code, 250);
     let seen = milter.wait_for("a second connection", |s| s.messages_ended == 5);
-    assert_eq!(seen.connections, 2);
+    assert_eq!(seen.connections, 3);
     assert_eq!(gateway.delivered().len(), 5);
 }
 

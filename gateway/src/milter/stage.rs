@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use super::address::MilterAddress;
 use super::codec::{Actions, Command, Family, OptNeg, Protocol, Reply, MAX_BODY_CHUNK, VERSION};
@@ -81,6 +81,25 @@ impl MilterSettings {
         .into_iter()
         .fold(Protocol(0), |all, bit| all | bit);
         OptNeg { version: VERSION, actions, protocol }
+    }
+}
+
+/// Negotiates with the milter once at start (and reload), so a wrong address or a milter that
+/// is not running shows in the log at once; it may come up later: messages meanwhile get the
+/// stage's on_error answer.
+pub async fn check(settings: &MilterSettings) {
+    let address = settings.address.to_string();
+    match Link::open(&settings.address, settings.timeout, settings.offer()).await {
+        Ok(mut link) => {
+            info!(target: "sluice::filters", stage = %settings.stage, address = address.as_str(),
+                actions = link.agreed.actions.names().join(",").as_str(),
+                protocol = link.agreed.protocol.names().join(",").as_str(), "milter answers");
+            let _ = link.tell(&[Command::Quit]).await;
+        }
+        Err(err) => {
+            warn!(target: "sluice::filters", stage = %settings.stage, address = address.as_str(), error = %err,
+                "milter is not reachable; messages get the stage's on_error answer until it is")
+        }
     }
 }
 
