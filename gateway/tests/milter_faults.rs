@@ -77,6 +77,26 @@ fn each_failure_is_the_stages_on_error_and_the_gateway_goes_on() {
     }
 }
 
+/// Progress packets keep a call alive past `timeout`, but not past `call_limit`.
+#[test]
+fn progress_keeps_a_call_alive_within_the_call_limit() {
+    let slow_but_working =
+        |count| Options { progress_at_eom: Some((count, Duration::from_millis(600))), ..Options::default() };
+    let milter = ScriptedMilter::start(Behaviour::Normal(slow_but_working(4)));
+    let gateway =
+        Gateway::builder().section(&milter_stage(&milter.address(), "timeout = \"1s\"\ncall_limit = \"30s\"")).start();
+    let mut client = gateway.connect();
+    client.hello();
+    assert_eq!(attempt(&mut client, &message("working", 1000)), (".", 250), "2.4 s of progress, 1 s timeout");
+    let milter = ScriptedMilter::start(Behaviour::Normal(slow_but_working(8)));
+    let gateway =
+        Gateway::builder().section(&milter_stage(&milter.address(), "timeout = \"1s\"\ncall_limit = \"2s\"")).start();
+    let mut client = gateway.connect();
+    client.hello();
+    assert_eq!(attempt(&mut client, &message("too slow", 1000)), (".", 451), "4.8 s of progress, 2 s call limit");
+    gateway.wait_for_log("stage did not answer within 2s");
+}
+
 /// A milter that stops reading mid-body: the stage waits for its answer, the stage's inbox
 /// reaches the high watermark and the client is paused; released, everything drains, the
 /// message is delivered and every pause was resumed.

@@ -52,6 +52,9 @@ pub struct Options {
     pub reply_to: Vec<(u8, Vec<u8>)>,
     /// Send `actions` as given even beyond what the MTA offered (default false).
     pub exceed_offer: bool,
+    /// At 'E', before anything else: this many progress packets, each after this pause (a
+    /// milter that takes long but says it is working).
+    pub progress_at_eom: Option<(usize, Duration)>,
 }
 
 impl Default for Options {
@@ -63,6 +66,7 @@ impl Default for Options {
             final_reply: packet(b'c', &[]),
             reply_to: Vec::new(),
             exceed_offer: false,
+            progress_at_eom: None,
         }
     }
 }
@@ -398,6 +402,11 @@ fn answer(code: u8, offered_actions: u32, options: &Options, out: &mut impl Writ
     let scripted = options.reply_to.iter().find(|(c, _)| *c == code).map(|(_, bytes)| bytes);
     match (code, scripted) {
         (b'E', scripted) => {
+            for _ in 0..options.progress_at_eom.map_or(0, |(count, _)| count) {
+                std::thread::sleep(options.progress_at_eom.map_or(Duration::ZERO, |(_, pause)| pause));
+                out.write_all(&packet(b'p', &[]))?;
+                out.flush()?;
+            }
             for modification in &options.at_eom {
                 out.write_all(modification)?;
             }
