@@ -10,6 +10,13 @@ TARGETS = [  # (what, gateway a, gateway b, size, concurrency, threshold); a ÷ 
     ("clamd stage ÷ clamsmtpd", "sluice clamd", "clamsmtpd", 256 << 10, 10, 2.0),
     ("clamd stage ÷ ceiling 1/(1/direct + 1/clamd alone)", "sluice clamd", "ceiling", 256 << 10, 10, 0.8),
 ]
+# Issue 15: the same milter behind Sluice and behind Postfix; no threshold, the ratio is reported.
+# Postfix queues, so it is given both ways: msg/s (smtp-source's wall time: Postfix's intake),
+# and the rates until the sink had every message (Sluice relays in-line: the same for it).
+REPORTED = [  # (what, gateway a, gateway b, size, concurrency)
+    ("sluice+clamav-milter ÷ postfix+clamav-milter", "sluice+clamav-milter", "postfix+clamav-milter", 256 << 10, 10),
+    ("sluice+rspamd ÷ postfix+rspamd", "sluice+rspamd", "postfix+rspamd", 256 << 10, 10),
+]
 
 
 def ceiling_runs(cell):
@@ -37,6 +44,7 @@ def target_rows(report):
         r = ratio(runs_of(cell, a), runs_of(cell, b))
         verdict = "—" if r is None else "met" if r[0] >= threshold else "**missed**"
         rows.append(f"| {what} | {human(size)} × {conc} | ≥ {threshold} | {fmt_ratio(r)} | {verdict} |")
+    rows += reported_rows(report)
     rss = [summary(c["runs"]["sluice"], c["size"], False).get("hwm_mib")
            for c in report["cells"] if c["size"] == 2 << 20 and c["concurrency"] == 50 and "sluice" in c["runs"]]
     if not rss:
@@ -53,6 +61,21 @@ def target_rows(report):
         ok = bare.get("bodies_error") is None
         rows.append(f"| 200 sessions × 2 MiB at once, no stage | — | all delivered | "
                     f"{bare.get('delivered', 0)}/{bare.get('bodies', 200)} delivered | {'met' if ok else '**missed**'} |")
+    return rows
+
+
+def reported_rows(report):
+    """REPORTED's ratios, median (min–max) per repeat: of msg/s, and of the rates to the sink."""
+    rows = []
+    for what, a, b, size, conc in REPORTED:
+        cell = next((c for c in report["cells"] if c["size"] == size and c["concurrency"] == conc), None)
+        if cell is None or a not in cell["runs"] or b not in cell["runs"]:
+            rows.append(f"| {what} | {human(size)} × {conc} | none (issue 15) | not in this run | reported |")
+            continue
+        intake = ratio(cell["runs"][a], cell["runs"][b])
+        drain = ratio(cell["runs"][a], cell["runs"][b], "drain_seconds", "drain_seconds")
+        rows.append(f"| {what} | {human(size)} × {conc} | none (issue 15) | {fmt_ratio(intake)}; "
+                    f"to the sink {fmt_ratio(drain)} | reported |")
     return rows
 
 
@@ -127,7 +150,7 @@ processes sharing them) and, for one-process gateways, the kernel's peak RSS (Vm
 tree's CPU time per message. clamd's own
 CPU is not in the gateways' figures. How to read and re-run it: bench/README.md.
 
-## Targets (issue 14)
+## Targets (issue 14; the milter ratios: issue 15)
 
 | figure | cell | target | measured | |
 |---|---|---|---|---|
