@@ -189,6 +189,14 @@ fn a_replaced_body_is_relayed_only_when_offered() {
     let content = message("kept", 150_000);
     assert_eq!(send(&mut client, &content).code, 250);
     assert_eq!(gateway.delivered(), vec![content]);
+    // Held, then the milter accepts mid-body (no end of message call): the body as it came.
+    let milter = normal(Options { reply_to: vec![(b'B', packet(b'a', &[]))], ..Options::default() });
+    let gateway = Gateway::builder().section(&milter_stage(&milter.address(), "replace_body = true")).start();
+    let mut client = gateway.connect();
+    client.hello();
+    let content = message("accepted mid-body", 300_000);
+    assert_eq!(send(&mut client, &content).code, 250);
+    assert_eq!(gateway.delivered(), vec![content]);
     // Not offered: a milter replacing the body anyway is a failure (on_error), nothing relayed.
     let milter = normal(Options { at_eom, exceed_offer: true, ..Options::default() });
     let gateway = Gateway::builder().section(&milter_stage(&milter.address(), "")).start();
@@ -246,4 +254,53 @@ fn a_milter_that_accepts_or_rejects_the_connection_is_not_asked_again() {
     }
     assert_eq!(gateway.delivered().len(), 2);
     assert_eq!(milter.seen().commands.iter().filter(|(_, c)| *c == b'M').count(), 0);
+}
+
+#[test]
+fn a_kept_connection_the_milter_closed_is_replaced() {
+    let milter = normal(Options::default());
+    let gateway = Gateway::builder().section(&milter_stage(&milter.address(), "")).start();
+    let mut client = gateway.connect();
+    client.hello();
+    assert_eq!(send(&mut client, &message("first", 1000)).code, 250);
+    milter.hang_up();
+    milter.wait_for("the session's connection closed", |seen| seen.closed == 2);
+    assert_eq!(send(&mut client, &message("second", 1000)).code, 250);
+    let seen = milter.wait_for("the second message", |seen| seen.messages_ended == 2);
+    assert_eq!(seen.connections, 3, "the check, the first connection, a new one");
+    assert_eq!(seen.helos, vec!["client.test", "client.test"], "HELO again on the new connection");
+    assert_eq!(gateway.delivered().len(), 2);
+}
+
+#[test]
+fn a_milter_out_of_step_at_end_of_message_loses_its_connection() {
+    // SMFIR_SETSYMLIST belongs to the negotiation; at end of message it is out of place.
+    let at_eom = vec![packet(b'l', &[&1u32.to_be_bytes()[..], &cstr(&[b"{x}"])].concat())];
+    let milter = normal(Options { at_eom, ..Options::default() });
+    let gateway = Gateway::builder().section(&milter_stage(&milter.address(), "")).start();
+    let mut client = gateway.connect();
+    client.hello();
+    for n in 0..2 {
+        let reply = send(&mut client, &message(&format!("m{n}"), 1000));
+        assert_eq!(reply.code, 451, "{}", reply.text());
+    }
+    gateway.wait_for_log("among its modifications");
+    // The final answer left unread is never taken for the next message's: a new connection each.
+    assert_eq!(milter.wait_for("two messages", |seen| seen.messages_ended == 2).connections, 3);
+}
+
+#[test]
+fn with_no_mail_step_the_abort_goes_before_the_first_recipient() {
+    const NO_MAIL: u32 = 0x04;
+    let milter = normal(Options { protocol: NO_MAIL, ..Options::default() });
+    let gateway = Gateway::builder().section(&milter_stage(&milter.address(), "")).start();
+    let mut client = gateway.connect();
+    client.hello();
+    for n in 0..2 {
+        assert_eq!(send(&mut client, &message(&format!("m{n}"), 1000)).code, 250);
+    }
+    let seen = milter.wait_for("two messages", |seen| seen.messages_ended == 2);
+    let session: Vec<u8> =
+        seen.commands.iter().filter(|(n, c)| *n == 2 && *c != b'D' && *c != b'L').map(|(_, c)| *c).collect();
+    assert_eq!(String::from_utf8_lossy(&session), "OCHRTNBEARTNBE");
 }

@@ -81,7 +81,7 @@ fn each_failure_is_the_stages_on_error_and_the_gateway_goes_on() {
 #[test]
 fn progress_keeps_a_call_alive_within_the_call_limit() {
     let slow_but_working =
-        |count| Options { progress_at_eom: Some((count, Duration::from_millis(600))), ..Options::default() };
+        |count| Options { progress: Some((b'E', count, Duration::from_millis(600))), ..Options::default() };
     let milter = ScriptedMilter::start(Behaviour::Normal(slow_but_working(4)));
     let gateway =
         Gateway::builder().section(&milter_stage(&milter.address(), "timeout = \"1s\"\ncall_limit = \"30s\"")).start();
@@ -95,6 +95,26 @@ fn progress_keeps_a_call_alive_within_the_call_limit() {
     client.hello();
     assert_eq!(attempt(&mut client, &message("too slow", 1000)), (".", 451), "4.8 s of progress, 2 s call limit");
     gateway.wait_for_log("stage did not answer within 2s");
+}
+
+/// A call cut by `call_limit` leaves the milter's answer owed: the connection is out of step and
+/// is not used again (the next command must not read the previous one's answer).
+#[test]
+fn a_call_cut_short_does_not_put_the_answers_out_of_step() {
+    let slow_rcpt = Options { progress: Some((b'R', 8, Duration::from_millis(600))), ..Options::default() };
+    let milter = ScriptedMilter::start(Behaviour::Normal(slow_rcpt));
+    let gateway =
+        Gateway::builder().section(&milter_stage(&milter.address(), "timeout = \"1s\"\ncall_limit = \"2s\"")).start();
+    let mut client = gateway.connect();
+    client.hello();
+    client.cmd("MAIL FROM:<a@client.test>", 250);
+    let cut = client.cmd("RCPT TO:<b@dest.test>", 451);
+    assert!(cut.text().contains("Filter milter unavailable"), "{}", cut.text());
+    // Before the fix this read the first RCPT's late "continue" and answered 250.
+    client.cmd("RCPT TO:<c@dest.test>", 451);
+    client.cmd("DATA", 554);
+    assert!(gateway.delivered().is_empty());
+    gateway.wait_for_log("an earlier exchange was cut short");
 }
 
 /// A milter that stops reading mid-body: the stage waits for its answer, the stage's inbox

@@ -82,6 +82,9 @@ fn reply_of(verdict: &'static str, class: u16, reply: Reply) -> Result<Reply, Ma
     if code / 100 != class {
         return Err(Malformed::ReplyCode { verdict, class, code });
     }
+    // 421 closes the connection (RFC 5321 §3.8), which is not a stage's to decide: the message
+    // is refused for now, the session goes on.
+    let code = if code == 421 { 451 } else { code };
     let enhanced = enhanced.filter(|e| !e.is_empty());
     if let Some(enhanced) = &enhanced {
         let parts: Vec<&str> = enhanced.split('.').collect();

@@ -64,6 +64,11 @@ fn replies_must_be_of_their_verdicts_class() {
     for other in [Verdict::Continue, Verdict::Accept, Verdict::Discard] {
         assert_eq!(verdict(other.clone()), Ok(other));
     }
+    // A stage refuses the message, not the connection: its 421 is a 451.
+    let Verdict::Tempfail(reply) = verdict(Verdict::Tempfail(Reply::new(421, "4.7.0", "go away"))).unwrap() else {
+        panic!()
+    };
+    assert_eq!((reply.code, reply.enhanced.as_deref()), (451, Some("4.7.0")));
 }
 
 #[test]

@@ -10,20 +10,36 @@ pub struct EditedEnvelope {
     pub recipients: Vec<String>,
 }
 
-/// The changed envelope, or None when the changes leave it as it was. Addresses compare without
-/// regard to case; adding a recipient that is there already, or removing one that is not, changes
-/// nothing.
+impl EditedEnvelope {
+    /// Whether `recipient` is one the stages added (the client did not give it).
+    pub fn added(&self, original: &[String], recipient: &str) -> bool {
+        !original.iter().any(|r| same_address(r, recipient))
+    }
+}
+
+/// Addresses are the same when their local parts are (RFC 5321 §2.4: case matters there) and
+/// their domains are without regard to case.
+pub fn same_address(a: &str, b: &str) -> bool {
+    match (a.rsplit_once('@'), b.rsplit_once('@')) {
+        (Some((a_local, a_domain)), Some((b_local, b_domain))) => {
+            a_local == b_local && a_domain.eq_ignore_ascii_case(b_domain)
+        }
+        _ => a == b,
+    }
+}
+
+/// The changed envelope, or None when the changes leave it as it was. Adding a recipient that
+/// is there already, or removing one that is not, changes nothing.
 pub fn apply(mail_from: &str, recipients: &[String], changes: &[EnvelopeChange]) -> Option<EditedEnvelope> {
     let mut edited = EditedEnvelope { mail_from: mail_from.to_string(), recipients: recipients.to_vec() };
-    let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
     for change in changes {
         match change {
             EnvelopeChange::AddRecipient(to) => {
-                if !edited.recipients.iter().any(|r| same(r, to)) {
+                if !edited.recipients.iter().any(|r| same_address(r, to)) {
                     edited.recipients.push(to.clone());
                 }
             }
-            EnvelopeChange::RemoveRecipient(to) => edited.recipients.retain(|r| !same(r, to)),
+            EnvelopeChange::RemoveRecipient(to) => edited.recipients.retain(|r| !same_address(r, to)),
             EnvelopeChange::ChangeSender(from) => edited.mail_from = from.clone(),
         }
     }
@@ -45,10 +61,12 @@ mod tests {
         let original = rcpts(&["a@x.test", "b@x.test"]);
         let cases: Vec<(Vec<EnvelopeChange>, Option<(&str, Vec<String>)>)> = vec![
             (vec![], None),
-            (vec![AddRecipient("A@X.test".into())], None),
+            (vec![AddRecipient("a@X.TEST".into())], None),
+            (vec![AddRecipient("A@x.test".into())], Some(("s@x.test", rcpts(&["a@x.test", "b@x.test", "A@x.test"])))),
+            (vec![RemoveRecipient("B@x.test".into())], None),
             (vec![RemoveRecipient("nobody@x.test".into())], None),
             (vec![AddRecipient("c@x.test".into())], Some(("s@x.test", rcpts(&["a@x.test", "b@x.test", "c@x.test"])))),
-            (vec![RemoveRecipient("B@x.test".into())], Some(("s@x.test", rcpts(&["a@x.test"])))),
+            (vec![RemoveRecipient("b@X.test".into())], Some(("s@x.test", rcpts(&["a@x.test"])))),
             (vec![RemoveRecipient("a@x.test".into()), RemoveRecipient("b@x.test".into())], Some(("s@x.test", vec![]))),
             (vec![ChangeSender(String::new())], Some(("", original.clone()))),
             (vec![AddRecipient("c@x.test".into()), RemoveRecipient("c@x.test".into())], None),
@@ -58,5 +76,7 @@ mod tests {
             let expected = expected.map(|(from, recipients)| EditedEnvelope { mail_from: from.into(), recipients });
             assert_eq!(got, expected, "{changes:?}");
         }
+        let edited = apply("s@x.test", &original, &[AddRecipient("c@x.test".into())]).unwrap();
+        assert!(edited.added(&original, "c@x.test") && !edited.added(&original, "a@X.test"));
     }
 }

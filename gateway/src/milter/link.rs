@@ -43,7 +43,9 @@ pub enum LinkError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkState {
+    /// Between exchanges: the next command may go out.
     Ready,
+    /// A write is under way, or an answer is owed: dropped now, the link is out of step.
     InFlight,
     Broken,
 }
@@ -51,18 +53,22 @@ pub enum LinkState {
 /// What moves the state.
 #[derive(Debug, Clone, Copy)]
 enum Step {
-    /// A command was written that the milter answers.
-    Asked,
-    /// The milter's final answer to it arrived.
+    /// A write begins.
+    Write,
+    /// A write the milter does not answer is complete.
+    Told,
+    /// The milter's final answer to what was asked arrived.
     Answered,
     Failed,
 }
 
 fn advance(state: LinkState, step: Step) -> LinkState {
     match (state, step) {
-        (LinkState::Broken, _) | (_, Step::Failed) => LinkState::Broken,
-        (_, Step::Asked) => LinkState::InFlight,
-        (_, Step::Answered) => LinkState::Ready,
+        (LinkState::Ready, Step::Write) => LinkState::InFlight,
+        (LinkState::InFlight, Step::Told | Step::Answered) => LinkState::Ready,
+        // Anything else is out of step: a write while an answer is owed, an answer nobody asked
+        // for, or a failure.
+        _ => LinkState::Broken,
     }
 }
 
@@ -74,6 +80,8 @@ pub struct Link {
     /// What the milter asked for, within what was offered.
     pub agreed: OptNeg,
     scratch: Vec<u8>,
+    /// What a read takes from the socket (on the heap: futures holding a link stay small).
+    buffer: Vec<u8>,
 }
 
 impl Link {
@@ -103,6 +111,7 @@ impl Link {
             state: LinkState::Ready,
             agreed: offer,
             scratch: Vec::new(),
+            buffer: vec![0; READ_CHUNK],
         };
         link.ask(&[Command::OptNeg(offer)]).await?;
         match link.answer().await? {
@@ -142,19 +151,30 @@ impl Link {
 
     /// Writes commands (macros and the command they go with) in one write; the last is answered.
     pub async fn ask(&mut self, commands: &[Command]) -> Result<(), LinkError> {
-        self.write(commands).await?;
-        self.state = advance(self.state, Step::Asked);
-        Ok(())
+        self.write(commands).await
     }
 
     /// Writes commands the milter does not answer (it asked for no reply, or none exists).
     pub async fn tell(&mut self, commands: &[Command]) -> Result<(), LinkError> {
-        self.write(commands).await
+        self.write(commands).await?;
+        self.state = advance(self.state, Step::Told);
+        Ok(())
+    }
+
+    /// Ends the conversation (SMFIC_QUIT); the link is not used again.
+    pub async fn quit(mut self) {
+        let _ = self.tell(&[Command::Quit]).await;
+        self.state = LinkState::Broken;
     }
 
     async fn write(&mut self, commands: &[Command]) -> Result<(), LinkError> {
-        if self.state == LinkState::Broken {
-            return Err(LinkError::Broken);
+        match self.state {
+            LinkState::Ready => self.state = advance(self.state, Step::Write),
+            LinkState::Broken => return Err(LinkError::Broken),
+            LinkState::InFlight => {
+                self.state = LinkState::Broken;
+                return Err(LinkError::Protocol("an earlier exchange was cut short; its answer is still owed".into()));
+            }
         }
         self.scratch.clear();
         for command in commands {
@@ -175,8 +195,13 @@ impl Link {
     /// The milter's next packet other than progress: a modification (at end of message) or its
     /// answer. Each wait is bounded by `timeout`, started again by each progress packet.
     pub async fn next(&mut self) -> Result<Reply, LinkError> {
-        if self.state == LinkState::Broken {
-            return Err(LinkError::Broken);
+        match self.state {
+            LinkState::InFlight => {}
+            LinkState::Broken => return Err(LinkError::Broken),
+            LinkState::Ready => {
+                self.state = LinkState::Broken;
+                return Err(LinkError::Protocol("read with no answer owed".into()));
+            }
         }
         loop {
             let packet = self.read_packet().await;
@@ -209,16 +234,20 @@ impl Link {
             if let Some(reply) = self.reader.next_reply()? {
                 return Ok(reply);
             }
-            let mut buffer = [0u8; READ_CHUNK];
-            let read = match tokio::time::timeout(self.timeout, self.io.read(&mut buffer)).await {
+            let read = match tokio::time::timeout(self.timeout, self.io.read(&mut self.buffer)).await {
                 Err(_) => return Err(LinkError::Timeout(self.timeout)),
                 Ok(read) => read?,
             };
             if read == 0 {
                 return Err(LinkError::Closed);
             }
-            self.reader.push(&buffer[..read]);
+            self.reader.push(&self.buffer[..read]);
         }
+    }
+
+    /// The link is no longer usable (the stage found the milter's answer wrong).
+    pub fn break_off(&mut self) {
+        self.state = advance(self.state, Step::Failed);
     }
 
     fn fail_on<T>(&mut self, result: Result<T, LinkError>) -> Result<T, LinkError> {
@@ -226,6 +255,24 @@ impl Link {
             self.state = advance(self.state, Step::Failed);
         }
         result
+    }
+}
+
+/// A link dropped between exchanges says goodbye (SMFIC_QUIT, as Postfix does at the end of a
+/// session; libmilter takes a bare EOF for a failure), in a task of its own, within `timeout`.
+impl Drop for Link {
+    fn drop(&mut self) {
+        if self.state != LinkState::Ready {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let mut io = std::mem::replace(&mut self.io, Box::new(tokio::io::empty()));
+        let timeout = self.timeout;
+        runtime.spawn(async move {
+            let mut quit = Vec::new();
+            Command::Quit.encode(&mut quit);
+            let _ = tokio::time::timeout(timeout, io.write_all(&quit)).await;
+        });
     }
 }
 
@@ -253,11 +300,15 @@ mod tests {
     fn state_moves() {
         use LinkState::*;
         let cases = [
-            (Ready, Step::Asked, InFlight),
+            (Ready, Step::Write, InFlight),
+            (InFlight, Step::Told, Ready),
             (InFlight, Step::Answered, Ready),
+            (InFlight, Step::Write, Broken),
+            (Ready, Step::Answered, Broken),
+            (Ready, Step::Told, Broken),
             (Ready, Step::Failed, Broken),
             (InFlight, Step::Failed, Broken),
-            (Broken, Step::Asked, Broken),
+            (Broken, Step::Write, Broken),
             (Broken, Step::Answered, Broken),
         ];
         for (from, step, to) in cases {

@@ -1,21 +1,26 @@
 //! A milter's end-of-message modifications, gathered until its final answer and turned into the
 //! chain's changes: header changes, envelope changes, a replaced body, a quarantine. Each is
-//! allowed only if negotiated, and the whole is bounded (the chain's per-answer limits, the
-//! message size for a body): a milter cannot make the host hold more than a stage may answer.
-//! Pure.
+//! allowed only if negotiated, and the whole is bounded as it arrives (the chain's per-answer
+//! limits in number and bytes, the message size for a body): a milter cannot make the host hold
+//! more than a stage may answer. Pure.
 
 use bytes::Bytes;
 
 use super::codec::{Actions, OptNeg, Reply};
-use crate::chain::answer::{MAX_ENVELOPE_CHANGES, MAX_HEADER_CHANGES};
+use crate::chain::answer::{MAX_ADDRESS, MAX_ENVELOPE_CHANGES, MAX_HEADER_BYTES, MAX_HEADER_CHANGES};
 use crate::chain::headers::HeaderChange;
 use crate::chain::stage::{BodyOutput, EnvelopeChange, Reaction, Verdict};
 use crate::config::stages::QuarantineAction;
 use crate::milter::codec::Protocol;
 use crate::smtp::reply::Reply as SmtpReply;
 
+/// The quarantine reason kept (it goes into a reply or a header field).
+const MAX_REASON: usize = 200;
+
 pub struct Modifications {
     headers: Vec<HeaderChange>,
+    /// Octets of field names and values so far.
+    header_bytes: usize,
     envelope: Vec<EnvelopeChange>,
     /// The new body, if the milter replaced it.
     body: Option<Vec<Bytes>>,
@@ -32,6 +37,7 @@ impl Modifications {
     pub fn new(max_body: u64) -> Modifications {
         Modifications {
             headers: Vec::new(),
+            header_bytes: 0,
             envelope: Vec::new(),
             body: None,
             body_bytes: 0,
@@ -102,7 +108,7 @@ impl Modifications {
             }
             Reply::Quarantine(reason) => {
                 needs(Actions::QUARANTINE, "SMFIR_QUARANTINE")?;
-                self.quarantine = Some(text(&reason));
+                self.quarantine = Some(text(&reason).chars().take(MAX_REASON).collect());
             }
             other => return Err(format!("sent {} among its modifications", other.name())),
         }
@@ -113,6 +119,15 @@ impl Modifications {
         if self.headers.len() >= MAX_HEADER_CHANGES {
             return Err(format!("sent more than {MAX_HEADER_CHANGES} header changes"));
         }
+        self.header_bytes += match &change {
+            HeaderChange::Add { name, value }
+            | HeaderChange::Prepend { name, value }
+            | HeaderChange::Change { name, value, .. } => name.len() + value.len(),
+            HeaderChange::Remove { name, .. } => name.len(),
+        };
+        if self.header_bytes > MAX_HEADER_BYTES {
+            return Err(format!("sent more than {MAX_HEADER_BYTES} octets of header changes"));
+        }
         self.headers.push(change);
         Ok(())
     }
@@ -120,6 +135,13 @@ impl Modifications {
     fn envelope(&mut self, change: EnvelopeChange) -> Result<(), String> {
         if self.envelope.len() >= MAX_ENVELOPE_CHANGES {
             return Err(format!("sent more than {MAX_ENVELOPE_CHANGES} envelope changes"));
+        }
+        let (EnvelopeChange::AddRecipient(address)
+        | EnvelopeChange::RemoveRecipient(address)
+        | EnvelopeChange::ChangeSender(address)) = &change;
+        // With its angle brackets.
+        if address.len() > MAX_ADDRESS + 2 {
+            return Err(format!("sent an address of {} octets", address.len()));
         }
         self.envelope.push(change);
         Ok(())
@@ -227,6 +249,11 @@ mod tests {
             mods.add(Reply::AddHeader { name: b"X".to_vec(), value: b"v".to_vec() }, all()).unwrap();
         }
         assert!(mods.add(Reply::AddHeader { name: b"X".to_vec(), value: b"v".to_vec() }, all()).is_err());
+        let mut mods = Modifications::new(4);
+        let big = Reply::AddHeader { name: b"X".to_vec(), value: vec![b'v'; MAX_HEADER_BYTES] };
+        assert!(mods.add(big, all()).unwrap_err().contains("octets of header changes"));
+        let long = Reply::AddRcpt([b"<".as_slice(), &[b'a'; 300], b"@x.test>"].concat());
+        assert!(Modifications::new(4).add(long, all()).unwrap_err().contains("an address of"));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! header, envelope and body changes. Body chunks go to the milter as they arrive, each waiting
 //! for its answer, so a milter that falls behind holds the stage's inbox and the flow controller
 //! pauses the client. The connection is kept for the client session (`SessionSlots`): the next
-//! transaction starts with SMFIC_ABORT on it instead of a new connection and negotiation.
+//! transaction starts with SMFIC_ABORT on it instead of a new connection and negotiation, or
+//! with a new one if the milter closed the kept one meanwhile.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,19 +12,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use tracing::{debug, info, warn};
 
 use super::address::MilterAddress;
 use super::codec::{Actions, Command, Family, OptNeg, Protocol, Reply, MAX_BODY_CHUNK, VERSION};
 use super::link::{Link, LinkError, LinkState};
 use super::modifications::Modifications;
+use super::translate::{self, macros, Phase};
 use crate::chain::headers::HeaderSection;
 use crate::chain::stage::{
     BodyOutput, EnvelopeEvent, Interests, MessageContext, Reaction, SessionSlots, Stage, StageError, StageEvent,
     StageFactory, Verdict,
 };
 use crate::config::stages::QuarantineAction;
-use crate::smtp::reply::Reply as SmtpReply;
 
 #[derive(Debug, Clone)]
 pub struct MilterSettings {
@@ -90,11 +92,11 @@ impl MilterSettings {
 pub async fn check(settings: &MilterSettings) {
     let address = settings.address.to_string();
     match Link::open(&settings.address, settings.timeout, settings.offer()).await {
-        Ok(mut link) => {
+        Ok(link) => {
             info!(target: "sluice::filters", stage = %settings.stage, address = address.as_str(),
                 actions = link.agreed.actions.names().join(",").as_str(),
                 protocol = link.agreed.protocol.names().join(",").as_str(), "milter answers");
-            let _ = link.tell(&[Command::Quit]).await;
+            link.quit().await;
         }
         Err(err) => {
             warn!(target: "sluice::filters", stage = %settings.stage, address = address.as_str(), error = %err,
@@ -119,7 +121,7 @@ impl StageFactory for MilterFactory {
     fn instantiate(&self, context: &MessageContext) -> Result<Box<dyn Stage>, StageError> {
         let conn = match context.session.take::<Kept>(self.slot) {
             Some(Kept::Open { link, helo }) if link.state() == LinkState::Ready => {
-                Conn::Open { link, helo, reused: true }
+                Conn::Open { link, helo, reuse: Reuse::AbortDue }
             }
             Some(Kept::Decided(verdict)) => Conn::Decided(verdict),
             _ => Conn::Fresh,
@@ -130,6 +132,7 @@ impl StageFactory for MilterFactory {
             session: context.session.clone(),
             transaction_id: context.transaction_id.clone(),
             conn,
+            peer: None,
             subject: None,
             held: Vec::new(),
             body: BodyFeed::Feeding,
@@ -149,12 +152,24 @@ enum Kept {
 enum Conn {
     /// None yet: opened at the connect event.
     Fresh,
-    /// `reused`: it served an earlier transaction, which SMFIC_ABORT ends before this one's MAIL.
-    Open { link: Link, helo: Option<String>, reused: bool },
+    /// `helo`: the HELO name the milter has seen on it.
+    Open { link: Link, helo: Option<String>, reuse: Reuse },
     /// The milter answered for the whole connection: every transaction gets this.
     Decided(Verdict),
     /// It failed during this transaction.
     Lost,
+}
+
+/// How far this transaction has used a connection kept from an earlier one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reuse {
+    /// Opened for this transaction, or kept and since answered on: it works.
+    Proven,
+    /// Kept: SMFIC_ABORT ends the earlier transaction before this one's first command.
+    AbortDue,
+    /// Aborted, no answer yet: if the milter closed it while the session was idle, a new one
+    /// is opened instead.
+    Unproven,
 }
 
 /// Whether body chunks still go to the milter.
@@ -171,6 +186,8 @@ struct MilterStage {
     session: SessionSlots,
     transaction_id: String,
     conn: Conn,
+    /// The client, from the connect event (for a connection opened anew).
+    peer: Option<SocketAddr>,
     /// The message's Subject, for `quarantine = "tag"`.
     subject: Option<String>,
     /// The body as it came, while `replace_body` holds it back.
@@ -190,12 +207,6 @@ impl Drop for MilterStage {
     }
 }
 
-/// The macro stage code of a command, as SMFIC_MACRO names it.
-fn macros(for_command: u8, pairs: Vec<(String, String)>) -> Command {
-    let macros = pairs.into_iter().map(|(name, value)| (name.into_bytes(), value.into_bytes())).collect();
-    Command::Macros { for_command, macros }
-}
-
 impl MilterStage {
     fn failed(&self, err: LinkError) -> StageError {
         match err {
@@ -211,26 +222,80 @@ impl MilterStage {
         }
     }
 
-    /// Sends `command` (after its macros) unless the milter asked to skip it (`skip`), and
-    /// returns its answer unless it asked for none (`no_reply`).
+    /// Sends `commands` (a command after its macros) unless the milter asked to skip the command
+    /// (`skip`), and returns its answer unless it asked for none (`no_reply`). On a kept
+    /// connection, SMFIC_ABORT goes first; if the milter closed that connection while the session
+    /// was idle, the exchange is made once more on a new one.
     async fn exchange(
         &mut self,
         skip: Protocol,
         no_reply: Protocol,
         commands: &[Command],
     ) -> Result<Option<Reply>, StageError> {
-        let link = self.link()?;
+        let reuse = match &self.conn {
+            Conn::Open { reuse, .. } => *reuse,
+            _ => Reuse::Proven,
+        };
+        match self.try_exchange(skip, no_reply, commands).await {
+            Err(LinkError::Closed | LinkError::Io(_)) if reuse != Reuse::Proven => {
+                debug!(target: "sluice::filters", stage = %self.settings.stage, "kept milter connection was closed; reconnecting");
+                self.reopen().await?;
+                self.try_exchange(skip, no_reply, commands).await.map_err(|err| self.lose(err))
+            }
+            result => result.map_err(|err| self.lose(err)),
+        }
+    }
+
+    async fn try_exchange(
+        &mut self,
+        skip: Protocol,
+        no_reply: Protocol,
+        commands: &[Command],
+    ) -> Result<Option<Reply>, LinkError> {
+        let Conn::Open { link, reuse, .. } = &mut self.conn else { return Err(LinkError::Broken) };
+        if *reuse == Reuse::AbortDue {
+            link.tell(&[Command::Abort]).await?;
+            *reuse = Reuse::Unproven;
+        }
         if link.wants(skip) {
             return Ok(None);
         }
-        let result = match link.wants(no_reply) {
-            true => link.tell(commands).await.map(|()| None),
-            false => match link.ask(commands).await {
-                Ok(()) => link.answer().await.map(Some),
-                Err(err) => Err(err),
-            },
+        let answer = match link.wants(no_reply) {
+            true => {
+                link.tell(commands).await?;
+                None
+            }
+            false => {
+                link.ask(commands).await?;
+                Some(link.answer().await?)
+            }
         };
-        result.map_err(|err| self.lose(err))
+        // A packet written and taken, or answered: the connection works. (A milter that closed
+        // it would have failed the write or the read, or the next exchange's.)
+        if answer.is_some() {
+            *reuse = Reuse::Proven;
+        }
+        Ok(answer)
+    }
+
+    /// A new connection in place of a kept one the milter closed: CONNECT and HELO again. (Boxed:
+    /// it is called from within an exchange, and makes exchanges itself, on a new connection.)
+    fn reopen(&mut self) -> BoxFuture<'_, Result<(), StageError>> {
+        Box::pin(async move {
+            let helo = match std::mem::replace(&mut self.conn, Conn::Fresh) {
+                Conn::Open { helo, .. } => helo,
+                _ => None,
+            };
+            let peer = self.peer.ok_or_else(|| self.protocol("no client to connect for".into()))?;
+            let mut verdict = self.connect(peer).await?;
+            if let (Verdict::Continue, Some(name)) = (&verdict, helo) {
+                verdict = self.helo(&name).await?;
+            }
+            match verdict {
+                Verdict::Continue => Ok(()),
+                other => Err(self.protocol(format!("answered {} on a new connection", other.summary()))),
+            }
+        })
     }
 
     /// The link failed: it is dropped, and so is the failure's cause into a stage error.
@@ -240,24 +305,16 @@ impl MilterStage {
     }
 
     async fn connect(&mut self, peer: SocketAddr) -> Result<Verdict, StageError> {
+        self.peer = Some(peer);
         let settings = self.settings.clone();
         let link = Link::open(&settings.address, settings.timeout, settings.offer()).await.map_err(|e| self.lose(e))?;
         debug!(target: "sluice::filters", stage = %settings.stage, version = link.agreed.version,
             actions = link.agreed.actions.names().join(",").as_str(),
             protocol = link.agreed.protocol.names().join(",").as_str(), "milter negotiated");
-        self.conn = Conn::Open { link, helo: None, reused: false };
+        self.conn = Conn::Open { link, helo: None, reuse: Reuse::Proven };
         let address = peer.ip().to_canonical();
         let family = if address.is_ipv4() { Family::Inet4 } else { Family::Inet6 };
-        let mut pairs = vec![
-            ("j".to_string(), settings.hostname.clone()),
-            ("{daemon_name}".to_string(), "sluice".to_string()),
-            ("{client_addr}".to_string(), address.to_string()),
-            ("{client_name}".to_string(), "unknown".to_string()),
-        ];
-        for (name, value) in &settings.macros {
-            pairs.retain(|(n, _)| n != name);
-            pairs.push((name.clone(), value.clone()));
-        }
+        let pairs = translate::connect_macros(&settings.hostname, &address.to_string(), &settings.macros);
         let connect = Command::Connect {
             hostname: b"unknown".to_vec(),
             family,
@@ -277,28 +334,13 @@ impl MilterStage {
         Ok(verdict)
     }
 
-    /// The verdict an answer stands for.
-    fn verdict(&self, answer: Option<Reply>, phase: Phase) -> Result<Verdict, StageError> {
+    /// The verdict an answer stands for; an answer out of place loses the link, which is then
+    /// out of step with the milter.
+    fn verdict(&mut self, answer: Option<Reply>, phase: Phase) -> Result<Verdict, StageError> {
         let Some(answer) = answer else { return Ok(Verdict::Continue) };
-        Ok(match answer {
-            Reply::Continue => Verdict::Continue,
-            Reply::Accept => Verdict::Accept,
-            Reply::Discard => Verdict::Discard,
-            Reply::Reject => Verdict::Reject(match phase {
-                Phase::Envelope => SmtpReply::new(550, "5.7.1", "Command rejected"),
-                Phase::Content => SmtpReply::new(554, "5.7.1", "Message content rejected"),
-            }),
-            Reply::Tempfail => Verdict::Tempfail(SmtpReply::new(451, "4.7.1", "Service unavailable - try again later")),
-            Reply::ReplyCode(text) => {
-                let text = String::from_utf8_lossy(&text);
-                let lines: Vec<String> = text.split('\n').map(|l| l.trim_end_matches('\r').to_string()).collect();
-                match SmtpReply::parse_lines(&lines) {
-                    Some(reply) if reply.is_transient() => Verdict::Tempfail(reply),
-                    Some(reply) if reply.code / 100 == 5 => Verdict::Reject(reply),
-                    _ => return Err(self.protocol(format!("sent a reply code that is not 4xx or 5xx: {text:?}"))),
-                }
-            }
-            other => return Err(self.protocol(format!("answered {} where a verdict was due", other.name()))),
+        translate::verdict(answer, phase).map_err(|why| {
+            self.conn = Conn::Lost;
+            self.protocol(why)
         })
     }
 
@@ -321,13 +363,6 @@ impl MilterStage {
     }
 
     async fn mail(&mut self, from: &str) -> Result<Verdict, StageError> {
-        if let Conn::Open { link, reused, .. } = &mut self.conn {
-            if *reused {
-                *reused = false;
-                let aborted = link.tell(&[Command::Abort]).await;
-                aborted.map_err(|err| self.lose(err))?;
-            }
-        }
         let pairs = vec![
             ("i".to_string(), self.transaction_id.clone()),
             ("{mail_addr}".to_string(), from.to_string()),
@@ -369,20 +404,13 @@ impl MilterStage {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Envelope,
-    Content,
-}
-
 #[async_trait]
 impl Stage for MilterStage {
     fn interests(&self) -> Interests {
         let Conn::Open { link, .. } = &self.conn else { return Interests::ALL };
-        let mut events = vec![StageEvent::Connect, StageEvent::Helo, StageEvent::Headers, StageEvent::End];
-        if !link.wants(Protocol::NO_MAIL) {
-            events.push(StageEvent::Mail);
-        }
+        // Mail always: a kept connection's SMFIC_ABORT goes with the transaction's first command.
+        let mut events =
+            vec![StageEvent::Connect, StageEvent::Helo, StageEvent::Mail, StageEvent::Headers, StageEvent::End];
         if !link.wants(Protocol::NO_RCPT) {
             events.push(StageEvent::Rcpt);
         }
@@ -398,7 +426,10 @@ impl Stage for MilterStage {
             (Conn::Lost, _) => Err(self.protocol("the connection was lost earlier in this transaction".into())),
             (Conn::Fresh, EnvelopeEvent::Connect { peer }) => self.connect(*peer).await,
             (Conn::Fresh, _) => Err(self.protocol("not connected".into())),
-            (Conn::Open { .. }, EnvelopeEvent::Connect { .. }) => Ok(Verdict::Continue),
+            (Conn::Open { .. }, EnvelopeEvent::Connect { peer }) => {
+                self.peer = Some(*peer);
+                Ok(Verdict::Continue)
+            }
             (Conn::Open { .. }, EnvelopeEvent::Helo { name }) => self.helo(&name.clone()).await,
             (Conn::Open { .. }, EnvelopeEvent::MailFrom { address }) => self.mail(&address.clone()).await,
             (Conn::Open { .. }, EnvelopeEvent::RcptTo { address }) => self.rcpt(&address.clone()).await,
@@ -415,9 +446,8 @@ impl Stage for MilterStage {
         }
         let leading_space = self.link()?.wants(Protocol::HEADER_LEADING_SPACE);
         for raw in headers.raw_fields() {
-            let (name, value) = milter_field(raw, leading_space);
-            let answer =
-                self.exchange(Protocol::NO_HEADERS, Protocol::NR_HEADER, &[Command::Header { name, value }]).await?;
+            let field = translate::header(raw, leading_space);
+            let answer = self.exchange(Protocol::NO_HEADERS, Protocol::NR_HEADER, &[field]).await?;
             let verdict = self.verdict(answer, Phase::Content)?;
             if verdict != Verdict::Continue {
                 return Ok(Reaction::verdict(verdict));
@@ -430,11 +460,16 @@ impl Stage for MilterStage {
 
     async fn body(&mut self, chunk: Bytes) -> Result<Reaction, StageError> {
         let verdict = self.feed(&chunk).await?;
-        if self.settings.replace_body {
-            self.held.push(chunk);
-            return Ok(Reaction { body: BodyOutput::Replace(Vec::new()), ..Reaction::verdict(verdict) });
+        if !self.settings.replace_body {
+            return Ok(Reaction::verdict(verdict));
         }
-        Ok(Reaction::verdict(verdict))
+        self.held.push(chunk);
+        // Held until end of message; a verdict now (accept: no end call) lets it go at once.
+        let body = match verdict {
+            Verdict::Continue => Vec::new(),
+            _ => std::mem::take(&mut self.held),
+        };
+        Ok(Reaction { body: BodyOutput::Replace(body), ..Reaction::verdict(verdict) })
     }
 
     async fn end(&mut self) -> Result<Reaction, StageError> {
@@ -444,11 +479,17 @@ impl Stage for MilterStage {
         link.ask(&end).await.map_err(|err| self.lose(err))?;
         let mut changes = Modifications::new(settings.max_message_size);
         let answer = loop {
-            let link = self.link()?;
-            let packet = link.next().await.map_err(|err| self.lose(err))?;
-            if !super::link::is_modification(&packet) {
+            let packet = match self.link()?.next().await {
+                Ok(packet) => packet,
+                Err(err) => return Err(self.lose(err)),
+            };
+            if translate::is_final(&packet) {
                 self.link()?.answered();
                 break packet;
+            }
+            if matches!(packet, Reply::ReplaceBody(_)) {
+                // The body held for the milter is not needed any more.
+                self.held = Vec::new();
             }
             let agreed = self.link()?.agreed;
             changes.add(packet, agreed).map_err(|why| {
@@ -469,47 +510,9 @@ impl Stage for MilterStage {
     }
 }
 
-/// A raw header field as the milter protocol carries it: the name without trailing white space,
-/// and the value after the colon, folds as bare LF (as Sendmail and Postfix send them), without
-/// the final line end and, unless the milter asked for leading space, without the one space
-/// after the colon.
-fn milter_field(raw: &[u8], leading_space: bool) -> (Vec<u8>, Vec<u8>) {
-    let colon = memchr::memchr(b':', raw).unwrap_or(raw.len());
-    let name = raw[..colon].trim_ascii_end().to_vec();
-    let mut value = raw.get(colon + 1..).unwrap_or_default();
-    value = value.strip_suffix(b"\r\n").or_else(|| value.strip_suffix(b"\n")).unwrap_or(value);
-    if !leading_space {
-        value = value.strip_prefix(b" ").unwrap_or(value);
-    }
-    let mut out = Vec::with_capacity(value.len());
-    let mut rest = value;
-    while let Some(at) = memchr::memmem::find(rest, b"\r\n") {
-        out.extend_from_slice(&rest[..at]);
-        out.push(b'\n');
-        rest = &rest[at + 2..];
-    }
-    out.extend_from_slice(rest);
-    (name, out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fields_as_milters_see_them() {
-        let cases: [(&[u8], bool, &[u8], &[u8]); 5] = [
-            (b"Subject: hello\r\n", false, b"Subject", b"hello"),
-            (b"Subject: hello\r\n", true, b"Subject", b" hello"),
-            (b"Subject:hello\r\n", false, b"Subject", b"hello"),
-            (b"X-Long: one\r\n\ttwo\r\n three\r\n", false, b"X-Long", b"one\n\ttwo\n three"),
-            (b"To :  a@x.test\r\n", false, b"To", b" a@x.test"),
-        ];
-        for (raw, leading_space, name, value) in cases {
-            let (n, v) = milter_field(raw, leading_space);
-            assert_eq!((n.as_slice(), v.as_slice()), (name, value), "{:?}", String::from_utf8_lossy(raw));
-        }
-    }
 
     #[test]
     fn the_offer_names_what_sluice_applies() {

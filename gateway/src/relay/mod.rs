@@ -375,7 +375,7 @@ impl RelayClient {
             }
         }
         let wire = self.connect().await?;
-        self.replay(wire, |_| Reply::new(451, "4.4.1", "Next hop changed its answer; try again later")).await
+        self.replay(wire, |_| Reply::new(451, "4.4.1", "Next hop changed its answer; try again later"), |_| false).await
     }
 
     /// Sends the envelope as the chain changed it instead of the client's: the next hop's
@@ -384,6 +384,7 @@ impl RelayClient {
     /// told that the next hop would not take the envelope the filters made.
     async fn start_edited(&mut self, edited: &EditedEnvelope) -> Result<Started, RelayError> {
         let Some(mail) = self.accepted.mail.take() else { return Err(RelayError::Closed) };
+        let original = std::mem::take(&mut self.accepted.to);
         let tail = mail.get("MAIL FROM:<".len() + self.accepted.from.len() + 1..).unwrap_or_default();
         self.accepted.mail = Some(format!("MAIL FROM:<{}>{tail}", edited.mail_from));
         self.accepted.from = edited.mail_from.clone();
@@ -403,22 +404,33 @@ impl RelayClient {
             Some(wire) => wire,
             None => self.connect().await?,
         };
-        self.replay(wire, |refusal| {
+        let refused = |refusal: &Reply| {
             let text = format!("Next hop refused the envelope as the filters changed it: {}", refusal.summary());
             match refusal.is_transient() {
                 true => Reply::new(451, "4.4.1", text),
                 false => Reply::new(554, "5.4.1", text),
             }
-        })
-        .await
+        };
+        self.replay(wire, refused, |to| edited.added(&original, to)).await
     }
 
     /// Replays the accepted envelope on `wire` (XFORWARD, MAIL, RCPTs), pipelined when offered,
     /// then DATA. A refusal of any of it ends the transfer with `refused(reply)`.
-    async fn replay(&mut self, mut wire: Wire, refused: impl Fn(&Reply) -> Reply) -> Result<Started, RelayError> {
+    /// `droppable`: recipients whose refusal leaves them out (a filter added them) rather than
+    /// ending the transfer.
+    async fn replay(
+        &mut self,
+        mut wire: Wire,
+        refused: impl Fn(&Reply) -> Reply,
+        droppable: impl Fn(&str) -> bool,
+    ) -> Result<Started, RelayError> {
         let mail = self.accepted.mail.clone().ok_or(RelayError::Closed)?;
-        if let Some(reply) = self.xforward_then(&mut wire, None).await? {
-            return Ok(Started::Refused(refused(&reply)));
+        if self.xforward_then(&mut wire, None).await?.is_some() {
+            return Ok(Started::Refused(Reply::new(
+                451,
+                "4.4.1",
+                "Next hop refused the client's details; try again later",
+            )));
         }
         let mut lines = vec![mail];
         lines.extend(self.accepted.rcpts.iter().cloned());
@@ -430,7 +442,8 @@ impl RelayClient {
             wire.flush().await?;
         }
         let mut changed = None;
-        for line in &lines {
+        let mut dropped = Vec::new();
+        for (at, line) in lines.iter().enumerate() {
             if !wire.extensions.pipelining {
                 if changed.is_some() {
                     break;
@@ -439,9 +452,19 @@ impl RelayClient {
                 wire.flush().await?;
             }
             let reply = wire.read_reply("replayed envelope").await?;
-            if reply.code != 250 && changed.is_none() {
-                changed = Some(reply);
+            let recipient = at.checked_sub(1).and_then(|n| self.accepted.to.get(n));
+            match recipient {
+                _ if reply.is_positive() || changed.is_some() => {}
+                Some(to) if droppable(to) => {
+                    tracing::warn!(target: "sluice::relay", rcpt = to.as_str(), reply = reply.summary().as_str(), "next hop refused a recipient a filter added; left out");
+                    dropped.push(at - 1);
+                }
+                _ => changed = Some(reply),
             }
+        }
+        for n in dropped.into_iter().rev() {
+            self.accepted.rcpts.remove(n);
+            self.accepted.to.remove(n);
         }
         if let Some(reply) = changed {
             // The connection is dropped here, whatever the pipelined DATA got.

@@ -52,9 +52,9 @@ pub struct Options {
     pub reply_to: Vec<(u8, Vec<u8>)>,
     /// Send `actions` as given even beyond what the MTA offered (default false).
     pub exceed_offer: bool,
-    /// At 'E', before anything else: this many progress packets, each after this pause (a
+    /// Before answering command code X: this many progress packets, each after this pause (a
     /// milter that takes long but says it is working).
-    pub progress_at_eom: Option<(usize, Duration)>,
+    pub progress: Option<(u8, usize, Duration)>,
 }
 
 impl Default for Options {
@@ -66,7 +66,7 @@ impl Default for Options {
             final_reply: packet(b'c', &[]),
             reply_to: Vec::new(),
             exceed_offer: false,
-            progress_at_eom: None,
+            progress: None,
         }
     }
 }
@@ -263,6 +263,13 @@ impl ScriptedMilter {
         self.shared.lock().released = true;
         self.shared.changed.notify_all();
     }
+
+    /// Closes every open connection, as a milter timing out idle clients does.
+    pub fn hang_up(&self) {
+        for (_, stream) in &self.shared.lock().open {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
 }
 
 impl Drop for ScriptedMilter {
@@ -399,14 +406,16 @@ fn serve(stream: TcpStream, number: usize, behaviour: &Behaviour, shared: &Share
 
 /// Writes the reply (if any) to one command under `options`.
 fn answer(code: u8, offered_actions: u32, options: &Options, out: &mut impl Write) -> io::Result<()> {
+    if let Some((_, count, pause)) = options.progress.filter(|(at, _, _)| *at == code) {
+        for _ in 0..count {
+            std::thread::sleep(pause);
+            out.write_all(&packet(b'p', &[]))?;
+            out.flush()?;
+        }
+    }
     let scripted = options.reply_to.iter().find(|(c, _)| *c == code).map(|(_, bytes)| bytes);
     match (code, scripted) {
         (b'E', scripted) => {
-            for _ in 0..options.progress_at_eom.map_or(0, |(count, _)| count) {
-                std::thread::sleep(options.progress_at_eom.map_or(Duration::ZERO, |(_, pause)| pause));
-                out.write_all(&packet(b'p', &[]))?;
-                out.flush()?;
-            }
             for modification in &options.at_eom {
                 out.write_all(modification)?;
             }
