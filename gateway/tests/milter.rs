@@ -6,6 +6,7 @@
 
 mod support;
 
+use support::scripted_hop::{Behaviour as HopBehaviour, ScriptedHop};
 use support::scripted_milter::{cstr, packet, replycode, Behaviour, Options, ScriptedMilter};
 use support::sink::SmtpSink;
 use support::{message, Gateway, SmtpClient};
@@ -167,6 +168,25 @@ fn header_envelope_and_body_changes_reach_the_next_hop() {
         String::from_utf8_lossy(&relayed.data),
         "X-Top: first\r\nSubject: changed\r\nFrom: <a@client.test>\r\nX-Added: by the milter\r\n\r\nbody\r\n"
     );
+}
+
+/// A recipient a milter added that the next hop refuses is left out, with a log line; the others
+/// get the message (the client was told 250 for them before the milter spoke).
+#[test]
+fn a_refused_added_recipient_is_left_out() {
+    let hop = ScriptedHop::start(HopBehaviour::RefuseRecipient("refused"));
+    let at_eom = vec![packet(b'+', &cstr(&[b"<refused@dest.test>"])), packet(b'+', &cstr(&[b"<added@dest.test>"]))];
+    let milter = normal(Options { at_eom, ..Options::default() });
+    let gateway = Gateway::builder().relay_to(hop.port).section(&milter_stage(&milter.address(), "")).start();
+    let mut client = gateway.connect();
+    client.hello();
+    let content = message("added recipients", 1000);
+    assert_eq!(send(&mut client, &content).code, 250);
+    let seen = hop.wait_for("the message", |seen| seen.messages.len() == 1);
+    assert_eq!(seen.messages, vec![content]);
+    assert_eq!(seen.rsets, 1, "the client's envelope reset, the changed one sent");
+    assert_eq!(seen.rcpts, vec!["b@dest.test", "b@dest.test", "added@dest.test"]);
+    gateway.wait_for_log("next hop refused a recipient a filter added; left out");
 }
 
 #[test]

@@ -26,6 +26,8 @@ pub enum Behaviour {
     /// Offers XFORWARD, and answers an XFORWARD line only once the MAIL after it has arrived:
     /// a client that waits for each XFORWARD reply before sending MAIL never gets one.
     XforwardAnsweredAfterMail,
+    /// Refuses RCPT for addresses containing this text (550 5.1.1).
+    RefuseRecipient(&'static str),
 }
 
 /// What the next hop has seen so far.
@@ -45,6 +47,8 @@ pub struct Seen {
     pub messages: Vec<Vec<u8>>,
     /// Data streams that ended without the final dot (the connection closed mid-stream).
     pub cut_streams: usize,
+    /// The recipients of accepted RCPT commands, in order.
+    pub rcpts: Vec<String>,
     /// XFORWARD lines whose MAIL arrived before their reply (`XforwardAnsweredAfterMail`).
     pub pipelined_xforward: usize,
     /// "RSET" arrived inside a data stream: as a line, or glued to the end of a line the
@@ -203,6 +207,20 @@ fn serve(stream: TcpStream, behaviour: &Behaviour, shared: &Shared) -> io::Resul
                 }
                 shared.record(|seen| seen.pipelined_xforward += 1);
                 out.write_all(b"250 2.0.0 Ok\r\n250 2.1.0 Ok\r\n")?;
+            }
+            "RCPT" => {
+                let text = String::from_utf8_lossy(&line).to_string();
+                let to = text.split_once('<').and_then(|(_, rest)| rest.split_once('>')).map_or("", |(to, _)| to);
+                match behaviour {
+                    Behaviour::RefuseRecipient(refused) if to.contains(refused) => {
+                        out.write_all(format!("550 5.1.1 <{to}>: Recipient address rejected\r\n").as_bytes())?
+                    }
+                    _ => {
+                        let to = to.to_string();
+                        shared.record(|seen| seen.rcpts.push(to));
+                        out.write_all(b"250 2.1.5 Ok\r\n")?
+                    }
+                }
             }
             "QUIT" => {
                 shared.record(|seen| seen.quits += 1);
