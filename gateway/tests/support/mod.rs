@@ -12,6 +12,7 @@ pub mod haproxy;
 pub mod logfmt;
 pub mod milters;
 pub mod opendkim;
+pub mod peer_state;
 pub mod postfix;
 pub mod scripted_hop;
 pub mod scripted_milter;

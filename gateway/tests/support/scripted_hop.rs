@@ -6,10 +6,8 @@
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
-
-use super::WAIT;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// How the next hop answers; everything not named here gets a plain 250.
 #[derive(Debug, Clone)]
@@ -65,27 +63,15 @@ struct State {
     open: Vec<(usize, TcpStream)>,
 }
 
-#[derive(Default)]
-struct Shared {
-    state: Mutex<State>,
-    changed: Condvar,
-}
+type Shared = super::peer_state::Shared<State>;
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn record(&self, change: impl FnOnce(&mut Seen)) {
-        change(&mut self.lock().seen);
-        self.changed.notify_all();
+        self.change(|state| change(&mut state.seen));
     }
 
     fn wait_released(&self) {
-        let mut state = self.lock();
-        while !state.released && !state.stopping {
-            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
-        }
+        drop(self.wait_until(Duration::MAX, |state| state.released || state.stopping));
     }
 }
 
@@ -123,7 +109,7 @@ impl ScriptedHop {
                     state.open.push((number, clone));
                 }
                 drop(state);
-                accepting.changed.notify_all();
+                accepting.notify();
                 let (shared, behaviour) = (accepting.clone(), behaviour.clone());
                 std::thread::spawn(move || {
                     let _ = serve(stream, &behaviour, &shared);
@@ -142,20 +128,13 @@ impl ScriptedHop {
 
     /// Waits (up to `WAIT`) until `condition` holds for what was seen; returns that.
     pub fn wait_for(&self, what: &str, condition: impl Fn(&Seen) -> bool) -> Seen {
-        let deadline = Instant::now() + WAIT;
-        let mut state = self.shared.lock();
-        while !condition(&state.seen) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "the scripted next hop never saw {what}; it saw {:?}", state.seen);
-            state = self.shared.changed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
-        }
-        state.seen.clone()
+        let shown = |state: &State| format!("the scripted next hop: {:?}", state.seen);
+        self.shared.wait_for(what, |state| condition(&state.seen), shown).seen.clone()
     }
 
     /// Lets stalled connections read again.
     pub fn release(&self) {
-        self.shared.lock().released = true;
-        self.shared.changed.notify_all();
+        self.shared.change(|state| state.released = true);
     }
 
     /// Closes every open connection like an MTA's idle timeout: 421, then close.
@@ -169,8 +148,7 @@ impl ScriptedHop {
 
 impl Drop for ScriptedHop {
     fn drop(&mut self) {
-        self.shared.lock().stopping = true;
-        self.shared.changed.notify_all();
+        self.shared.change(|state| state.stopping = true);
         // Wakes the accept loop so it sees `stopping`.
         let _ = TcpStream::connect(self.address);
     }
@@ -250,7 +228,7 @@ fn serve(stream: TcpStream, behaviour: &Behaviour, shared: &Shared) -> io::Resul
                     state.seen.messages.push(content);
                     state.seen.messages.len()
                 };
-                shared.changed.notify_all();
+                shared.notify();
                 if let Behaviour::DelayDot(delay) = behaviour {
                     std::thread::sleep(*delay);
                 }

@@ -7,9 +7,9 @@
 
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::WAIT;
 
@@ -147,34 +147,16 @@ struct State {
     threads: Vec<JoinHandle<()>>,
 }
 
-#[derive(Default)]
-struct Shared {
-    state: Mutex<State>,
-    changed: Condvar,
-}
+type Shared = super::peer_state::Shared<State>;
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn record(&self, change: impl FnOnce(&mut Seen)) {
-        change(&mut self.lock().seen);
-        self.changed.notify_all();
+        self.change(|state| change(&mut state.seen));
     }
 
     /// Waits until `done` holds or `timeout` passes; false if the milter is stopping.
-    fn wait_until(&self, timeout: Duration, done: impl Fn(&State) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.lock();
-        while !state.stopping && !done(&state) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            state = self.changed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
-        }
-        !state.stopping
+    fn wait_or_stop(&self, timeout: Duration, done: impl Fn(&State) -> bool) -> bool {
+        !self.wait_until(timeout, |state| state.stopping || done(state)).stopping
     }
 }
 
@@ -227,7 +209,7 @@ impl ScriptedMilter {
                 });
                 state.threads.push(thread);
                 drop(state);
-                accepting.changed.notify_all();
+                accepting.notify();
             }
         });
         ScriptedMilter { port, shared, accept: Some(accept) }
@@ -248,20 +230,13 @@ impl ScriptedMilter {
 
     /// Waits (up to `WAIT`) until `condition` holds for what was seen; returns that.
     pub fn wait_for(&self, what: &str, condition: impl Fn(&Seen) -> bool) -> Seen {
-        let deadline = Instant::now() + WAIT;
-        let mut state = self.shared.lock();
-        while !condition(&state.seen) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "the scripted milter never saw {what}; it saw {}", summary(&state.seen));
-            state = self.shared.changed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
-        }
-        state.seen.clone()
+        let shown = |state: &State| format!("the scripted milter: {}", summary(&state.seen));
+        self.shared.wait_for(what, |state| condition(&state.seen), shown).seen.clone()
     }
 
     /// Lets held connections (`HoldBody`) read and answer again.
     pub fn release(&self) {
-        self.shared.lock().released = true;
-        self.shared.changed.notify_all();
+        self.shared.change(|state| state.released = true);
     }
 
     /// Closes every open connection, as a milter timing out idle clients does.
@@ -281,7 +256,7 @@ impl Drop for ScriptedMilter {
                 let _ = stream.shutdown(Shutdown::Both); // ends blocked reads and writes
             }
         }
-        self.shared.changed.notify_all();
+        self.shared.notify();
         if let Some(accept) = self.accept.take() {
             // Wakes the accept loop so it sees `stopping`; without that it could not be joined.
             if TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), WAIT).is_ok() {
@@ -388,11 +363,11 @@ fn serve(stream: TcpStream, number: usize, behaviour: &Behaviour, shared: &Share
             Behaviour::HoldBody(_) if code == b'B' && !held => {
                 held = true;
                 shared.record(|seen| seen.held += 1);
-                if !shared.wait_until(WAIT, |state| state.released) {
+                if !shared.wait_or_stop(WAIT, |state| state.released) {
                     return Ok(());
                 }
             }
-            Behaviour::SlowBody { delay, .. } if code == b'B' && !shared.wait_until(*delay, |_| false) => {
+            Behaviour::SlowBody { delay, .. } if code == b'B' && !shared.wait_or_stop(*delay, |_| false) => {
                 return Ok(());
             }
             _ => {}
@@ -515,6 +490,6 @@ fn note(number: usize, code: u8, data: &[u8], body: &mut Vec<u8>, shared: &Share
         _ => return None,
     }
     drop(state);
-    shared.changed.notify_all();
+    shared.notify();
     Some(())
 }
