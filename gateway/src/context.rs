@@ -20,6 +20,7 @@ use crate::config::stages::StageKind;
 use crate::config::{self, Config};
 use crate::dns::{Resolver, TxtSource};
 use crate::flow::gate::{FlowRegistry, FlowStats};
+use crate::message_book::MessageBook;
 use crate::metrics::{Metrics, StageLabel};
 use crate::milter::address::MilterAddress;
 use crate::milter::stage::{check as milter_check, MilterFactory, MilterSettings};
@@ -45,6 +46,8 @@ pub struct Context {
     pub flows: Arc<FlowRegistry>,
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<SessionBook>,
+    /// The latest message lines, for the dashboard.
+    pub messages: MessageBook,
     /// Per-client rate windows, kept across reloads.
     pub rates: RateTables,
     pub started: Instant,
@@ -79,6 +82,7 @@ impl Context {
             flows: Arc::new(FlowRegistry::with_stats(flow_stats)),
             metrics,
             sessions: Arc::default(),
+            messages: MessageBook::default(),
             rates: RateTables::default(),
             started: Instant::now(),
             config_path,

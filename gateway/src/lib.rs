@@ -16,6 +16,7 @@ pub mod flow;
 pub mod inbound_tls;
 pub mod logging;
 pub mod maildir;
+pub mod message_book;
 pub mod metrics;
 pub mod milter;
 pub mod next_hop;

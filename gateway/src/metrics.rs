@@ -3,6 +3,8 @@
 //! resumes, relay replies and latency, idle next-hop connections, chain generation and generations
 //! alive, wasm instantiation time. The same counters feed `/stats`.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -146,17 +148,71 @@ impl Default for Metrics {
 }
 
 /// A stage's call counter and latency histogram: handles into the label families, so a call
-/// costs two atomic updates, not two family lookups (a lock, a hash and a String each).
+/// costs two atomic updates, not two family lookups (a lock, a hash and a String each); and its
+/// latest call durations, for the dashboard's quantiles.
 #[derive(Clone, Debug)]
 pub struct StageMeters {
     calls: Counter,
     latency: Histogram,
+    recent: RecentCalls,
 }
 
 impl StageMeters {
     pub fn call(&self, took: Duration) {
         self.calls.inc();
         self.latency.observe(took.as_secs_f64());
+        self.recent.record(took);
+    }
+
+    /// (p50, p99) in milliseconds of the latest calls, None before the first.
+    pub fn recent_quantiles(&self) -> Option<(f64, f64)> {
+        self.recent.quantiles()
+    }
+}
+
+/// Calls kept for the quantiles.
+const RECENT: usize = 1000;
+
+/// The latest call durations of a stage, in microseconds: a fixed ring written without locks
+/// (a racing pair of calls may overwrite one slot; quantiles do not mind).
+#[derive(Clone)]
+pub struct RecentCalls(std::sync::Arc<RecentRing>);
+
+struct RecentRing {
+    next: AtomicUsize,
+    /// u32::MAX: an empty slot.
+    micros: [AtomicU32; RECENT],
+}
+
+impl Default for RecentCalls {
+    fn default() -> RecentCalls {
+        let micros = std::array::from_fn(|_| AtomicU32::new(u32::MAX));
+        RecentCalls(std::sync::Arc::new(RecentRing { next: AtomicUsize::new(0), micros }))
+    }
+}
+
+impl std::fmt::Debug for RecentCalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecentCalls")
+    }
+}
+
+impl RecentCalls {
+    fn record(&self, took: Duration) {
+        let slot = self.0.next.fetch_add(1, Ordering::Relaxed) % RECENT;
+        let micros = u32::try_from(took.as_micros()).unwrap_or(u32::MAX - 1).min(u32::MAX - 1);
+        self.0.micros[slot].store(micros, Ordering::Relaxed);
+    }
+
+    fn quantiles(&self) -> Option<(f64, f64)> {
+        let mut micros: Vec<u32> =
+            self.0.micros.iter().map(|m| m.load(Ordering::Relaxed)).filter(|m| *m != u32::MAX).collect();
+        if micros.is_empty() {
+            return None;
+        }
+        micros.sort_unstable();
+        let at = |q: usize| micros[(micros.len() - 1) * q / 100] as f64 / 1000.0;
+        Some((at(50), at(99)))
     }
 }
 
@@ -185,7 +241,21 @@ impl Metrics {
         StageMeters {
             calls: self.stage_calls.get_or_create(&label).clone(),
             latency: self.stage_latency.get_or_create(&label).clone(),
+            recent: RecentCalls::default(),
         }
+    }
+
+    /// A stage's verdicts by kind and failures by cause, for the dashboard.
+    pub fn stage_outcomes(&self, stage: &str) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+        let verdicts = crate::chain::stage::Verdict::KINDS.iter().map(|kind| {
+            let label = StageVerdictLabel { stage: stage.into(), verdict: kind.to_string() };
+            (kind.to_string(), self.stage_verdicts.get_or_create(&label).get())
+        });
+        let failures = crate::chain::stage::StageError::CAUSES.iter().map(|cause| {
+            let label = StageFailureLabel { stage: stage.into(), cause: cause.to_string() };
+            (cause.to_string(), self.stage_failures.get_or_create(&label).get())
+        });
+        (verdicts.collect(), failures.collect())
     }
 
     pub fn stage_verdict(&self, stage: &str, verdict: &str) {
@@ -224,6 +294,21 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_calls_give_quantiles() {
+        let recent = RecentCalls::default();
+        assert_eq!(recent.quantiles(), None);
+        for ms in 1..=100 {
+            recent.record(Duration::from_millis(ms));
+        }
+        assert_eq!(recent.quantiles(), Some((50.0, 99.0)));
+        // The ring keeps the latest RECENT calls only.
+        for _ in 0..RECENT {
+            recent.record(Duration::from_micros(500));
+        }
+        assert_eq!(recent.quantiles(), Some((0.5, 0.5)));
+    }
 
     #[test]
     fn exposition_has_the_families() {

@@ -1,9 +1,12 @@
 //! The admin HTTP API (hyper, loopback by default): health and readiness, Prometheus metrics,
-//! stats, sessions with their flow state, chain reload and run-time trace switches. Handlers only
-//! read shared state and never hold a lock an SMTP session waits on; reload compiles filters off
-//! the async workers. With a token configured every endpoint but the health probes requires
-//! `Authorization: Bearer TOKEN`.
+//! stats, sessions with their flow state, chain reload and run-time trace switches, and the live
+//! dashboard (`dashboard`: the page, `events`: its feed). Handlers only read shared state and
+//! never hold a lock an SMTP session waits on; reload compiles filters off the async workers.
+//! With a token configured every endpoint but the health probes and the page's static files
+//! requires `Authorization: Bearer TOKEN`. Every write to a client has a deadline.
 
+mod dashboard;
+mod events;
 mod routes;
 pub mod views;
 
@@ -13,9 +16,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -26,6 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::context::Context;
 use crate::server::Shutdown;
+use events::{Feed, WriteDeadline};
 use routes::{route, Route, Routing};
 use views::{ByteCounts, ErrorView, FlowCounts, SessionCounts, StageStats, StatsView, TraceView, TransactionCounts};
 
@@ -33,7 +38,14 @@ struct State {
     token: Option<String>,
     context: Arc<Context>,
     shutdown: Shutdown,
+    feed: Arc<Feed>,
 }
+
+/// What every handler answers: a whole body, or the feed's stream.
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// A write to an admin client that makes no progress for this long ends its connection.
+const WRITE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct AdminApi {
     listener: TcpListener,
@@ -55,7 +67,8 @@ impl AdminApi {
             )
         })?;
         info!(target: "sluice::admin", address = %listener.local_addr()?, "admin API listening");
-        Ok(AdminApi { listener, state: Arc::new(State { token, context, shutdown }) })
+        let feed = Feed::start(context.clone());
+        Ok(AdminApi { listener, state: Arc::new(State { token, context, shutdown, feed }) })
     }
 
     pub async fn run(self) {
@@ -70,7 +83,8 @@ impl AdminApi {
             let state = self.state.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request| handle(state.clone(), request));
-                if let Err(err) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+                let io = TokioIo::new(WriteDeadline::new(stream, WRITE_LIMIT));
+                if let Err(err) = http1::Builder::new().serve_connection(io, service).await {
                     debug!(target: "sluice::admin", %peer, error = %err, "admin connection ended");
                 }
             });
@@ -78,14 +92,14 @@ impl AdminApi {
     }
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body.into()));
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()).boxed_unsync());
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
-fn json(status: StatusCode, view: impl Serialize) -> Response<Full<Bytes>> {
+fn json(status: StatusCode, view: impl Serialize) -> Response<Body> {
     match serde_json::to_string_pretty(&view) {
         Ok(text) => respond(status, "application/json", text + "\n"),
         // Views are plain data; this would be a bug, not a condition to recover from.
@@ -95,11 +109,11 @@ fn json(status: StatusCode, view: impl Serialize) -> Response<Full<Bytes>> {
     }
 }
 
-fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+fn error(status: StatusCode, message: &str) -> Response<Body> {
     json(status, ErrorView { error: message.to_string() })
 }
 
-async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let route = match route(&method, &path) {
@@ -111,6 +125,9 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
         }
         Routing::NotFound => return Ok(error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}"))),
     };
+    if let Route::Dashboard(name) = &route {
+        return Ok(page(name));
+    }
     if !matches!(route, Route::Healthz | Route::Readyz) && !authorized(&state, &request) {
         warn!(target: "sluice::admin", %path, "request with a missing or wrong token");
         return Ok(error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
@@ -142,12 +159,33 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
             Ok(report) => json(StatusCode::OK, &report),
             Err(err) => error(StatusCode::UNPROCESSABLE_ENTITY, &format!("{err:#}")),
         },
+        Route::Events => {
+            let mut response = Response::new(StreamBody::new(state.feed.listen(context)).boxed_unsync());
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Route::Dashboard(_) => unreachable!("served above, without a token"),
         Route::Trace(subsystem, enabled) => match crate::logging::set_trace(&subsystem, enabled) {
             Ok(filter) => json(StatusCode::OK, TraceView { subsystem, enabled, filter }),
             Err(err @ crate::logging::TraceError::Unknown(_)) => error(StatusCode::NOT_FOUND, &err.to_string()),
             Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
         },
     })
+}
+
+/// The dashboard's page or asset, under its Content-Security-Policy.
+fn page(name: &str) -> Response<Body> {
+    let Some(asset) = dashboard::asset(name) else {
+        return error(StatusCode::NOT_FOUND, &format!("no such dashboard file: {name}"));
+    };
+    let mut response = respond(StatusCode::OK, asset.content_type, Bytes::from_static(asset.body));
+    let headers = response.headers_mut();
+    headers.insert("content-security-policy", HeaderValue::from_static(dashboard::CONTENT_SECURITY_POLICY));
+    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    response
 }
 
 fn authorized(state: &State, request: &Request<Incoming>) -> bool {

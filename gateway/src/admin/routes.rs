@@ -12,6 +12,10 @@ pub enum Route {
     Session(String),
     Reload,
     Trace(String, bool),
+    /// The dashboard page ("") or one of its assets.
+    Dashboard(String),
+    /// The dashboard's live feed.
+    Events,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -25,6 +29,9 @@ pub enum Routing {
 pub fn route(method: &Method, path: &str) -> Routing {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let (route, allowed) = match segments.as_slice() {
+        [] | ["dashboard"] => (Route::Dashboard(String::new()), "GET"),
+        ["dashboard", asset] => (Route::Dashboard(asset.to_string()), "GET"),
+        ["events"] => (Route::Events, "GET"),
         ["healthz"] => (Route::Healthz, "GET"),
         ["readyz"] => (Route::Readyz, "GET"),
         ["metrics"] => (Route::Metrics, "GET"),
@@ -55,5 +62,10 @@ mod tests {
         assert_eq!(route(&Method::GET, "/reload"), Routing::WrongMethod("POST"));
         assert_eq!(route(&Method::GET, "/nope"), Routing::NotFound);
         assert_eq!(route(&Method::GET, "/trace/flow/maybe"), Routing::NotFound);
+        assert_eq!(route(&Method::GET, "/"), Routing::Found(Route::Dashboard(String::new())));
+        assert_eq!(route(&Method::GET, "/dashboard/"), Routing::Found(Route::Dashboard(String::new())));
+        assert_eq!(route(&Method::GET, "/dashboard/app.js"), Routing::Found(Route::Dashboard("app.js".into())));
+        assert_eq!(route(&Method::GET, "/events"), Routing::Found(Route::Events));
+        assert_eq!(route(&Method::POST, "/events"), Routing::WrongMethod("GET"));
     }
 }

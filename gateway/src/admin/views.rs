@@ -99,6 +99,56 @@ pub struct QueueView {
     pub bytes: u64,
 }
 
+/// One message line of the transaction log, as the dashboard lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MessageView {
+    pub at_ms: u64,
+    pub transaction: String,
+    pub client: String,
+    pub from: String,
+    pub rcpts: Vec<String>,
+    /// accepted, rejected, tempfailed, discarded or refused.
+    pub result: String,
+    /// The stage that decided, and why.
+    pub stage: Option<String>,
+    pub reason: Option<String>,
+    pub reply: String,
+    pub size: u64,
+    pub duration_ms: u64,
+}
+
+/// `GET /events`, first: the message lines kept so far, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HelloEvent {
+    pub messages: Vec<MessageView>,
+}
+
+/// `GET /events`, every second: the gateway now, and the message lines since the last tick.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TickEvent {
+    pub at_ms: u64,
+    pub stats: StatsView,
+    pub sessions: Vec<SessionView>,
+    pub stages: Vec<StageLive>,
+    pub messages: Vec<MessageView>,
+}
+
+/// One stage of the current chain as the dashboard shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StageLive {
+    pub name: String,
+    pub kind: StageKind,
+    pub generation: u64,
+    pub calls: u64,
+    /// Over its latest 1,000 calls; None before the first.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub verdicts: std::collections::BTreeMap<String, u64>,
+    pub failures: std::collections::BTreeMap<String, u64>,
+    /// In its inboxes over every open session, now.
+    pub queued_bytes: u64,
+}
+
 /// `POST /reload` when it succeeded: the new generation, its stages and what changed.
 pub use crate::reload::ReloadReport;
 

@@ -33,6 +33,9 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Every kind, as `kind` names them.
+    pub const KINDS: [&'static str; 5] = ["continue", "accept", "reject", "tempfail", "discard"];
+
     /// Reject, tempfail and discard end the transaction's fate.
     pub fn is_final(&self) -> bool {
         matches!(self, Verdict::Reject(_) | Verdict::Tempfail(_) | Verdict::Discard)
@@ -210,6 +213,9 @@ pub enum StageError {
 }
 
 impl StageError {
+    /// Every cause, as `cause` names them.
+    pub const CAUSES: [&'static str; 4] = ["failed", "timeout", "malformed", "died"];
+
     /// The failure cause as a metric label.
     pub fn cause(&self) -> &'static str {
         match self {

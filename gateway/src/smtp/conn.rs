@@ -248,7 +248,7 @@ impl Connection {
         let policy = &self.settings.policy;
         if let Err(refusal) = policy.mail(&self.context.rates, self.peer.ip(), self.transactions, Instant::now()) {
             refusal.log(self.peer.ip());
-            record.log(EndedAt::Mail, "refused", &refusal.reply);
+            self.context.messages.push(record.log(EndedAt::Mail, "refused", &refusal.reply));
             return refusal.reply;
         }
         let (transaction, outcome) =
@@ -281,7 +281,7 @@ impl Connection {
             }
         };
         let result = if reply.is_transient() { "tempfailed" } else { "rejected" };
-        record.log(EndedAt::Mail, result, &reply);
+        self.context.messages.push(record.log(EndedAt::Mail, result, &reply));
         reply
     }
 
@@ -400,7 +400,7 @@ impl Connection {
     fn log_message(&mut self, at: EndedAt, result: &str, reply: &Reply) {
         self.context.metrics.transaction(result);
         if let Some(record) = self.record.take() {
-            record.log(at, result, reply);
+            self.context.messages.push(record.log(at, result, reply));
         }
     }
 

@@ -11,6 +11,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tracing::info;
 
 use super::reply::Reply;
+use crate::admin::views::MessageView;
 
 /// Where a transaction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +84,8 @@ impl TransactionLog {
 
     /// Writes the line: `result` (accepted, rejected, tempfailed, discarded, refused) and the reply
     /// the client got.
-    pub fn log(&self, at: EndedAt, result: &str, reply: &Reply) {
+    /// Returns the line as the dashboard lists it.
+    pub fn log(&self, at: EndedAt, result: &str, reply: &Reply) -> MessageView {
         let (stage, reason) = match &self.decided_by {
             Some((stage, reason)) => (Some(stage.as_str()), Some(reason.as_str())),
             None => (None, None),
@@ -111,6 +113,19 @@ impl TransactionLog {
             duration_ms = self.started.elapsed().as_millis() as u64,
             "message"
         );
+        MessageView {
+            at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |t| t.as_millis() as u64),
+            transaction: self.id.clone(),
+            client: self.client.to_string(),
+            from: self.from.clone(),
+            rcpts: self.rcpts.clone(),
+            result: result.to_string(),
+            stage: stage.map(str::to_string),
+            reason: reason.map(str::to_string),
+            reply: reply.summary(),
+            size: self.size,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! `sink` and `postfix` start real next hops.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod browser;
 pub mod certs;
 pub mod clamd;
 pub mod dkim_keys;

@@ -1,0 +1,231 @@
+//! The dashboard's live feed, `GET /events` as Server-Sent Events: a `hello` with the message
+//! lines kept so far, then a `tick` every second with the gateway now (stats, sessions, the
+//! chain's stages) and the message lines since the last tick. One task builds each tick once for
+//! every listener, and only while someone listens; each listener takes ticks from a bounded
+//! queue, and one that falls behind is dropped, never waited for (writes to it also have a
+//! deadline: `WriteDeadline`).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use hyper::body::Frame;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::broadcast;
+use tracing::{info, warn};
+
+use super::views::{HelloEvent, StageLive, TickEvent};
+use crate::context::Context;
+
+/// Ticks a listener may be behind before it is dropped.
+const BEHIND: usize = 4;
+const EVERY: Duration = Duration::from_secs(1);
+
+pub struct Feed {
+    ticks: broadcast::Sender<Bytes>,
+    /// The number of the last message line a tick has sent (`MessageBook`).
+    sent_upto: AtomicU64,
+}
+
+impl Feed {
+    /// The feed, and its task building ticks (ended when the feed is dropped).
+    pub fn start(context: Arc<Context>) -> Arc<Feed> {
+        let (ticks, _) = broadcast::channel(BEHIND);
+        let feed = Arc::new(Feed { ticks, sent_upto: AtomicU64::new(0) });
+        let weak = Arc::downgrade(&feed);
+        tokio::spawn(async move {
+            let mut clock = tokio::time::interval(EVERY);
+            clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                clock.tick().await;
+                let Some(feed) = weak.upgrade() else { return };
+                feed.tick(&context);
+            }
+        });
+        feed
+    }
+
+    fn tick(&self, context: &Context) {
+        let (messages, upto) = context.messages.since(self.sent_upto.load(Ordering::Relaxed));
+        self.sent_upto.store(upto, Ordering::Relaxed);
+        if self.ticks.receiver_count() == 0 {
+            return;
+        }
+        let event = snapshot(context, messages);
+        // Nobody left to send to is no failure.
+        let _ = self.ticks.send(frame("tick", &event));
+    }
+
+    /// A listener's stream: the hello, then every tick until it falls behind.
+    pub fn listen(&self, context: &Context) -> impl Stream<Item = Result<Frame<Bytes>, Infallible>> + Send + use<> {
+        let receiver = self.ticks.subscribe();
+        let hello = HelloEvent { messages: context.messages.upto(self.sent_upto.load(Ordering::Relaxed)) };
+        Self::stream(hello, receiver)
+    }
+
+    fn stream(
+        hello: HelloEvent,
+        receiver: broadcast::Receiver<Bytes>,
+    ) -> impl Stream<Item = Result<Frame<Bytes>, Infallible>> + Send {
+        let first = futures_util::stream::once(std::future::ready(frame("hello", &hello)));
+        let ticks = futures_util::stream::unfold(receiver, |mut receiver| async move {
+            match receiver.recv().await {
+                Ok(tick) => Some((tick, receiver)),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    warn!(target: "sluice::admin", missed, "dashboard client fell behind; dropped");
+                    None
+                }
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        });
+        info!(target: "sluice::admin", "dashboard client listening");
+        first.chain(ticks).map(|bytes| Ok(Frame::data(bytes)))
+    }
+}
+
+/// One SSE frame: `event: NAME`, the JSON on one `data:` line, a blank line.
+fn frame(name: &str, event: &impl Serialize) -> Bytes {
+    let json = serde_json::to_string(event).unwrap_or_else(|err| format!("{{\"error\":\"cannot encode: {err}\"}}"));
+    Bytes::from(format!("event: {name}\ndata: {json}\n\n"))
+}
+
+/// The gateway now, as the dashboard shows it.
+fn snapshot(context: &Context, messages: Vec<super::views::MessageView>) -> TickEvent {
+    let sessions = context.sessions.list();
+    let mut queued: HashMap<&str, u64> = HashMap::new();
+    for queue in sessions.iter().flat_map(|session| &session.queued) {
+        *queued.entry(queue.stage.as_str()).or_default() += queue.bytes;
+    }
+    let generation = context.generation();
+    let chain = context.chain();
+    let stages = chain
+        .stages()
+        .map(|spec| {
+            let (verdicts, failures) = context.metrics.stage_outcomes(&spec.name);
+            let quantiles = spec.meters.recent_quantiles();
+            StageLive {
+                name: spec.name.clone(),
+                kind: spec.kind,
+                generation,
+                calls: context.metrics.stage_totals(&spec.name).0,
+                p50_ms: quantiles.map(|q| q.0),
+                p99_ms: quantiles.map(|q| q.1),
+                verdicts,
+                failures,
+                queued_bytes: queued.get(spec.name.as_str()).copied().unwrap_or(0),
+            }
+        })
+        .collect();
+    let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |t| t.as_millis() as u64);
+    TickEvent { at_ms, stats: super::stats(context), sessions, stages, messages }
+}
+
+/// A connection whose writes must make progress within `limit`: a client that stops reading is
+/// cut off when its socket buffer is full, whatever else happens.
+pub struct WriteDeadline<T> {
+    inner: T,
+    limit: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> WriteDeadline<T> {
+    pub fn new(inner: T, limit: Duration) -> WriteDeadline<T> {
+        WriteDeadline { inner, limit, stalled: None }
+    }
+
+    /// `Pending` from the inner write: starts (or checks) the deadline.
+    fn stall<R>(&mut self, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<R>> {
+        let limit = self.limit;
+        let sleep = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the admin client read nothing for too long",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteDeadline<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending => self.stall(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => self.stall(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn frames_are_one_event_each() {
+        let text = frame("tick", &serde_json::json!({"a": "line\nbreak"}));
+        assert_eq!(&text[..], b"event: tick\ndata: {\"a\":\"line\\nbreak\"}\n\n");
+    }
+
+    #[tokio::test]
+    async fn a_listener_that_falls_behind_is_dropped() {
+        let (ticks, receiver) = broadcast::channel(BEHIND);
+        let mut stream = Box::pin(Feed::stream(HelloEvent { messages: Vec::new() }, receiver));
+        let data = |frame: Option<Result<Frame<Bytes>, Infallible>>| frame.unwrap().unwrap().into_data().unwrap();
+        assert!(data(stream.next().await).starts_with(
+            b"event: hello
+"
+        ));
+        ticks.send(Bytes::from_static(b"one")).unwrap();
+        assert_eq!(&data(stream.next().await)[..], b"one");
+        // More ticks than it may be behind, while it takes none: it is dropped, not waited for.
+        for n in 0..=BEHIND {
+            ticks.send(Bytes::from(format!("tick {n}"))).unwrap();
+        }
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_write_that_makes_no_progress_times_out() {
+        // A duplex pipe with a 16-byte buffer nobody reads from.
+        let (writer, _reader) = tokio::io::duplex(16);
+        let mut limited = WriteDeadline::new(writer, Duration::from_millis(50));
+        let err = limited.write_all(&[0u8; 64]).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    }
+}
