@@ -2,8 +2,8 @@
 //! session paused by a slow stage, message lines once each), its page and assets under their
 //! Content-Security-Policy, and the page itself in a real headless Chromium (support/browser.rs):
 //! a wrong token refused, a session held mid-message shown as paused by `slow`, a delivered
-//! message in the list, a refused reload's error. The screenshot is kept in
-//! target/test-artifacts/dashboard.png.
+//! message in the list, a trace switch, the token in memory only, a refused reload's error. The
+//! screenshot is kept in target/test-artifacts/dashboard.png.
 
 mod support;
 
@@ -175,6 +175,18 @@ fn the_page_shows_who_holds_a_session_what_was_delivered_and_a_refused_reload() 
     client.send(b".\r\n");
     assert_eq!(client.reply().code, 250);
     browser.wait_for_text("#stages tr[data-stage=\"slow\"]", "continue", "slow's verdicts counted");
+
+    // A trace switch, turned on from the page.
+    browser.click(&browser.wait_for("#trace-flow", "the flow trace switch"));
+    browser.wait_for_text("#trace-result", "flow on", "the flow trace switched on");
+    gateway.wait_for_log("trace changed");
+    // The token lives in the page's memory only.
+    let kept =
+        browser.execute("return [localStorage.length, sessionStorage.length, document.cookie, location.href]", vec![]);
+    assert_eq!(kept[0], 0);
+    assert_eq!(kept[1], 0);
+    assert_eq!(kept[2], "");
+    assert!(!kept[3].as_str().unwrap().contains(TOKEN), "{kept}");
 
     // A reload the config refuses: the page shows the gateway's error, naming file and line.
     let config = gateway.dir.path().join("sluice.toml");
