@@ -2,7 +2,7 @@
 //! numbered, so the event stream sends each line once (`since`).
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::admin::views::MessageView;
 
@@ -11,8 +11,9 @@ pub const KEPT: usize = 200;
 
 #[derive(Default)]
 pub struct MessageBook {
-    /// (number, line), oldest first; numbers count from 1.
-    lines: Mutex<VecDeque<(u64, MessageView)>>,
+    /// (number, line), oldest first; numbers count from 1. Shared lines: what is copied under
+    /// the lock, which sessions take to add theirs, is a reference.
+    lines: Mutex<VecDeque<(u64, Arc<MessageView>)>>,
 }
 
 impl MessageBook {
@@ -22,21 +23,27 @@ impl MessageBook {
         if lines.len() == KEPT {
             lines.pop_front();
         }
-        lines.push_back((number, line));
+        lines.push_back((number, Arc::new(line)));
     }
 
     /// The lines numbered up to `mark`, oldest first.
     pub fn upto(&self, mark: u64) -> Vec<MessageView> {
-        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-        lines.iter().filter(|(n, _)| *n <= mark).map(|(_, line)| line.clone()).collect()
+        let shared: Vec<Arc<MessageView>> = {
+            let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+            lines.iter().filter(|(n, _)| *n <= mark).map(|(_, line)| line.clone()).collect()
+        };
+        shared.iter().map(|line| MessageView::clone(line)).collect()
     }
 
     /// The lines numbered above `seen`, oldest first, and the number of the last one (`seen`
     /// when there is none).
     pub fn since(&self, seen: u64) -> (Vec<MessageView>, u64) {
-        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-        let last = lines.back().map_or(seen, |(n, _)| *n);
-        (lines.iter().filter(|(n, _)| *n > seen).map(|(_, line)| line.clone()).collect(), last)
+        let (shared, last): (Vec<Arc<MessageView>>, u64) = {
+            let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+            let last = lines.back().map_or(seen, |(n, _)| *n);
+            (lines.iter().filter(|(n, _)| *n > seen).map(|(_, line)| line.clone()).collect(), last)
+        };
+        (shared.iter().map(|line| MessageView::clone(line)).collect(), last)
     }
 }
 

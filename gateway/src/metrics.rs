@@ -75,6 +75,8 @@ pub struct Metrics {
     pub wasm_instantiation: Histogram,
     /// Per wasm stage: the most linear memory each message's instance grew to.
     pub wasm_memory_peak: Family<StageLabel, Histogram, fn() -> Histogram>,
+    /// Each stage's latest call durations (by name, across generations), for the dashboard.
+    recent_calls: std::sync::Mutex<std::collections::HashMap<String, RecentCalls>>,
 }
 
 impl Default for Metrics {
@@ -101,6 +103,7 @@ impl Default for Metrics {
             chain_generations_alive: Gauge::default(),
             wasm_instantiation: latency(),
             wasm_memory_peak: Family::new_with_constructor(memory),
+            recent_calls: Default::default(),
             registry: Registry::default(),
         };
         registry.register("sessions_open", "SMTP sessions open now", metrics.sessions_current.clone());
@@ -241,19 +244,26 @@ impl Metrics {
         StageMeters {
             calls: self.stage_calls.get_or_create(&label).clone(),
             latency: self.stage_latency.get_or_create(&label).clone(),
-            recent: RecentCalls::default(),
+            recent: self
+                .recent_calls
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(stage.into())
+                .or_default()
+                .clone(),
         }
     }
 
     /// A stage's verdicts by kind and failures by cause, for the dashboard.
     pub fn stage_outcomes(&self, stage: &str) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+        // `get`, not `get_or_create`: looking does not add series to /metrics.
         let verdicts = crate::chain::stage::Verdict::KINDS.iter().map(|kind| {
             let label = StageVerdictLabel { stage: stage.into(), verdict: kind.to_string() };
-            (kind.to_string(), self.stage_verdicts.get_or_create(&label).get())
+            (kind.to_string(), self.stage_verdicts.get(&label).map_or(0, |c| c.get()))
         });
         let failures = crate::chain::stage::StageError::CAUSES.iter().map(|cause| {
             let label = StageFailureLabel { stage: stage.into(), cause: cause.to_string() };
-            (cause.to_string(), self.stage_failures.get_or_create(&label).get())
+            (cause.to_string(), self.stage_failures.get(&label).map_or(0, |c| c.get()))
         });
         (verdicts.collect(), failures.collect())
     }

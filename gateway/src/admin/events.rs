@@ -9,8 +9,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future as _;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,15 +30,17 @@ const EVERY: Duration = Duration::from_secs(1);
 
 pub struct Feed {
     ticks: broadcast::Sender<Bytes>,
-    /// The number of the last message line a tick has sent (`MessageBook`).
-    sent_upto: AtomicU64,
+    /// The number of the last message line a tick has sent (`MessageBook`). Held across a tick's
+    /// taking of new lines and its sending, and across a listener's subscribing and its hello,
+    /// so a line goes to each listener once: in its hello or in a tick, never both.
+    sent_upto: Mutex<u64>,
 }
 
 impl Feed {
     /// The feed, and its task building ticks (ended when the feed is dropped).
     pub fn start(context: Arc<Context>) -> Arc<Feed> {
         let (ticks, _) = broadcast::channel(BEHIND);
-        let feed = Arc::new(Feed { ticks, sent_upto: AtomicU64::new(0) });
+        let feed = Arc::new(Feed { ticks, sent_upto: Mutex::new(0) });
         let weak = Arc::downgrade(&feed);
         tokio::spawn(async move {
             let mut clock = tokio::time::interval(EVERY);
@@ -54,8 +55,9 @@ impl Feed {
     }
 
     fn tick(&self, context: &Context) {
-        let (messages, upto) = context.messages.since(self.sent_upto.load(Ordering::Relaxed));
-        self.sent_upto.store(upto, Ordering::Relaxed);
+        let mut sent_upto = self.sent_upto.lock().unwrap_or_else(|p| p.into_inner());
+        let (messages, upto) = context.messages.since(*sent_upto);
+        *sent_upto = upto;
         if self.ticks.receiver_count() == 0 {
             return;
         }
@@ -66,8 +68,10 @@ impl Feed {
 
     /// A listener's stream: the hello, then every tick until it falls behind.
     pub fn listen(&self, context: &Context) -> impl Stream<Item = Result<Frame<Bytes>, Infallible>> + Send + use<> {
-        let receiver = self.ticks.subscribe();
-        let hello = HelloEvent { messages: context.messages.upto(self.sent_upto.load(Ordering::Relaxed)) };
+        let (receiver, hello) = {
+            let sent_upto = self.sent_upto.lock().unwrap_or_else(|p| p.into_inner());
+            (self.ticks.subscribe(), HelloEvent { messages: context.messages.upto(*sent_upto) })
+        };
         Self::stream(hello, receiver)
     }
 
@@ -104,9 +108,10 @@ fn snapshot(context: &Context, messages: Vec<super::views::MessageView>) -> Tick
     for queue in sessions.iter().flat_map(|session| &session.queued) {
         *queued.entry(queue.stage.as_str()).or_default() += queue.bytes;
     }
-    let generation = context.generation();
-    let chain = context.chain();
-    let stages = chain
+    let settings = context.settings();
+    let generation = settings.generation;
+    let stages = settings
+        .chain
         .stages()
         .map(|spec| {
             let (verdicts, failures) = context.metrics.stage_outcomes(&spec.name);
@@ -125,7 +130,7 @@ fn snapshot(context: &Context, messages: Vec<super::views::MessageView>) -> Tick
         })
         .collect();
     let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |t| t.as_millis() as u64);
-    TickEvent { at_ms, stats: super::stats(context), sessions, stages, messages }
+    TickEvent { at_ms, stats: super::stats_of(context, &settings), sessions, stages, messages }
 }
 
 /// A connection whose writes must make progress within `limit`: a client that stops reading is
@@ -168,6 +173,25 @@ impl<T: AsyncRead + Unpin> AsyncRead for WriteDeadline<T> {
 impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending => self.stall(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+
+    /// Forwarded, so hyper writes a tick from its own buffer rather than copying it first.
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
             Poll::Pending => self.stall(cx),
             ready => {
                 self.stalled = None;

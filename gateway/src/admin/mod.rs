@@ -3,10 +3,12 @@
 //! dashboard (`dashboard`: the page, `events`: its feed). Handlers only read shared state and
 //! never hold a lock an SMTP session waits on; reload compiles filters off the async workers.
 //! With a token configured every endpoint but the health probes and the page's static files
-//! requires `Authorization: Bearer TOKEN`. Every write to a client has a deadline.
+//! requires `Authorization: Bearer TOKEN`; requests from other web pages are refused (`origin`).
+//! Every write to a client has a deadline.
 
 mod dashboard;
 mod events;
+mod origin;
 mod routes;
 pub mod views;
 
@@ -36,6 +38,8 @@ use views::{ByteCounts, ErrorView, FlowCounts, SessionCounts, StageStats, StatsV
 
 struct State {
     token: Option<String>,
+    /// Whether the API listens on loopback (requests must then name it in `Host`).
+    loopback: bool,
     context: Arc<Context>,
     shutdown: Shutdown,
     feed: Arc<Feed>,
@@ -68,7 +72,8 @@ impl AdminApi {
         })?;
         info!(target: "sluice::admin", address = %listener.local_addr()?, "admin API listening");
         let feed = Feed::start(context.clone());
-        Ok(AdminApi { listener, state: Arc::new(State { token, context, shutdown, feed }) })
+        let loopback = address.ip().is_loopback();
+        Ok(AdminApi { listener, state: Arc::new(State { token, loopback, context, shutdown, feed }) })
     }
 
     pub async fn run(self) {
@@ -125,6 +130,13 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
         }
         Routing::NotFound => return Ok(error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}"))),
     };
+    if !matches!(route, Route::Healthz | Route::Readyz) {
+        let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
+        if let Err(refusal) = origin::check(header("host"), header("origin"), state.loopback) {
+            warn!(target: "sluice::admin", %path, "{refusal}");
+            return Ok(error(StatusCode::FORBIDDEN, &refusal.to_string()));
+        }
+    }
     if let Route::Dashboard(name) = &route {
         return Ok(page(name));
     }
@@ -199,10 +211,15 @@ fn authorized(state: &State, request: &Request<Incoming>) -> bool {
 }
 
 fn stats(context: &Context) -> StatsView {
+    stats_of(context, &context.settings())
+}
+
+/// `/stats` for this settings generation (one read of it, so generation and chain agree).
+fn stats_of(context: &Context, settings: &crate::settings::Settings) -> StatsView {
     let metrics = &context.metrics;
     let flow = context.flows.report();
-    let chain = context.chain();
-    let stages = chain
+    let stages = settings
+        .chain
         .stages()
         .map(|spec| {
             let (calls, failures) = metrics.stage_totals(&spec.name);
@@ -212,7 +229,7 @@ fn stats(context: &Context) -> StatsView {
     let by = |result| metrics.transactions_by(result);
     StatsView {
         uptime_seconds: context.started.elapsed().as_secs(),
-        chain_generation: context.generation(),
+        chain_generation: settings.generation,
         sessions: SessionCounts { current: context.sessions.len() as u64, total: metrics.sessions_total.get() },
         transactions: TransactionCounts {
             accepted: by("accepted"),

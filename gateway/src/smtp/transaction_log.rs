@@ -92,10 +92,12 @@ impl TransactionLog {
         };
         let relay_reply = self.relay_reply.as_ref().map(Reply::summary);
         let queue_id = self.relay_reply.as_ref().and_then(next_hop_queue_id);
+        let (client, shown_reply) = (self.client.to_string(), reply.summary());
+        let duration_ms = self.started.elapsed().as_millis() as u64;
         info!(
             target: "sluice::smtp",
             transaction = self.id.as_str(),
-            client = self.client.to_string().as_str(),
+            client = client.as_str(),
             helo = self.helo.as_str(),
             tls = self.tls.as_deref(),
             from = self.from.as_str(),
@@ -107,24 +109,24 @@ impl TransactionLog {
             result,
             stage,
             reason,
-            reply = reply.summary().as_str(),
+            reply = shown_reply.as_str(),
             relay_reply = relay_reply.as_deref(),
             queue_id = queue_id.as_deref(),
-            duration_ms = self.started.elapsed().as_millis() as u64,
+            duration_ms,
             "message"
         );
         MessageView {
             at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |t| t.as_millis() as u64),
             transaction: self.id.clone(),
-            client: self.client.to_string(),
+            client,
             from: self.from.clone(),
             rcpts: self.rcpts.clone(),
             result: result.to_string(),
             stage: stage.map(str::to_string),
             reason: reason.map(str::to_string),
-            reply: reply.summary(),
+            reply: shown_reply,
             size: self.size,
-            duration_ms: self.started.elapsed().as_millis() as u64,
+            duration_ms,
         }
     }
 }

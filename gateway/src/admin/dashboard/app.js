@@ -505,11 +505,14 @@
   }
 
   function wire() {
-    $('token-form').addEventListener('submit', (ev) => {
-      ev.preventDefault();  // no navigation: the CSP forbids form actions, and the token must not reach the URL
+    const connect = () => {
       const t = $('token').value;
       $('token').value = '';
       if (t) start(t);
+    };
+    $('token-submit').addEventListener('click', connect);
+    $('token').addEventListener('keydown', (ev) => {
+      if (ev.key === 'Enter') connect();
     });
     $('session-filter').addEventListener('input', filterSessions);
     $('message-filter').addEventListener('input', messages.filter);
