@@ -285,7 +285,7 @@ impl Metrics {
     /// (calls, failures) of a stage, for /stats.
     pub fn stage_totals(&self, stage: &str) -> (u64, u64) {
         let calls = self.stage_calls.get_or_create(&StageLabel { stage: stage.into() }).get();
-        let failures = ["failed", "timeout", "died"]
+        let failures = crate::chain::stage::StageError::CAUSES
             .iter()
             .map(|cause| {
                 self.stage_failures

@@ -94,6 +94,7 @@ fn the_feed_needs_the_token_and_streams_the_gateway_now() {
     assert!(page.contains("/dashboard/app.js"), "{page}");
     assert_eq!(http(&admin, "GET", "/dashboard/uPlot.iife.min.js", None).0, 200);
     assert_eq!(http(&admin, "GET", "/dashboard/nothing.js", None).0, 404);
+    assert_eq!(http(&admin, "GET", "/favicon.ico", None).0, 204, "the browser's question, answered");
     assert_eq!(http(&admin, "GET", "/events", None).0, 401);
     assert_eq!(http(&admin, "GET", "/events", Some("wrong")).0, 401);
     let mut raw = TcpStream::connect(&admin).unwrap();

@@ -137,8 +137,10 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
             return Ok(error(StatusCode::FORBIDDEN, &refusal.to_string()));
         }
     }
-    if let Route::Dashboard(name) = &route {
-        return Ok(page(name));
+    match &route {
+        Route::Dashboard(name) => return Ok(page(name)),
+        Route::Favicon => return Ok(respond(StatusCode::NO_CONTENT, "image/x-icon", Bytes::new())),
+        _ => {}
     }
     if !matches!(route, Route::Healthz | Route::Readyz) && !authorized(&state, &request) {
         warn!(target: "sluice::admin", %path, "request with a missing or wrong token");
@@ -178,7 +180,7 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
             headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
             response
         }
-        Route::Dashboard(_) => unreachable!("served above, without a token"),
+        Route::Dashboard(_) | Route::Favicon => unreachable!("served above, without a token"),
         Route::Trace(subsystem, enabled) => match crate::logging::set_trace(&subsystem, enabled) {
             Ok(filter) => json(StatusCode::OK, TraceView { subsystem, enabled, filter }),
             Err(err @ crate::logging::TraceError::Unknown(_)) => error(StatusCode::NOT_FOUND, &err.to_string()),

@@ -16,6 +16,7 @@ pub enum Route {
     Dashboard(String),
     /// The dashboard's live feed.
     Events,
+    Favicon,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -30,6 +31,8 @@ pub fn route(method: &Method, path: &str) -> Routing {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let (route, allowed) = match segments.as_slice() {
         [] | ["dashboard"] => (Route::Dashboard(String::new()), "GET"),
+        // What a browser asks for beside the page; answered with no content, not an error.
+        ["favicon.ico"] => (Route::Favicon, "GET"),
         ["dashboard", asset] => (Route::Dashboard(asset.to_string()), "GET"),
         ["events"] => (Route::Events, "GET"),
         ["healthz"] => (Route::Healthz, "GET"),
