@@ -244,6 +244,34 @@ mod tests {
         assert!(stream.next().await.is_none());
     }
 
+    /// Through hyper, as a dashboard client meets it: a listener that stops reading while ticks
+    /// keep coming is cut off, and the ticks never wait for it.
+    #[tokio::test]
+    async fn a_listener_that_stops_reading_is_cut_off() {
+        use http_body_util::{BodyExt, StreamBody};
+        use hyper_util::rt::TokioIo;
+        let (server, client) = tokio::io::duplex(4096);
+        let (_unread, mut requests) = tokio::io::split(client);
+        requests.write_all(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+        let (ticks, receiver) = broadcast::channel(BEHIND);
+        let receiver = Mutex::new(Some(receiver));
+        let service = hyper::service::service_fn(move |_request| {
+            let receiver = receiver.lock().unwrap().take().expect("one request");
+            let body = StreamBody::new(Feed::stream(HelloEvent { messages: Vec::new() }, receiver));
+            std::future::ready(Ok::<_, Infallible>(hyper::Response::new(body.boxed_unsync())))
+        });
+        let io = TokioIo::new(WriteDeadline::new(server, Duration::from_millis(200)));
+        let connection = tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, service));
+        let started = std::time::Instant::now();
+        while !connection.is_finished() {
+            assert!(started.elapsed() < Duration::from_secs(20), "the connection is still open");
+            // A send never waits for a listener, however far behind.
+            let _ = ticks.send(Bytes::from(vec![b'x'; 16 * 1024]));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(connection.await.unwrap().is_err(), "cut off, not ended as if all was sent");
+    }
+
     #[tokio::test]
     async fn a_write_that_makes_no_progress_times_out() {
         // A duplex pipe with a 16-byte buffer nobody reads from.
