@@ -285,15 +285,7 @@ impl Metrics {
     /// (calls, failures) of a stage, for /stats.
     pub fn stage_totals(&self, stage: &str) -> (u64, u64) {
         let calls = self.stage_calls.get_or_create(&StageLabel { stage: stage.into() }).get();
-        let failures = crate::chain::stage::StageError::CAUSES
-            .iter()
-            .map(|cause| {
-                self.stage_failures
-                    .get_or_create(&StageFailureLabel { stage: stage.into(), cause: cause.to_string() })
-                    .get()
-            })
-            .sum();
-        (calls, failures)
+        (calls, self.stage_outcomes(stage).1.values().sum())
     }
 
     pub fn transactions_by(&self, result: &str) -> u64 {

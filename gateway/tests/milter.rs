@@ -324,3 +324,15 @@ fn with_no_mail_step_the_abort_goes_before_the_first_recipient() {
         seen.commands.iter().filter(|(n, c)| *n == 2 && *c != b'D' && *c != b'L').map(|(_, c)| *c).collect();
     assert_eq!(String::from_utf8_lossy(&session), "OCHRTNBEARTNBE");
 }
+
+#[test]
+fn a_message_left_without_recipients_is_discarded() {
+    let milter = normal(Options { at_eom: vec![packet(b'-', &cstr(&[b"<b@dest.test>"]))], ..Options::default() });
+    let gateway = Gateway::builder().section(&milter_stage(&milter.address(), "")).start();
+    let mut client = gateway.connect();
+    client.hello();
+    assert_eq!(send(&mut client, &message("nobody left", 1000)).code, 250);
+    assert!(gateway.delivered().is_empty());
+    let line = gateway.wait_for_log("result=\"discarded\"");
+    assert!(line.contains("stage=\"chain\"") && line.contains("every recipient removed"), "{line}");
+}

@@ -146,8 +146,12 @@ impl<T> WriteDeadline<T> {
         WriteDeadline { inner, limit, stalled: None }
     }
 
-    /// `Pending` from the inner write: starts (or checks) the deadline.
-    fn stall<R>(&mut self, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<R>> {
+    /// A write's outcome: pending starts (or checks) the deadline, anything else ends it.
+    fn progress<R>(&mut self, cx: &mut TaskContext<'_>, outcome: Poll<std::io::Result<R>>) -> Poll<std::io::Result<R>> {
+        if outcome.is_ready() {
+            self.stalled = None;
+            return outcome;
+        }
         let limit = self.limit;
         let sleep = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
         match sleep.as_mut().poll(cx) {
@@ -172,13 +176,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for WriteDeadline<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Pending => self.stall(cx),
-            ready => {
-                self.stalled = None;
-                ready
-            }
-        }
+        let outcome = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.progress(cx, outcome)
     }
 
     /// Forwarded, so hyper writes a tick from its own buffer rather than copying it first.
@@ -191,23 +190,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
         cx: &mut TaskContext<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Pending => self.stall(cx),
-            ready => {
-                self.stalled = None;
-                ready
-            }
-        }
+        let outcome = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progress(cx, outcome)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
-        match Pin::new(&mut self.inner).poll_flush(cx) {
-            Poll::Pending => self.stall(cx),
-            ready => {
-                self.stalled = None;
-                ready
-            }
-        }
+        let outcome = Pin::new(&mut self.inner).poll_flush(cx);
+        self.progress(cx, outcome)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {

@@ -190,6 +190,11 @@ impl Interests {
         Interests(events.iter().fold(0, |bits, &event| bits | Self::bit(event)))
     }
 
+    /// These interests without `event`.
+    pub fn without(self, event: StageEvent) -> Interests {
+        Interests(self.0 & !Self::bit(event))
+    }
+
     pub fn wants(self, event: StageEvent) -> bool {
         self.0 & Self::bit(event) != 0
     }
@@ -298,5 +303,7 @@ mod tests {
         assert!(headers_only.wants(StageEvent::Headers) && headers_only.wants(StageEvent::End));
         assert!(!headers_only.wants(StageEvent::Body) && !headers_only.wants(StageEvent::Connect));
         assert!(Interests::ALL.wants(StageEvent::Rcpt));
+        let no_body = Interests::ALL.without(StageEvent::Body);
+        assert!(!no_body.wants(StageEvent::Body) && no_body.wants(StageEvent::End));
     }
 }

@@ -119,8 +119,10 @@ impl MilterFactory {
 
 impl StageFactory for MilterFactory {
     fn instantiate(&self, context: &MessageContext) -> Result<Box<dyn Stage>, StageError> {
+        let mut interests = Interests::ALL;
         let conn = match context.session.take::<Kept>(self.slot) {
             Some(Kept::Open { link, helo }) if link.state() == LinkState::Ready => {
+                interests = interests_of(&link, self.settings.replace_body);
                 Conn::Open { link, helo, reuse: Reuse::AbortDue }
             }
             Some(Kept::Decided(verdict)) => Conn::Decided(verdict),
@@ -132,12 +134,26 @@ impl StageFactory for MilterFactory {
             session: context.session.clone(),
             transaction_id: context.transaction_id.clone(),
             conn,
+            interests,
             peer: None,
             subject: None,
             held: Vec::new(),
             body: BodyFeed::Feeding,
         }))
     }
+}
+
+/// The events a stage on `link` is called for (asked once a link is open, not per event). Mail
+/// always: a kept connection's SMFIC_ABORT goes with the transaction's first command.
+fn interests_of(link: &Link, replace_body: bool) -> Interests {
+    let mut interests = Interests::ALL;
+    if link.wants(Protocol::NO_RCPT) {
+        interests = interests.without(StageEvent::Rcpt);
+    }
+    if link.wants(Protocol::NO_BODY) && !replace_body {
+        interests = interests.without(StageEvent::Body);
+    }
+    interests
 }
 
 /// What a session keeps of its milter between transactions.
@@ -186,6 +202,8 @@ struct MilterStage {
     session: SessionSlots,
     transaction_id: String,
     conn: Conn,
+    /// What the open link's negotiation leaves to call the stage for.
+    interests: Interests,
     /// The client, from the connect event (for a connection opened anew).
     peer: Option<SocketAddr>,
     /// The message's Subject, for `quarantine = "tag"`.
@@ -311,6 +329,7 @@ impl MilterStage {
         debug!(target: "sluice::filters", stage = %settings.stage, version = link.agreed.version,
             actions = link.agreed.actions.names().join(",").as_str(),
             protocol = link.agreed.protocol.names().join(",").as_str(), "milter negotiated");
+        self.interests = interests_of(&link, settings.replace_body);
         self.conn = Conn::Open { link, helo: None, reuse: Reuse::Proven };
         let address = peer.ip().to_canonical();
         let family = if address.is_ipv4() { Family::Inet4 } else { Family::Inet6 };
@@ -407,17 +426,10 @@ impl MilterStage {
 #[async_trait]
 impl Stage for MilterStage {
     fn interests(&self) -> Interests {
-        let Conn::Open { link, .. } = &self.conn else { return Interests::ALL };
-        // Mail always: a kept connection's SMFIC_ABORT goes with the transaction's first command.
-        let mut events =
-            vec![StageEvent::Connect, StageEvent::Helo, StageEvent::Mail, StageEvent::Headers, StageEvent::End];
-        if !link.wants(Protocol::NO_RCPT) {
-            events.push(StageEvent::Rcpt);
+        match &self.conn {
+            Conn::Open { .. } => self.interests,
+            _ => Interests::ALL,
         }
-        if self.settings.replace_body || !link.wants(Protocol::NO_BODY) {
-            events.push(StageEvent::Body);
-        }
-        Interests::of(&events)
     }
 
     async fn envelope(&mut self, event: &EnvelopeEvent) -> Result<Verdict, StageError> {

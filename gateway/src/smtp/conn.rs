@@ -335,19 +335,9 @@ impl Connection {
         if let Some(record) = &mut self.record {
             record.message_id = message_id;
         }
+        let (outcome, edited) = with_edited_envelope(outcome, &envelope);
         let (result, reply) = match outcome {
-            ContentOutcome::Deliver(mut spool, changes) => {
-                let edited = envelope_edit::apply(&envelope.mail_from, &envelope.rcpt_to, &changes);
-                if edited.as_ref().is_some_and(|e| e.recipients.is_empty()) {
-                    unless(deadline, self.next_hop.reset()).await;
-                    info!(target: "sluice::filters", "every recipient removed by the chain: message discarded");
-                    if let Some(record) = &mut self.record {
-                        record.decided_by = Some(("chain".into(), "every recipient removed".into()));
-                    }
-                    let reply = Reply::new(250, "2.0.0", "Ok");
-                    self.log_message(EndedAt::Data, "discarded", &reply);
-                    return Some(reply);
-                }
+            ContentOutcome::Deliver(mut spool, _) => {
                 let started = Instant::now();
                 let delivery = self.next_hop.deliver(&envelope.mail_from, edited.as_ref(), &mut spool, deadline).await;
                 let Delivery::Answered(reply) = delivery else {
@@ -517,6 +507,22 @@ async fn unless<T>(deadline: &CancellationToken, work: impl Future<Output = T>) 
     tokio::select! {
         done = work => Some(done),
         _ = deadline.cancelled() => None,
+    }
+}
+
+/// The envelope as the chain's stages changed it, for a message to deliver; one left without
+/// recipients is the chain's discard, answered like any other.
+fn with_edited_envelope(
+    outcome: ContentOutcome,
+    envelope: &Envelope,
+) -> (ContentOutcome, Option<envelope_edit::EditedEnvelope>) {
+    let ContentOutcome::Deliver(spool, changes) = outcome else { return (outcome, None) };
+    match envelope_edit::apply(&envelope.mail_from, &envelope.rcpt_to, &changes) {
+        Some(edited) if edited.recipients.is_empty() => {
+            let reason = "every recipient removed".to_string();
+            (ContentOutcome::Decided { stage: "chain".into(), verdict: Verdict::Discard, reason }, None)
+        }
+        edited => (ContentOutcome::Deliver(spool, changes), edited),
     }
 }
 
