@@ -18,7 +18,7 @@ use tracing::{debug, info, trace, warn};
 use super::command::MailParams;
 use super::deadline::{Expiry, ReadClock};
 use super::reply::Reply;
-use super::session::{Envelope, Hello, Request, Session, Step};
+use super::session::{Envelope, Hello, Phase, Request, Session, Step};
 use super::transaction_log::{EndedAt, TransactionLog};
 use crate::chain::envelope_edit;
 use crate::chain::runner::{ContentOutcome, ContentRun, Finished};
@@ -417,9 +417,10 @@ impl Connection {
                 Ok(Ok(0)) | Ok(Err(_)) => Ok(false),
                 Ok(Ok(n)) => {
                     self.clock.received(n, Instant::now());
-                    // Acknowledge at once: a client with Nagle on (smtp-source, many MTAs) holds
-                    // its final ".\r\n" until our ACK, and a delayed ACK costs it 40 ms a message.
-                    if let Some(tcp) = self.stream.tcp() {
+                    // Acknowledge message bytes at once: a client with Nagle on (smtp-source,
+                    // many MTAs) holds its final ".\r\n" until our ACK, and a delayed ACK costs
+                    // it 40 ms a message. A command needs none: our reply carries the ACK.
+                    if let (Some(tcp), Phase::Content) = (self.stream.tcp(), self.session.phase()) {
                         let _ = socket2::SockRef::from(tcp).set_tcp_quickack(true);
                     }
                     tracing::trace!(target: "sluice::io", bytes = n, buffered = self.input.len(), "read");
