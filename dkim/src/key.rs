@@ -30,7 +30,15 @@ pub enum KeyError {
     Encode(String),
     #[error("cannot sign: {0}")]
     Sign(String),
+    /// A key file holding no usable key: what it holds instead.
+    #[error("{0}; {EXPECTED_KEY}")]
+    NotAKey(String),
 }
+
+/// What a key file must hold, for the errors about one that does not.
+const EXPECTED_KEY: &str = "expected an unencrypted PEM private key: RSA (\"BEGIN RSA PRIVATE KEY\", PKCS#1, \
+     or \"BEGIN PRIVATE KEY\", PKCS#8) or Ed25519 (\"BEGIN PRIVATE KEY\", PKCS#8), as `sluice dkim keygen` \
+     and `openssl genpkey` write";
 
 /// A private key that signs.
 pub enum SigningKey {
@@ -67,6 +75,16 @@ impl SigningKey {
         }
     }
 
+    /// Reads the bytes of a key file; a file holding no usable key is `NotAKey`, saying what it
+    /// holds instead (for the operator who configured it).
+    pub fn from_pem_file(bytes: &[u8]) -> Result<SigningKey, KeyError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| KeyError::NotAKey("is not text".into()))?;
+        SigningKey::from_pem(text).map_err(|err| match err {
+            KeyError::Unrecognised => KeyError::NotAKey(what_pem_holds(text)),
+            other => other,
+        })
+    }
+
     /// A new RSA key of `bits` bits, from the operating system's random source.
     pub fn generate_rsa(bits: usize) -> Result<SigningKey, KeyError> {
         if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
@@ -95,6 +113,15 @@ impl SigningKey {
         pem.map(|pem| pem.to_string()).map_err(|e| KeyError::Encode(e.to_string()))
     }
 
+    /// The key as PKCS#8 DER, for a native signer to load it (the gateway's, with ring).
+    pub fn to_pkcs8_der(&self) -> Result<Vec<u8>, KeyError> {
+        let der = match self {
+            SigningKey::Rsa(key) => key.to_pkcs8_der(),
+            SigningKey::Ed25519(key) => KeypairBytes { secret_key: key.to_bytes(), public_key: None }.to_pkcs8_der(),
+        };
+        der.map(|der| der.as_bytes().to_vec()).map_err(|e| KeyError::Encode(e.to_string()))
+    }
+
     pub fn algorithm(&self) -> Algorithm {
         match self {
             SigningKey::Rsa(_) => Algorithm::RsaSha256,
@@ -115,9 +142,14 @@ impl SigningKey {
         self.rsa_bits().is_some_and(|bits| bits < WEAK_RSA_BITS)
     }
 
-    /// Signs a SHA-256 digest: RSASSA-PKCS1-v1_5, or for Ed25519 PureEd25519 over the digest
-    /// (RFC 8463 §3).
-    pub(crate) fn sign_digest(&self, digest: &[u8]) -> Result<Vec<u8>, KeyError> {
+    /// Signs `data`: its SHA-256 digest with RSASSA-PKCS1-v1_5, or for Ed25519 PureEd25519 over
+    /// the digest (RFC 8463 §3).
+    pub fn sign(&self, data: &[u8]) -> Result<Vec<u8>, KeyError> {
+        use sha2::Digest as _;
+        self.sign_digest(&sha2::Sha256::digest(data))
+    }
+
+    fn sign_digest(&self, digest: &[u8]) -> Result<Vec<u8>, KeyError> {
         use ed25519_dalek::Signer as _;
         match self {
             SigningKey::Rsa(key) => {
@@ -134,6 +166,19 @@ impl SigningKey {
             SigningKey::Ed25519(key) => (KeyType::Ed25519, PublicKey::Ed25519(key.verifying_key())),
         };
         KeyRecord { key_type, public_key: Some(public_key), hashes: None, testing: false, strict_identity: false }
+    }
+}
+
+/// What a PEM file that is no usable key holds, from its first `BEGIN` line.
+fn what_pem_holds(text: &str) -> String {
+    let label = text.lines().find_map(|line| line.trim().strip_prefix("-----BEGIN ")?.strip_suffix("-----"));
+    match label {
+        None => "has no PEM \"-----BEGIN ...-----\" line".into(),
+        Some("ENCRYPTED PRIVATE KEY") => "holds an encrypted key (\"ENCRYPTED PRIVATE KEY\")".into(),
+        Some(label @ ("PRIVATE KEY" | "RSA PRIVATE KEY")) => {
+            format!("holds a {label:?} that is neither an RSA nor an Ed25519 key, or is damaged")
+        }
+        Some(label) => format!("holds a PEM {label:?}"),
     }
 }
 

@@ -34,7 +34,7 @@ pub use domain::{address_domain, is_domain_name, mailbox_domains};
 pub use header::{canonicalize_field, field_name, select_fields, split_header_section, HeaderCanon};
 pub use key::{KeyError, SigningKey, MAX_RSA_BITS, MIN_RSA_BITS, WEAK_RSA_BITS};
 pub use key_record::{zone_file_entry, KeyRecord, KeyRecordError, KeyType, PublicKey};
-pub use sign::{default_signed_headers, SignatureField, Signer};
+pub use sign::{default_signed_headers, Key, SignatureField, Signer};
 pub use signature::{Algorithm, Canonicalization, Signature, SignatureError};
 pub use tag_list::{parse_tag_list, TagListError};
 pub use verify::{verify, FailReason, PermErrorReason, Verdict};

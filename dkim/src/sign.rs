@@ -4,12 +4,11 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use sha2::{Digest, Sha256};
 
 use crate::body::{BodyCanon, BodyHash, BodyHashSpec, BodyHasher};
 use crate::header::{field_name, HeaderCanon};
 use crate::key::{KeyError, SigningKey};
-use crate::signature::{header_hash_input, Canonicalization};
+use crate::signature::{header_hash_input, Algorithm, Canonicalization};
 
 /// The header fields signed by default: RFC 6376 §5.4.1's list and the MIME fields, whenever
 /// present. From is always signed, once more than it is present (oversigned), so that no From
@@ -50,8 +49,27 @@ pub fn default_signed_headers() -> Vec<String> {
 const FOLD_COLUMN: usize = 78;
 const NAME: &str = "DKIM-Signature";
 
+/// A private key that signs, wherever it is held: a [`SigningKey`] in this process, or one the
+/// host holds for a filter (`sluice:filter/keys`, which signs natively and never lets the key
+/// into the filter's memory).
+pub trait Key {
+    fn algorithm(&self) -> Algorithm;
+    /// Signs `data`: its SHA-256 digest with RSASSA-PKCS1-v1_5, or PureEd25519 over the digest.
+    fn sign(&self, data: &[u8]) -> Result<Vec<u8>, KeyError>;
+}
+
+impl Key for SigningKey {
+    fn algorithm(&self) -> Algorithm {
+        SigningKey::algorithm(self)
+    }
+
+    fn sign(&self, data: &[u8]) -> Result<Vec<u8>, KeyError> {
+        SigningKey::sign(self, data)
+    }
+}
+
 pub struct Signer {
-    key: SigningKey,
+    key: Box<dyn Key + Send + Sync>,
     domain: String,
     selector: String,
     canonicalization: Canonicalization,
@@ -78,9 +96,9 @@ impl SignatureField {
 
 impl Signer {
     /// A signer with relaxed/relaxed canonicalisation and [`default_signed_headers`].
-    pub fn new(key: SigningKey, domain: &str, selector: &str) -> Signer {
+    pub fn new(key: impl Key + Send + Sync + 'static, domain: &str, selector: &str) -> Signer {
         Signer {
-            key,
+            key: Box::new(key),
             domain: domain.to_string(),
             selector: selector.to_string(),
             canonicalization: Canonicalization { header: HeaderCanon::Relaxed, body: BodyCanon::Relaxed },
@@ -107,10 +125,6 @@ impl Signer {
     pub fn with_expiration(mut self, seconds: u64) -> Signer {
         self.expiration = Some(seconds);
         self
-    }
-
-    pub fn key(&self) -> &SigningKey {
-        &self.key
     }
 
     /// The hasher the body must be streamed through before [`Signer::sign`].
@@ -149,7 +163,7 @@ impl Signer {
         value.word("b=");
         let unsigned = format!("{NAME}: {}\r\n", value.text);
         let input = header_hash_input(self.canonicalization.header, fields, &h, unsigned.as_bytes());
-        let b = STANDARD.encode(self.key.sign_digest(&Sha256::digest(&input))?);
+        let b = STANDARD.encode(self.key.sign(&input)?);
         value.base64(&b);
         Ok(SignatureField { value: value.text })
     }

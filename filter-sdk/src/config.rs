@@ -87,6 +87,12 @@ impl Config {
         self.file(name).ok_or_else(|| ConfigError::file(name, "is required: add it to [stage.files]"))
     }
 
+    /// The private key in the `[stage.files]` entry `name`, held by the host, which signs with
+    /// it (`keys`); an error naming the entry when it is absent or no usable key. Ask in `new`.
+    pub fn key(&self, name: &str) -> Result<crate::keys::HostKey, ConfigError> {
+        crate::keys::key(self, name)
+    }
+
     /// The raw value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
         let index = self.pairs.iter().position(|(k, _)| k == key)?;

@@ -78,6 +78,7 @@
 
 mod config;
 pub mod dns;
+pub mod keys;
 pub mod log;
 mod raw;
 #[cfg(not(target_arch = "wasm32"))]

@@ -2,7 +2,10 @@
 //! section, the body in chunks, the end — honouring verdicts that end calls — and see the verdict,
 //! the changed message and the log lines. (The real host is exercised by the gateway's tests.)
 
+use std::rc::Rc;
+
 use crate::dns::{DnsError, ANSWERS};
+use crate::keys::{NativeKeys, NATIVE};
 use crate::log::{Level, CAPTURED};
 use crate::raw::HEADER_SECTION;
 use crate::{BodyOutput, Config, Event, Filter, Header, HeaderChange, Headers, Reaction, Verdict};
@@ -71,6 +74,17 @@ pub struct TestHost {
     config: Vec<(String, String)>,
     files: Vec<(String, Vec<u8>)>,
     txt: Vec<(String, Result<Vec<String>, DnsError>)>,
+    keys: Option<TestKeys>,
+}
+
+/// The `NativeKeys` a `TestHost` signs with.
+#[derive(Clone)]
+struct TestKeys(Rc<dyn NativeKeys>);
+
+impl std::fmt::Debug for TestKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TestKeys")
+    }
 }
 
 impl TestHost {
@@ -87,6 +101,12 @@ impl TestHost {
     /// A `[stage.files]` entry.
     pub fn file(mut self, name: &str, bytes: impl AsRef<[u8]>) -> TestHost {
         self.files.push((name.into(), bytes.as_ref().to_vec()));
+        self
+    }
+
+    /// How the keys among the files read and sign (the host's `keys`), for filters that sign.
+    pub fn keys(mut self, keys: impl NativeKeys + 'static) -> TestHost {
+        self.keys = Some(TestKeys(Rc::new(keys)));
         self
     }
 
@@ -108,14 +128,16 @@ impl TestHost {
         self
     }
 
-    /// The configuration a filter would be given, files included (for `check_config`).
+    /// The configuration a filter would be given, files included (for `check_config`); it also
+    /// makes this host's DNS answers and keys the ones this thread's filter calls get.
     pub fn to_config(&self) -> Config {
+        ANSWERS.with(|answers| *answers.borrow_mut() = self.txt.iter().cloned().collect());
+        NATIVE.with(|native| *native.borrow_mut() = self.keys.as_ref().map(|keys| keys.0.clone()));
         Config::new(self.config.clone()).with_files(self.files.clone())
     }
 
     /// Runs filter `F` over `message` with this host.
     pub fn run<F: Filter>(&self, message: &TestMessage) -> Result<Outcome, crate::ConfigError> {
-        ANSWERS.with(|answers| *answers.borrow_mut() = self.txt.iter().cloned().collect());
         run_with::<F>(self.to_config(), message)
     }
 }

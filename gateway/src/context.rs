@@ -345,7 +345,7 @@ async fn load_wasm(
         files.insert(name.clone(), bytes);
     }
     let dns = resolver.filter(|_| stage.granted(Capability::Dns));
-    let provisions = Provisions { config: stage.filter_config(), files, dns };
+    let provisions = Provisions::new(stage.filter_config(), files, dns);
     let mut filter = match WasmFilter::load(&stage.name, &path, provisions, limits, cache).await {
         Ok(filter) => filter,
         Err(err @ LoadError::NotGranted { .. }) => {

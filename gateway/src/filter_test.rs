@@ -64,7 +64,7 @@ impl FilterTest {
             Some(path) => Some(Arc::new(ZoneFile::read(path)?) as Arc<dyn TxtSource>),
             None => None,
         };
-        let provisions = Provisions { config: self.config.clone(), files, dns };
+        let provisions = Provisions::new(self.config.clone(), files, dns);
         // The default cache, as the gateway uses it: a filter tried again starts at once.
         let cache = default_cache_dir().and_then(|dir| ComponentCache::open(&dir).ok());
         let filter = match WasmFilter::load(

@@ -215,7 +215,7 @@ fn a_filter_of_an_older_contract_is_told_to_rebuild() {
     let (code, output) = check_config(&config);
     assert_eq!(code, Some(1), "{output}");
     let expected = format!(
-        "sluice: {}:{}: stage \"old\": path: {} was built against sluice:filter@0.1.0, but this Sluice needs sluice:filter@0.2.1: rebuild it against the current SDK (sluice-filter-sdk 0.2)",
+        "sluice: {}:{}: stage \"old\": path: {} was built against sluice:filter@0.1.0, but this Sluice needs sluice:filter@0.2.2: rebuild it against the current SDK (sluice-filter-sdk 0.2)",
         config.display(),
         line_of(&config, "path = \"old"),
         old.display()
@@ -281,7 +281,7 @@ fn filter_test_explains_files_that_are_not_filters_and_its_exit_codes() {
     let (code, output) = filter_test(other.to_str().unwrap(), &eml, &[]);
     assert_eq!(code, Some(2), "{output}");
     let expected = format!(
-        "sluice: {} is not a usable sluice:filter@0.2.1 filter: it does not export sluice:filter/handler: is it a Sluice filter?",
+        "sluice: {} is not a usable sluice:filter@0.2.2 filter: it does not export sluice:filter/handler: is it a Sluice filter?",
         other.display()
     );
     assert_eq!(output.trim_end(), expected);

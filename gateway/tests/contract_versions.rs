@@ -1,6 +1,6 @@
 //! Contract versions: a filter built against `sluice:filter@0.2.0` (raw wit-bindgen, the crate in
-//! `tests/fixtures/contract-0.2.0`, built here) loads and runs in this 0.2.1 host, because 0.2.1
-//! only added interfaces. (A 0.1.0 component is refused with a rebuild hint:
+//! `tests/fixtures/contract-0.2.0`, built here) loads and runs in this 0.2.2 host, because 0.2.1
+//! and 0.2.2 only added interfaces. (A 0.1.0 component is refused with a rebuild hint:
 //! `tests/config_validation.rs`.)
 
 mod support;

@@ -3,7 +3,8 @@
 //! code carrying a second reply (a raw pipelining client and Python's smtplib), header changes
 //! without a name or with values to fold, body output with bare CR/LF and a smuggled transaction
 //! (checked byte by byte at a raw next hop), 20,000 header changes beside a clean session,
-//! 200 MiB of body output from a 4 MiB message, and a filter that drops a chunk and traps.
+//! 200 MiB of body output from a 4 MiB message, a filter that drops a chunk and traps, and one
+//! asking the host for more signatures than a message allows.
 
 mod support;
 
@@ -403,4 +404,29 @@ fn on_error_accept_fails_open_only_while_the_filter_has_changed_nothing() {
     assert_eq!(reply.code, 250, "{}", reply.text());
     gateway.wait_for_log("edited=false");
     assert_eq!(gateway.delivered(), vec![content]);
+}
+
+#[test]
+fn a_filter_gets_at_most_eight_signatures_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    let pem = sluice_dkim::SigningKey::generate_ed25519().unwrap().to_pkcs8_pem().unwrap();
+    std::fs::write(&key, &pem).unwrap();
+    let files = format!("[stage.files]\nkey = \"{}\"", key.display());
+    let stage = faults("signer", "mode = \"sign\"\nat = \"headers\"\ncount = 20\nvalue = \"hash input\"", &files);
+    let gateway = Gateway::builder().section(&stage).start();
+    let mut client = gateway.connect();
+    client.hello();
+    for _ in 0..2 {
+        let reply = client.send_message("a@client.test", &["b@dest.test"], b"Subject: x\r\n\r\nbody\r\n");
+        assert_eq!(reply.code, 250, "{}", reply.text());
+    }
+    client.cmd("QUIT", 221);
+    let delivered = gateway.delivered();
+    assert_eq!(delivered.len(), 2);
+    for message in &delivered {
+        let text = String::from_utf8_lossy(message);
+        // Each message's instance gets its own 8, and the rest are refused without the gateway failing.
+        assert!(text.contains("X-Faults-Signed: 8 signed; refused: at most 8 signatures per message\r\n"), "{text}");
+    }
 }

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Builds the C example filter into $SLUICE_EXAMPLES_OUT/c.wasm (a component of the world
-# sluice:filter/filter@0.2.1). Installs what is missing, once: Debian's clang 14, lld, wasi-libc and
+# sluice:filter/filter@0.2.2). Installs what is missing, once: Debian's clang 14, lld, wasi-libc and
 # the wasm32 compiler-rt (apt), then wit-bindgen-cli, wasm-tools and the WASI adapter into
 # $SLUICE_TOOLS (see ../wasm-tools.sh). Rebuilds only when a source changed.
 set -eu

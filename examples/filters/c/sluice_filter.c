@@ -1,6 +1,6 @@
 /*
  * sluice_filter.c — the glue between the bindings `wit-bindgen c` generates for the world
- * sluice:filter/filter@0.2.1 (filter.h, filter.c) and the plain functions of sluice_filter.h.
+ * sluice:filter/filter@0.2.2 (filter.h, filter.c) and the plain functions of sluice_filter.h.
  *
  * Ownership rules of the generated bindings, handled here once so a filter never has to:
  *  - arguments of exported functions (header lists, body chunks) belong to the callee, which

@@ -1,7 +1,7 @@
 /*
  * sluice_filter.h — write a Sluice mail filter in plain C.
  *
- * Targets the WIT contract sluice:filter@0.2.1, world `filter` (wit/filter.wit). This helper
+ * Targets the WIT contract sluice:filter@0.2.2, world `filter` (wit/filter.wit). This helper
  * (sluice_filter.c) implements the raw bindings that `wit-bindgen c` generates and calls the
  * plain functions you write, with NUL-terminated C strings. You never see the canonical ABI
  * types, and you never free anything the helper gives you.

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Builds the JavaScript example filter: $SLUICE_EXAMPLES_OUT/javascript.wasm, a component of the
-# world sluice:filter/filter@0.2.1 made by ComponentizeJS (SpiderMonkey inside, ~12 MB).
+# world sluice:filter/filter@0.2.2 made by ComponentizeJS (SpiderMonkey inside, ~12 MB).
 # Installs the npm packages pinned by package-lock.json (ComponentizeJS, jco) into the prefix
 # $SLUICE_TOOLS/node once; rebuilds the .wasm only when a source, the WIT or this script changed.
 # Run by examples/filters/build, or on its own (SLUICE_ROOT, SLUICE_TOOLS and SLUICE_EXAMPLES_OUT

@@ -1,4 +1,4 @@
-// Write Sluice mail filters in JavaScript (contract sluice:filter@0.2.1, world `filter`).
+// Write Sluice mail filters in JavaScript (contract sluice:filter@0.2.2, world `filter`).
 //
 // Extend `Filter`, override the hooks you need, and export the class with one line:
 //
@@ -29,9 +29,9 @@
 // This module is the only place that touches the contract's raw types (WIT variants as
 // `{ tag, val }` objects, flags as objects of booleans); filter code never sees them.
 
-import * as host from "sluice:filter/host@0.2.1";
-import * as files from "sluice:filter/files@0.2.1";
-import * as raw from "sluice:filter/raw@0.2.1";
+import * as host from "sluice:filter/host@0.2.2";
+import * as files from "sluice:filter/files@0.2.2";
+import * as raw from "sluice:filter/raw@0.2.2";
 
 // ---------------------------------------------------------------------------------------------
 // Verdicts

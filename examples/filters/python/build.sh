@@ -1,6 +1,6 @@
 #!/bin/sh
 # Builds the Python example filter: $SLUICE_EXAMPLES_OUT/python.wasm, a component of the world
-# sluice:filter/filter@0.2.1 made by componentize-py (CPython inside, ~18 MB).
+# sluice:filter/filter@0.2.2 made by componentize-py (CPython inside, ~18 MB).
 # Installs componentize-py (pinned) into a venv at $SLUICE_TOOLS/python-venv once; rebuilds the
 # .wasm only when a source, the WIT or this script changed. Run by examples/filters/build, or
 # on its own (SLUICE_ROOT, SLUICE_TOOLS and SLUICE_EXAMPLES_OUT default to the checkout and its

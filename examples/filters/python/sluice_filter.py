@@ -1,4 +1,4 @@
-"""Write Sluice mail filters in Python (contract ``sluice:filter@0.2.1``, world ``filter``).
+"""Write Sluice mail filters in Python (contract ``sluice:filter@0.2.2``, world ``filter``).
 
 Subclass :class:`Filter`, override the hooks you need, and export the class with one line::
 

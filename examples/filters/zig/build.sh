@@ -1,6 +1,6 @@
 #!/bin/sh
 # Builds the Zig example filter into $SLUICE_EXAMPLES_OUT/zig.wasm (a component of the world
-# sluice:filter/filter@0.2.1). Installs what is missing, once: Zig 0.15.2 from PyPI's `ziglang`
+# sluice:filter/filter@0.2.2). Installs what is missing, once: Zig 0.15.2 from PyPI's `ziglang`
 # package into a venv at $SLUICE_TOOLS/zig-venv (it bundles clang, lld and wasi-libc), then
 # wit-bindgen-cli, wasm-tools and the WASI adapter into $SLUICE_TOOLS (see ../wasm-tools.sh).
 # Rebuilds only when a source changed.

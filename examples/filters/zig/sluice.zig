@@ -1,6 +1,6 @@
 //! sluice.zig — write a Sluice mail filter in Zig.
 //!
-//! Targets the WIT contract `sluice:filter@0.2.1`, world `filter` (`wit/filter.wit`). The
+//! Targets the WIT contract `sluice:filter@0.2.2`, world `filter` (`wit/filter.wit`). The
 //! bindings come from `wit-bindgen c` (`filter.h`/`filter.c`, compiled by `zig cc`); this
 //! module implements their exports on top of a plain Zig type, so a filter never sees the
 //! canonical ABI types or its ownership rules.

@@ -2,10 +2,9 @@
 //! choices all its signatures share (canonicalisation, signed fields, expiration, whose domain
 //! picks the key), parsed and checked at once, each error naming the key or file at fault.
 
-use sluice_dkim::{Canonicalization, KeyError, Signer, SigningKey};
+use sluice_dkim::{is_domain_name, Algorithm, Canonicalization, Key, KeyError, Signer};
+use sluice_filter_sdk::keys::{self, HostKey};
 use sluice_filter_sdk::{Config, ConfigError};
-
-use sluice_dkim::is_domain_name;
 
 /// Whose domain must be a configured one for a message to be signed (`sign_by`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,9 +17,27 @@ pub enum SignBy {
 pub struct Domain {
     /// Lower case, without a trailing dot: as `d=` and as messages' domains are compared.
     pub name: String,
+    /// What the key in its `[stage.files]` entry is.
+    pub key: keys::KeyInfo,
     /// The `[stage.files]` entry holding the key.
     pub file: String,
     pub signer: Signer,
+}
+
+/// A key the host holds and signs with: its secret never enters the filter.
+struct FilterKey(HostKey);
+
+impl Key for FilterKey {
+    fn algorithm(&self) -> Algorithm {
+        match self.0.info().algorithm {
+            keys::Algorithm::RsaSha256 => Algorithm::RsaSha256,
+            keys::Algorithm::Ed25519Sha256 => Algorithm::Ed25519Sha256,
+        }
+    }
+
+    fn sign(&self, data: &[u8]) -> Result<Vec<u8>, KeyError> {
+        self.0.sign(data).map_err(KeyError::Sign)
+    }
 }
 
 /// The whole configuration.
@@ -32,13 +49,8 @@ pub struct Settings {
 /// The longest `expiration`: well inside the 12 digits RFC 6376 allows `x=`.
 const MAX_EXPIRATION: u64 = 3650 * 86_400;
 
-/// What a key file must hold, for the errors about one that does not.
-const EXPECTED_KEY: &str = "expected an unencrypted PEM private key: RSA (\"BEGIN RSA PRIVATE KEY\", PKCS#1, \
-     or \"BEGIN PRIVATE KEY\", PKCS#8) or Ed25519 (\"BEGIN PRIVATE KEY\", PKCS#8), as `sluice dkim keygen` \
-     and `openssl genpkey` write";
-
 impl Settings {
-    /// Reads and checks every key, loading each signing key from its `[stage.files]` entry.
+    /// Reads and checks every key; each signing key is the host's, from its `[stage.files]` entry.
     pub fn parse(config: &Config) -> Result<Settings, ConfigError> {
         let canonicalization = config.get("canonicalization").map(canonicalization).transpose()?;
         let headers = config.get("headers").map(signed_headers).transpose()?;
@@ -46,7 +58,9 @@ impl Settings {
         let sign_by = config.get("sign_by").map(sign_by).transpose()?.unwrap_or(SignBy::HeaderFrom);
         let mut domains = Vec::new();
         for Entry { domain, selector, file } in entries(config)? {
-            let mut signer = Signer::new(signing_key(&file, &config.require_file(&file)?)?, &domain, &selector);
+            let host_key = config.key(&file)?;
+            let key = host_key.info();
+            let mut signer = Signer::new(FilterKey(host_key), &domain, &selector);
             if let Some(canonicalization) = canonicalization {
                 signer = signer.with_canonicalization(canonicalization);
             }
@@ -56,7 +70,7 @@ impl Settings {
             if let Some(seconds) = expiration {
                 signer = signer.with_expiration(seconds);
             }
-            domains.push(Domain { name: domain, file, signer });
+            domains.push(Domain { name: domain, key, file, signer });
         }
         Ok(Settings { domains, sign_by })
     }
@@ -141,31 +155,6 @@ fn entry(domain_key: &str, domain: &str, selector_key: &str, selector: &str, fil
         selector: selector.trim_end_matches('.').to_string(),
         file: file.to_string(),
     })
-}
-
-/// A signing key from the bytes of `[stage.files] file`.
-fn signing_key(file: &str, pem: &[u8]) -> Result<SigningKey, ConfigError> {
-    let text = std::str::from_utf8(pem).map_err(|_| ConfigError::file(file, format!("is not text; {EXPECTED_KEY}")))?;
-    SigningKey::from_pem(text).map_err(|err| {
-        let message = match err {
-            KeyError::Unrecognised => format!("{}; {EXPECTED_KEY}", what_pem_holds(text)),
-            other => other.to_string(),
-        };
-        ConfigError::file(file, message)
-    })
-}
-
-/// What a PEM file that is no usable key holds, from its first `BEGIN` line.
-fn what_pem_holds(text: &str) -> String {
-    let label = text.lines().find_map(|line| line.trim().strip_prefix("-----BEGIN ")?.strip_suffix("-----"));
-    match label {
-        None => "has no PEM \"-----BEGIN ...-----\" line".into(),
-        Some("ENCRYPTED PRIVATE KEY") => "holds an encrypted key (\"ENCRYPTED PRIVATE KEY\")".into(),
-        Some(label @ ("PRIVATE KEY" | "RSA PRIVATE KEY")) => {
-            format!("holds a {label:?} that is neither an RSA nor an Ed25519 key, or is damaged")
-        }
-        Some(label) => format!("holds a PEM {label:?}"),
-    }
 }
 
 fn canonicalization(raw: &str) -> Result<Canonicalization, ConfigError> {

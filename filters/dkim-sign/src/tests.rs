@@ -5,6 +5,7 @@
 use std::sync::OnceLock;
 
 use sluice_dkim::{verify, BodyHasher, Signature, SigningKey};
+use sluice_filter_sdk::keys::{KeyInfo, NativeKeys};
 use sluice_filter_sdk::log::Level;
 use sluice_filter_sdk::testing::{Outcome, TestHost, TestMessage};
 use sluice_filter_sdk::{check_config, Event, Verdict};
@@ -36,8 +37,31 @@ fn record(pem: &str) -> String {
     SigningKey::from_pem(pem).unwrap().key_record().to_string()
 }
 
+/// Keys read and sign as the gateway's host does (`SigningKey::from_pem_file`; the host signs
+/// RSA with ring, to the same bytes, as its own tests check).
+struct HostLikeKeys;
+
+impl NativeKeys for HostLikeKeys {
+    fn info(&self, pem: &[u8]) -> Result<KeyInfo, String> {
+        let key = SigningKey::from_pem_file(pem).map_err(|err| err.to_string())?;
+        let algorithm = match key.algorithm() {
+            sluice_dkim::Algorithm::RsaSha256 => keys::Algorithm::RsaSha256,
+            sluice_dkim::Algorithm::Ed25519Sha256 => keys::Algorithm::Ed25519Sha256,
+        };
+        Ok(KeyInfo { algorithm, bits: key.rsa_bits().map_or(256, |bits| bits as u32) })
+    }
+
+    fn sign(&self, pem: &[u8], data: &[u8]) -> Result<Vec<u8>, String> {
+        SigningKey::from_pem_file(pem).and_then(|key| key.sign(data)).map_err(|err| err.to_string())
+    }
+}
+
+fn test_host() -> TestHost {
+    TestHost::new().keys(HostLikeKeys)
+}
+
 fn host(pem: &str) -> TestHost {
-    TestHost::new().config("domain", "example.org").config("selector", "s1").file("key", pem)
+    test_host().config("domain", "example.org").config("selector", "s1").file("key", pem)
 }
 
 /// The header section (with its empty line) and the body of `content`.
@@ -153,7 +177,7 @@ fn mail_from_a_foreign_domain_is_let_through_unsigned_at_its_header_section() {
 
 #[test]
 fn several_domains_each_sign_with_their_own_key() {
-    let host = TestHost::new()
+    let host = test_host()
         .config("domains", "example.org s1 org, Example.NET s2 net")
         .file("org", rsa_pem())
         .file("net", ed25519_pem());
@@ -225,16 +249,16 @@ const EXPECTED_KEY: &str = "expected an unencrypted PEM private key: RSA (\"BEGI
 fn every_configuration_error_names_its_key() {
     let ed = ed25519_pem();
     let one = || host(ed);
-    let several = |domains: &str| TestHost::new().config("domains", domains).file("org", ed).file("net", ed);
-    let key = |pem: &[u8]| TestHost::new().config("domain", "example.org").config("selector", "s1").file("key", pem);
+    let several = |domains: &str| test_host().config("domains", domains).file("org", ed).file("net", ed);
+    let key = |pem: &[u8]| test_host().config("domain", "example.org").config("selector", "s1").file("key", pem);
     let table: Vec<(TestHost, String)> = vec![
-        (TestHost::new(), "[stage.config] domain: is required: set domain and selector (the key in [stage.files] key), or domains = \"DOMAIN SELECTOR FILE-NAME, ...\" for several domains".into()),
-        (TestHost::new().config("domain", "example.org"), "[stage.config] selector: is required with domain".into()),
-        (TestHost::new().config("selector", "s1"), "[stage.config] domain: is required with selector".into()),
+        (test_host(), "[stage.config] domain: is required: set domain and selector (the key in [stage.files] key), or domains = \"DOMAIN SELECTOR FILE-NAME, ...\" for several domains".into()),
+        (test_host().config("domain", "example.org"), "[stage.config] selector: is required with domain".into()),
+        (test_host().config("selector", "s1"), "[stage.config] domain: is required with selector".into()),
         (one().config("domains", "example.net s2 net"), "[stage.config] domains: cannot be combined with domain and selector: use domain, selector and [stage.files] key for one domain, or domains alone for several".into()),
-        (TestHost::new().config("domain", "example.org").config("selector", "s1"), "[stage.files] key: is required: add it to [stage.files]".into()),
-        (TestHost::new().config("domain", "exa mple.org").config("selector", "s1"), "[stage.config] domain: \"exa mple.org\" is not a domain name".into()),
-        (TestHost::new().config("domain", "example.org").config("selector", "s/1"), "[stage.config] selector: \"s/1\" is not a selector (dot-separated labels of letters, digits, \"-\" and \"_\")".into()),
+        (test_host().config("domain", "example.org").config("selector", "s1"), "[stage.files] key: is required: add it to [stage.files]".into()),
+        (test_host().config("domain", "exa mple.org").config("selector", "s1"), "[stage.config] domain: \"exa mple.org\" is not a domain name".into()),
+        (test_host().config("domain", "example.org").config("selector", "s/1"), "[stage.config] selector: \"s/1\" is not a selector (dot-separated labels of letters, digits, \"-\" and \"_\")".into()),
         (several("example.org s1"), "[stage.config] domains: \"example.org s1\" is not \"DOMAIN SELECTOR FILE-NAME\" (FILE-NAME a [stage.files] entry)".into()),
         (several("example.org s1 org, EXAMPLE.org s2 net"), "[stage.config] domains: example.org is listed twice".into()),
         (several("example.org s1 org, example.net s2 other"), "[stage.files] other: is required: add it to [stage.files]".into()),

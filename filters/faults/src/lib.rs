@@ -15,10 +15,14 @@
 //! repeated `repeat` times), `body` (replaces the body with `output`, handed over in pieces of
 //! `pieces` bytes; at `end` appends it instead), `grow` (passes every body chunk on `factor`
 //! times) and `drop-then-trap` (drops the first body chunk, then panics at the next call).
+//! `sign` asks the host (`keys`) for `count` signatures of `value` with the key in the
+//! `[stage.files]` entry `file` (default `key`) and reports in an `X-Faults-Signed` header how
+//! many it got and the first refusal, for the host's bounds on what a filter may ask of it.
 //!
 //! `wants` (a comma-separated list of events, default all) sets the filter's interests, and
 //! `when` (a header field name) limits the misbehaviour to messages that carry that field.
 
+use sluice_filter_sdk::keys::HostKey;
 use sluice_filter_sdk::{
     export_filter, log, Config, ConfigError, Event, Filter, Header, HeaderChange, Headers, Interests, Reaction, Verdict,
 };
@@ -40,6 +44,7 @@ const MODES: &[&str] = &[
     "body",
     "grow",
     "drop-then-trap",
+    "sign",
 ];
 const VERDICTS: &[&str] = &["continue", "accept", "reject", "tempfail", "discard"];
 const OPS: &[&str] = &["add", "prepend", "change", "remove"];
@@ -75,6 +80,8 @@ pub struct Faults {
     pieces: usize,
     /// Mode `grow`.
     factor: usize,
+    /// Mode `sign`: the host's key.
+    key: Option<HostKey>,
     /// False until the header section showed the `when` field (always true without `when`).
     armed: bool,
     /// Body chunks answered so far.
@@ -138,7 +145,19 @@ impl Faults {
         match self.mode.as_str() {
             "header" => Reaction { header_changes: self.header_changes(), ..reaction },
             "body" if here == "end" => reaction.replace_body(self.output()),
+            "sign" => reaction.add_header("X-Faults-Signed", self.sign()),
             _ => reaction,
+        }
+    }
+
+    /// Mode `sign`: `count` signatures asked for; how many came and the first refusal.
+    fn sign(&self) -> String {
+        let Some(key) = &self.key else { return "no key".into() };
+        let results: Vec<Result<Vec<u8>, String>> = (0..self.count).map(|_| key.sign(self.value.as_bytes())).collect();
+        let signed = results.iter().filter(|result| result.is_ok()).count();
+        match results.into_iter().find_map(Result::err) {
+            Some(why) => format!("{signed} signed; refused: {why}"),
+            None => format!("{signed} signed"),
         }
     }
 }
@@ -195,7 +214,12 @@ impl Filter for Faults {
                 _ => {}
             }
         }
+        let key = match mode.as_str() {
+            "sign" => Some(config.key(&config.get_or("file", "key".to_string())?)?),
+            _ => None,
+        };
         Ok(Faults {
+            key,
             mode,
             at: one_of(config, "at", AT, "body")?,
             verdict: one_of(config, "verdict", VERDICTS, "continue")?,

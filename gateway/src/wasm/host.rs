@@ -2,8 +2,8 @@
 //! (empty WASI context, resource table, memory limiter, CPU accounting) and the imports: `host`
 //! (`log` into the gateway's `filters` subsystem, the stage's config), `files` (the bytes of the
 //! stage's `[stage.files]`, read by the host at load), `dns` (TXT lookups, for a stage granted
-//! the capability, bounded by what is left of the message's time) and `raw` (the header section
-//! as this stage was given it).
+//! the capability, bounded by what is left of the message's time), `raw` (the header section
+//! as this stage was given it) and `keys` (signing with a key among the files, `keys.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,9 +23,12 @@ pub mod bindings {
     });
 }
 
+use super::keys::{Signing, StageKeys};
 use crate::dns::{LookupError, TxtSource};
 use bindings::sluice::filter::dns::DnsError;
 use bindings::sluice::filter::host::Level;
+use bindings::sluice::filter::keys::{Algorithm as KeyAlgorithm, KeyInfo};
+use sluice_dkim::Algorithm;
 
 /// Log lines a filter may write per message; the rest are dropped (a chatty filter cannot flood).
 const MAX_LOG_LINES: u32 = 100;
@@ -88,8 +91,16 @@ pub struct Provisions {
     /// `[stage.config]`, as `host.config` gives it.
     pub config: Vec<(String, String)>,
     pub files: StageFiles,
+    /// The private keys among `files`, as `keys` signs with them.
+    pub keys: StageKeys,
     /// The resolver, if the stage is granted `dns`.
     pub dns: Option<Arc<dyn TxtSource>>,
+}
+
+impl Provisions {
+    pub fn new(config: Vec<(String, String)>, files: StageFiles, dns: Option<Arc<dyn TxtSource>>) -> Provisions {
+        Provisions { config, files, keys: StageKeys::default(), dns }
+    }
 }
 
 /// Per-message store data.
@@ -101,6 +112,8 @@ pub struct State {
     provisions: Arc<Provisions>,
     /// The header section given at `on-headers`, for `raw.header-section`.
     pub header_section: Vec<u8>,
+    /// This message's signatures so far, against `keys`'s bounds.
+    signing: Signing,
     /// When the message's time runs out (set before each call): a DNS lookup ends before it.
     pub deadline: Option<Instant>,
     /// Epoch ticks the current call has run; reset before every call.
@@ -123,6 +136,7 @@ impl State {
             limits: MeteredLimits::new(limits),
             provisions,
             header_section: Vec::new(),
+            signing: Signing::default(),
             deadline: None,
             ticks_used: 0,
             tick_budget,
@@ -179,6 +193,26 @@ impl bindings::sluice::filter::files::Host for State {
 impl bindings::sluice::filter::raw::Host for State {
     async fn header_section(&mut self) -> Vec<u8> {
         self.header_section.clone()
+    }
+}
+
+impl bindings::sluice::filter::keys::Host for State {
+    async fn key(&mut self, file: String) -> Result<KeyInfo, String> {
+        let info = self.provisions.keys.info(&self.provisions.files, &file)?;
+        let algorithm = match info.algorithm {
+            Algorithm::RsaSha256 => KeyAlgorithm::RsaSha256,
+            Algorithm::Ed25519Sha256 => KeyAlgorithm::Ed25519Sha256,
+        };
+        Ok(KeyInfo { algorithm, bits: info.bits })
+    }
+
+    async fn sign(&mut self, file: String, data: Vec<u8>) -> Result<Vec<u8>, String> {
+        let provisions = &self.provisions;
+        let signed = provisions.keys.sign(&provisions.files, &file, &data, &mut self.signing);
+        if let Err(why) = &signed {
+            tracing::debug!(target: "sluice::filters", stage = &*self.stage, file = file.as_str(), error = why.as_str(), "keys.sign refused");
+        }
+        signed
     }
 }
 

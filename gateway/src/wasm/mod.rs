@@ -6,8 +6,9 @@
 //! WASI context (no files, sockets, environment or clock beyond WASI's defaults).
 //!
 //! Loading checks everything that can be checked before a message: the file is a component,
-//! built against this host's contract (or an earlier patch release of it: 0.2.1 only added an
-//! interface, and wasmtime links a guest's `@0.2.0` imports and exports to the host's `@0.2.1`),
+//! built against this host's contract (or an earlier patch release of it: 0.2.1 and 0.2.2 only
+//! added interfaces, and wasmtime links a guest's `@0.2.0` imports and exports to the host's
+//! `@0.2.2`),
 //! that links, and whose `validate-config` accepts the stage's configuration. The stage's
 //! `[stage.files]` are read here too (`read_stage_file`), so a reload reads them anew, and a filter
 //! importing a capability (`dns`) the stage is not granted is refused.
@@ -15,6 +16,7 @@
 mod cache;
 mod engine;
 mod host;
+mod keys;
 mod stage;
 
 use std::io::Read;
@@ -47,7 +49,7 @@ impl Default for WasmLimits {
 
 /// The contract this host implements (`wit/filter.wit`); filters must be built against it or
 /// an earlier patch release of it.
-pub const CONTRACT: &str = "sluice:filter@0.2.1";
+pub const CONTRACT: &str = "sluice:filter@0.2.2";
 const CONTRACT_PREFIX: &str = "sluice:filter/";
 /// The SDK release that builds filters for `CONTRACT`.
 const SDK: &str = "sluice-filter-sdk 0.2";
@@ -340,13 +342,13 @@ mod tests {
 
     #[test]
     fn an_old_contract_is_named() {
-        let ours = ["sluice:filter/handler@0.2.1"];
-        let imports = ["wasi:io/streams@0.2.6", "sluice:filter/host@0.2.1", "sluice:filter/files@0.2.1"];
+        let ours = ["sluice:filter/handler@0.2.2"];
+        let imports = ["wasi:io/streams@0.2.6", "sluice:filter/host@0.2.2", "sluice:filter/files@0.2.2"];
         assert_eq!(check_contract(imports.into_iter(), &ours), Ok(()));
         let old = check_contract(["sluice:filter/host@0.1.0"].into_iter(), &["sluice:filter/handler@0.1.0"]);
         assert_eq!(old, Err("sluice:filter@0.1.0".to_string()));
-        assert!(imports_interface(&["sluice:filter/dns@0.2.1"], "sluice:filter/dns"));
-        assert!(!imports_interface(&["sluice:filter/dnssec@0.2.1", "sluice:filter/host@0.2.1"], "sluice:filter/dns"));
+        assert!(imports_interface(&["sluice:filter/dns@0.2.2"], "sluice:filter/dns"));
+        assert!(!imports_interface(&["sluice:filter/dnssec@0.2.2", "sluice:filter/host@0.2.2"], "sluice:filter/dns"));
         let newer = check_contract(["sluice:filter/host@0.2.2"].into_iter(), &["sluice:filter/handler@0.2.2"]);
         assert_eq!(newer, Err("sluice:filter@0.2.2".to_string()));
     }
@@ -356,9 +358,9 @@ mod tests {
         let earlier = ["sluice:filter/handler@0.2.0"];
         assert_eq!(check_contract(["sluice:filter/host@0.2.0"].into_iter(), &earlier), Ok(()));
         assert!(exports_handler(&earlier));
-        assert!(exports_handler(&["sluice:filter/handler@0.2.1"]));
+        assert!(exports_handler(&["sluice:filter/handler@0.2.2"]));
         assert!(!exports_handler(&["sluice:filter/handler@0.3.0", "sluice:filter/handler@0.1.9"]));
-        assert!(!exports_handler(&["sluice:filter/host@0.2.1"]));
+        assert!(!exports_handler(&["sluice:filter/host@0.2.2"]));
     }
 
     #[test]
