@@ -114,7 +114,7 @@ class SluiceStock(Sluice):
                 f'[stage.config]\nrules = "{RULES}"\n'
                 f'[[stage]]\nname = "dkim"\nkind = "wasm"\npath = {wasm(root, "dkim_sign.wasm")}\n'
                 f'[stage.config]\ndomain = "{DOMAIN}"\nselector = "bench"\nsign_by = "envelope-from"\n'
-                f'[stage.files]\nkey = {key}\n'
+                f'[stage.keys]\nkey = {key}\n'
                 f'[[stage]]\nname = "eicar"\nkind = "wasm"\npath = {wasm(root, "eicar.wasm")}\n')
 
 

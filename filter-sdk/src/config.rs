@@ -17,6 +17,9 @@ pub struct Config {
     /// Natively (unit tests), the `[stage.files]` a test gives; in the component the host has them.
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     files: BTreeMap<String, Vec<u8>>,
+    /// Natively, the `[stage.keys]` a test gives (the host's, in the component, never the filter's).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub(crate) keys: BTreeMap<String, Vec<u8>>,
 }
 
 /// Equal configurations have equal pairs; what was read does not count.
@@ -40,20 +43,32 @@ pub struct ConfigError {
 /// How a `[stage.files]` entry's key is written in a `ConfigError` (and in the contract's
 /// `config-problem`), so the host reports it at that key.
 const FILES_PREFIX: &str = "files.";
+/// The same for a `[stage.keys]` entry.
+const KEYS_PREFIX: &str = "keys.";
 
 impl ConfigError {
-    /// An error about the `[stage.files]` entry `name` (a missing file, a key that does not parse).
+    /// An error about the `[stage.files]` entry `name` (a missing file, one that does not parse).
     pub fn file(name: &str, message: impl Into<String>) -> ConfigError {
         ConfigError { key: format!("{FILES_PREFIX}{name}"), message: message.into() }
+    }
+
+    /// An error about the `[stage.keys]` entry `name` (a missing key, one of the wrong kind).
+    pub fn stage_key(name: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError { key: format!("{KEYS_PREFIX}{name}"), message: message.into() }
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.key.is_empty(), self.key.strip_prefix(FILES_PREFIX)) {
-            (true, _) => write!(f, "[stage.config]: {}", self.message),
-            (false, Some(name)) => write!(f, "[stage.files] {name}: {}", self.message),
-            (false, None) => write!(f, "[stage.config] {}: {}", self.key, self.message),
+        if let Some(name) = self.key.strip_prefix(FILES_PREFIX) {
+            return write!(f, "[stage.files] {name}: {}", self.message);
+        }
+        if let Some(name) = self.key.strip_prefix(KEYS_PREFIX) {
+            return write!(f, "[stage.keys] {name}: {}", self.message);
+        }
+        match self.key.is_empty() {
+            true => write!(f, "[stage.config]: {}", self.message),
+            false => write!(f, "[stage.config] {}: {}", self.key, self.message),
         }
     }
 }
@@ -63,13 +78,19 @@ impl std::error::Error for ConfigError {}
 impl Config {
     pub fn new(pairs: Vec<(String, String)>) -> Config {
         let read = RefCell::new(vec![false; pairs.len()]);
-        Config { pairs, read, files: BTreeMap::new() }
+        Config { pairs, read, files: BTreeMap::new(), keys: BTreeMap::new() }
     }
 
     /// The configuration with these `[stage.files]` (for native unit tests; in the component the
     /// host holds the files).
     pub fn with_files(mut self, files: impl IntoIterator<Item = (String, Vec<u8>)>) -> Config {
         self.files.extend(files);
+        self
+    }
+
+    /// The configuration with these `[stage.keys]` (for native unit tests).
+    pub fn with_keys(mut self, keys: impl IntoIterator<Item = (String, Vec<u8>)>) -> Config {
+        self.keys.extend(keys);
         self
     }
 
@@ -87,8 +108,8 @@ impl Config {
         self.file(name).ok_or_else(|| ConfigError::file(name, "is required: add it to [stage.files]"))
     }
 
-    /// The private key in the `[stage.files]` entry `name`, held by the host, which signs with
-    /// it (`keys`); an error naming the entry when it is absent or no usable key. Ask in `new`.
+    /// The private key of the `[stage.keys]` entry `name`, held by the host, which signs with it
+    /// (`keys`); an error naming the entry when it is absent. Ask in `new`.
     pub fn key(&self, name: &str) -> Result<crate::keys::HostKey, ConfigError> {
         crate::keys::key(self, name)
     }

@@ -1,8 +1,9 @@
-//! Private keys among the stage's `[stage.files]`, held by the host and signing there (the
-//! contract's `keys` interface, since 0.2.2): the key's secret never enters the filter, and a
-//! signature is native code's work (an RSA-2048 one ~0.7 ms, against ~13 ms compiled to wasm).
-//! Get one with [`Config::key`](crate::Config::key) in `new`, so an unusable key is refused at
-//! load. Natively (unit tests), `testing::TestHost::keys` says how keys are read and sign.
+//! The stage's `[stage.keys]`: private keys the host reads, holds and signs with (the contract's
+//! `keys` interface, since 0.2.2). The filter names a key and hands in what to sign; the key
+//! never enters it, and a signature is native code's work (an RSA-2048 one ~0.7 ms, against
+//! ~13 ms compiled to wasm). Get one with [`Config::key`](crate::Config::key) in `new`, so a
+//! missing key is refused at load. Natively (unit tests), `testing::TestHost::key` gives a
+//! test's keys and `TestHost::keys` says how they read and sign.
 
 use crate::ConfigError;
 
@@ -23,20 +24,20 @@ pub struct KeyInfo {
     pub bits: u32,
 }
 
-/// A key in the `[stage.files]` entry [`HostKey::file`], usable for the life of the message.
+/// The key of the `[stage.keys]` entry [`HostKey::name`], usable for the life of the message.
 #[derive(Debug, Clone)]
 pub struct HostKey {
-    file: String,
+    name: String,
     info: KeyInfo,
-    /// Natively, the file's bytes, for the test's `NativeKeys`.
+    /// Natively, the key file's bytes, for the test's `NativeKeys`.
     #[cfg(not(target_arch = "wasm32"))]
     pem: Vec<u8>,
 }
 
 impl HostKey {
-    /// The `[stage.files]` entry holding the key.
-    pub fn file(&self) -> &str {
-        &self.file
+    /// The `[stage.keys]` entry.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn info(&self) -> KeyInfo {
@@ -44,10 +45,10 @@ impl HostKey {
     }
 
     /// Signs `data` (the host hashes it with SHA-256) by the key's algorithm. The host allows 8
-    /// signatures per message and 1 MiB of `data` per call.
+    /// calls per message, and `data` up to the largest header section a message may have.
     #[cfg(target_arch = "wasm32")]
     pub fn sign(&self, data: &[u8]) -> Result<Vec<u8>, String> {
-        crate::bindings::sluice::filter::keys::sign(&self.file, data)
+        crate::bindings::sluice::filter::keys::sign(&self.name, data)
     }
 
     /// Signs `data` (the host hashes it with SHA-256) by the key's algorithm.
@@ -57,30 +58,32 @@ impl HostKey {
     }
 }
 
-/// The key in `[stage.files] name`, or an error about that entry.
+/// The key of `[stage.keys] name`, or an error about that entry.
 #[cfg(target_arch = "wasm32")]
 pub(crate) fn key(_config: &crate::Config, name: &str) -> Result<HostKey, ConfigError> {
     use crate::bindings::sluice::filter::keys::{self, Algorithm as Wit};
-    let info = keys::key(name).map_err(|why| ConfigError::file(name, why))?;
+    let info = keys::key(name).map_err(|why| ConfigError::stage_key(name, why))?;
     let algorithm = match info.algorithm {
         Wit::RsaSha256 => Algorithm::RsaSha256,
         Wit::Ed25519Sha256 => Algorithm::Ed25519Sha256,
     };
-    Ok(HostKey { file: name.to_string(), info: KeyInfo { algorithm, bits: info.bits } })
+    Ok(HostKey { name: name.to_string(), info: KeyInfo { algorithm, bits: info.bits } })
 }
 
-/// The key in `[stage.files] name`, or an error about that entry.
+/// The key of `[stage.keys] name`, or an error about that entry.
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn key(config: &crate::Config, name: &str) -> Result<HostKey, ConfigError> {
-    let pem = config.require_file(name)?;
-    let info = with_native(|keys| keys.info(&pem)).map_err(|why| ConfigError::file(name, why))?;
-    Ok(HostKey { file: name.to_string(), info, pem })
+    let Some(pem) = config.keys.get(name).cloned() else {
+        return Err(ConfigError::stage_key(name, "is required: add it to [stage.keys]"));
+    };
+    let info = with_native(|keys| keys.info(&pem)).map_err(|why| ConfigError::stage_key(name, why))?;
+    Ok(HostKey { name: name.to_string(), info, pem })
 }
 
 /// How keys read and sign in a native test, standing in for the host (`TestHost::keys`): a
 /// filter's tests implement it with the crypto crate they trust.
 #[cfg(not(target_arch = "wasm32"))]
-pub trait NativeKeys {
+pub trait NativeKeys: Send + Sync {
     /// What the file's bytes hold, or why they are no key.
     fn info(&self, pem: &[u8]) -> Result<KeyInfo, String>;
     fn sign(&self, pem: &[u8], data: &[u8]) -> Result<Vec<u8>, String>;
@@ -97,6 +100,6 @@ fn with_native<T>(work: impl FnOnce(&dyn NativeKeys) -> Result<T, String>) -> Re
 #[cfg(not(target_arch = "wasm32"))]
 thread_local! {
     /// The `NativeKeys` of the `TestHost` running now.
-    pub(crate) static NATIVE: std::cell::RefCell<Option<std::rc::Rc<dyn NativeKeys>>> =
+    pub(crate) static NATIVE: std::cell::RefCell<Option<std::sync::Arc<dyn NativeKeys>>> =
         const { std::cell::RefCell::new(None) };
 }

@@ -61,12 +61,14 @@
 //! `FILE:LINE: stage "NAME": [stage.config] KEY: MESSAGE`, and warn about keys you never read.
 //! [`check_config`] shows in a unit test what the host would see.
 //!
-//! # Files and DNS
+//! # Files, keys and DNS
 //! A filter has no filesystem: the operator names files in `[stage.files]` and the host hands
 //! their bytes to [`Config::file`] (read them in `new`, refuse a bad one with
-//! [`ConfigError::file`]). [`dns::txt`] looks up TXT records through the host's resolver, for a
-//! stage granted `capabilities = ["dns"]`. [`Headers::raw_section`] gives the header section byte
-//! for byte. [`testing::TestHost`] supplies all three in unit tests.
+//! [`ConfigError::file`]). Private keys go in `[stage.keys]`: the host holds them and signs with
+//! them ([`Config::key`], [`keys::HostKey::sign`]); the filter never gets their bytes.
+//! [`dns::txt`] looks up TXT records through the host's resolver, for a stage granted
+//! `capabilities = ["dns"]`. [`Headers::raw_section`] gives the header section byte for byte.
+//! [`testing::TestHost`] supplies all four in unit tests.
 //!
 //! # Semantics in short
 //! Calls come in order: connect, helo, mail-from, each rcpt-to, headers, body chunks, end. A

@@ -2,7 +2,7 @@
 //! section, the body in chunks, the end — honouring verdicts that end calls — and see the verdict,
 //! the changed message and the log lines. (The real host is exercised by the gateway's tests.)
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::dns::{DnsError, ANSWERS};
 use crate::keys::{NativeKeys, NATIVE};
@@ -74,12 +74,13 @@ pub struct TestHost {
     config: Vec<(String, String)>,
     files: Vec<(String, Vec<u8>)>,
     txt: Vec<(String, Result<Vec<String>, DnsError>)>,
-    keys: Option<TestKeys>,
+    keys: Vec<(String, Vec<u8>)>,
+    signer: Option<TestKeys>,
 }
 
 /// The `NativeKeys` a `TestHost` signs with.
 #[derive(Clone)]
-struct TestKeys(Rc<dyn NativeKeys>);
+struct TestKeys(Arc<dyn NativeKeys>);
 
 impl std::fmt::Debug for TestKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -104,9 +105,15 @@ impl TestHost {
         self
     }
 
-    /// How the keys among the files read and sign (the host's `keys`), for filters that sign.
+    /// A `[stage.keys]` entry.
+    pub fn key(mut self, name: &str, pem: impl AsRef<[u8]>) -> TestHost {
+        self.keys.push((name.into(), pem.as_ref().to_vec()));
+        self
+    }
+
+    /// How the keys read and sign (the host's work), for filters that sign.
     pub fn keys(mut self, keys: impl NativeKeys + 'static) -> TestHost {
-        self.keys = Some(TestKeys(Rc::new(keys)));
+        self.signer = Some(TestKeys(Arc::new(keys)));
         self
     }
 
@@ -132,8 +139,8 @@ impl TestHost {
     /// makes this host's DNS answers and keys the ones this thread's filter calls get.
     pub fn to_config(&self) -> Config {
         ANSWERS.with(|answers| *answers.borrow_mut() = self.txt.iter().cloned().collect());
-        NATIVE.with(|native| *native.borrow_mut() = self.keys.as_ref().map(|keys| keys.0.clone()));
-        Config::new(self.config.clone()).with_files(self.files.clone())
+        NATIVE.with(|native| *native.borrow_mut() = self.signer.as_ref().map(|keys| keys.0.clone()));
+        Config::new(self.config.clone()).with_files(self.files.clone()).with_keys(self.keys.clone())
     }
 
     /// Runs filter `F` over `message` with this host.

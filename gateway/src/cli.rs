@@ -73,6 +73,10 @@ enum Command {
         /// A [stage.files] entry: the filter gets PATH's bytes under NAME; repeat for several.
         #[arg(long = "file", value_name = "NAME=PATH", value_parser = parse_pair)]
         files: Vec<(String, String)>,
+        /// A [stage.keys] entry: the host signs for the filter with the private key in PATH,
+        /// named NAME; repeat for several.
+        #[arg(long = "key", value_name = "NAME=PATH", value_parser = parse_pair)]
+        keys: Vec<(String, String)>,
         /// A zone file answering the filter's DNS lookups (TXT records), so it runs offline.
         #[arg(long, value_name = "FILE")]
         zone: Option<PathBuf>,
@@ -128,10 +132,11 @@ impl Cli {
             }
             Command::Ctl(args) => crate::ctl::run(args),
             Command::Dkim(DkimCommand::Keygen(args)) => crate::dkim_keygen::run(args).map(|()| ExitCode::SUCCESS),
-            Command::FilterTest { filter, eml, config, files, zone, peer, helo, from, to, output } => {
+            Command::FilterTest { filter, eml, config, files, keys, zone, peer, helo, from, to, output } => {
                 logging::init(false, Default::default(), LogFormat::Text, true);
                 let files = files.into_iter().map(|(name, path)| (name, PathBuf::from(path))).collect();
-                let test = FilterTest { filter, eml, config, files, zone, peer, helo, from, to, output };
+                let keys = keys.into_iter().map(|(name, path)| (name, PathBuf::from(path))).collect();
+                let test = FilterTest { filter, eml, config, files, keys, zone, peer, helo, from, to, output };
                 let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
                 Ok(match runtime.block_on(test.run())? {
                     Fate::Delivered => ExitCode::SUCCESS,

@@ -32,8 +32,8 @@ use crate::sessions::SessionBook;
 use crate::settings::{content_rules, Settings, Shared};
 use crate::spool::SpoolBudget;
 use crate::wasm::{
-    default_cache_dir, read_stage_file, CacheOutcome, ComponentCache, LoadError, Provisions, StageFiles, WasmFilter,
-    WasmLimits, FILES_KEY_PREFIX,
+    default_cache_dir, read_stage_file, CacheOutcome, ComponentCache, LoadError, Provisions, StageFiles, StageKeys,
+    WasmFilter, WasmLimits, FILES_KEY_PREFIX, KEYS_KEY_PREFIX,
 };
 
 /// The config the current generation was built from, for the next reload to compare with.
@@ -186,7 +186,7 @@ fn log_reload(report: &ReloadReport) {
     );
 }
 
-/// Digests of the files each stage names (its filter and its `[stage.files]`), so a reload can
+/// Digests of the files each stage names (its filter, its `[stage.files]` and `[stage.keys]`), so a reload can
 /// tell a rebuilt filter or a replaced key file from the same ones. A file that cannot be read
 /// counts as empty (loading it reports the error).
 async fn file_digests(config: &Config) -> FileDigests {
@@ -199,7 +199,7 @@ async fn file_digests(config: &Config) -> FileDigests {
         let mut hasher = DefaultHasher::new();
         let Ok(bytes) = tokio::fs::read(config.resolve(path)).await else { continue };
         bytes.hash(&mut hasher);
-        for (name, path) in stage.files.iter().flatten() {
+        for (name, path) in stage.files.iter().flatten().chain(stage.keys.iter().flatten()) {
             name.hash(&mut hasher);
             tokio::fs::read(config.resolve(path)).await.unwrap_or_default().hash(&mut hasher);
         }
@@ -338,20 +338,29 @@ async fn load_wasm(
         per_message: stage.message_timeout.map_or(defaults.per_message, |m| m.0),
     };
     let path = config.resolve(stage.path.as_deref().unwrap_or(std::path::Path::new("")));
-    let mut files = StageFiles::new();
-    for (name, file) in stage.files.iter().flatten() {
-        let bytes = read_stage_file(&config.resolve(file))
-            .map_err(|why| anyhow::anyhow!("{}: {why}", config.locate(&format!("stage[{index}].files.{name}"))))?;
-        files.insert(name.clone(), bytes);
-    }
+    let read = |table: &str, entries: Option<&std::collections::BTreeMap<String, std::path::PathBuf>>| {
+        let mut read = StageFiles::new();
+        for (name, file) in entries.into_iter().flatten() {
+            let bytes = read_stage_file(&config.resolve(file)).map_err(|why| {
+                anyhow::anyhow!("{}: {why}", config.locate(&format!("stage[{index}].{table}.{name}")))
+            })?;
+            read.insert(name.clone(), bytes);
+        }
+        anyhow::Ok(read)
+    };
+    let files = read("files", stage.files.as_ref())?;
+    let keys = StageKeys::read(read("keys", stage.keys.as_ref())?)
+        .map_err(|(name, why)| anyhow::anyhow!("{}: {why}", config.locate(&format!("stage[{index}].keys.{name}"))))?;
     let dns = resolver.filter(|_| stage.granted(Capability::Dns));
-    let provisions = Provisions::new(stage.filter_config(), files, dns);
+    let provisions = Provisions::new(stage.filter_config(), files, keys, dns);
     let mut filter = match WasmFilter::load(&stage.name, &path, provisions, limits, cache).await {
         Ok(filter) => filter,
         Err(err @ LoadError::NotGranted { .. }) => {
             anyhow::bail!("{}: {err}", config.locate(&format!("stage[{index}].capabilities")))
         }
-        Err(LoadError::Refused { key, message }) if key.starts_with(FILES_KEY_PREFIX) => {
+        Err(LoadError::Refused { key, message })
+            if key.starts_with(FILES_KEY_PREFIX) || key.starts_with(KEYS_KEY_PREFIX) =>
+        {
             anyhow::bail!("{}: {message}", config.locate(&format!("stage[{index}].{key}")))
         }
         Err(LoadError::Refused { key, message }) if key.is_empty() => {

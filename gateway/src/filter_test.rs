@@ -20,8 +20,8 @@ use crate::chain::stage::{BodyOutput, EnvelopeEvent, MessageContext, Reaction, S
 use crate::config::ServerConfig;
 use crate::dns::{TxtSource, ZoneFile};
 use crate::wasm::{
-    default_cache_dir, read_stage_file, CacheOutcome, ComponentCache, LoadError, Provisions, StageFiles, WasmFilter,
-    WasmLimits, FILES_KEY_PREFIX,
+    default_cache_dir, read_stage_file, CacheOutcome, ComponentCache, LoadError, Provisions, StageFiles, StageKeys,
+    WasmFilter, WasmLimits, FILES_KEY_PREFIX, KEYS_KEY_PREFIX,
 };
 
 /// Body pieces handed to the filter, as the gateway's reads would.
@@ -33,6 +33,8 @@ pub struct FilterTest {
     pub config: Vec<(String, String)>,
     /// `[stage.files]`: name → file.
     pub files: Vec<(String, PathBuf)>,
+    /// `[stage.keys]`: name → private key file.
+    pub keys: Vec<(String, PathBuf)>,
     /// A zone file answering the filter's DNS lookups (granting it `dns`).
     pub zone: Option<PathBuf>,
     pub peer: SocketAddr,
@@ -55,16 +57,22 @@ impl FilterTest {
     pub async fn run(&self) -> anyhow::Result<Fate> {
         let content = std::fs::read(&self.eml).with_context(|| format!("cannot read {}", self.eml.display()))?;
         let content = crlf(&content);
-        let mut files = StageFiles::new();
-        for (name, path) in &self.files {
-            let bytes = read_stage_file(path).map_err(|why| anyhow::anyhow!("--file {name}: {why}"))?;
-            files.insert(name.clone(), bytes);
-        }
+        let read = |option: &str, entries: &[(String, PathBuf)]| -> anyhow::Result<StageFiles> {
+            let mut read = StageFiles::new();
+            for (name, path) in entries {
+                let bytes = read_stage_file(path).map_err(|why| anyhow::anyhow!("--{option} {name}: {why}"))?;
+                read.insert(name.clone(), bytes);
+            }
+            Ok(read)
+        };
+        let files = read("file", &self.files)?;
+        let keys =
+            StageKeys::read(read("key", &self.keys)?).map_err(|(name, why)| anyhow::anyhow!("--key {name}: {why}"))?;
         let dns = match &self.zone {
             Some(path) => Some(Arc::new(ZoneFile::read(path)?) as Arc<dyn TxtSource>),
             None => None,
         };
-        let provisions = Provisions::new(self.config.clone(), files, dns);
+        let provisions = Provisions::new(self.config.clone(), files, keys, dns);
         // The default cache, as the gateway uses it: a filter tried again starts at once.
         let cache = default_cache_dir().and_then(|dir| ComponentCache::open(&dir).ok());
         let filter = match WasmFilter::load(
@@ -81,10 +89,13 @@ impl FilterTest {
                 anyhow::bail!("the filter makes {what}: answer them offline with --zone FILE (a zone file, as `sluice dkim keygen` prints records)")
             }
             Err(LoadError::Refused { key, message }) if key.is_empty() => anyhow::bail!("--config: {message}"),
-            Err(LoadError::Refused { key, message }) => match key.strip_prefix(FILES_KEY_PREFIX) {
-                Some(name) => anyhow::bail!("--file {name}: {message}"),
-                None => anyhow::bail!("--config {key}: {message}"),
-            },
+            Err(LoadError::Refused { key, message }) => {
+                match (key.strip_prefix(FILES_KEY_PREFIX), key.strip_prefix(KEYS_KEY_PREFIX)) {
+                    (Some(name), _) => anyhow::bail!("--file {name}: {message}"),
+                    (_, Some(name)) => anyhow::bail!("--key {name}: {message}"),
+                    _ => anyhow::bail!("--config {key}: {message}"),
+                }
+            }
             Err(err) => return Err(err.into()),
         };
         for key in filter.unused_config_keys() {

@@ -84,7 +84,8 @@ pub fn check(config: &Config) -> Result<(), Problems> {
 }
 
 /// The files the config names, each with its dotted key, resolved against the config's
-/// directory. Keys that name files (a stage's `[stage.files]`, TLS certificates) belong here.
+/// directory. Keys that name files (a stage's `[stage.files]` and `[stage.keys]`, TLS
+/// certificates) belong here.
 fn named_files(config: &Config) -> Vec<(String, PathBuf)> {
     let mut files = Vec::new();
     for (index, stage) in config.stage.iter().enumerate() {
@@ -93,6 +94,9 @@ fn named_files(config: &Config) -> Vec<(String, PathBuf)> {
         }
         for (name, path) in stage.files.iter().flatten() {
             files.push((format!("stage[{index}].files.{name}"), config.resolve(path)));
+        }
+        for (name, path) in stage.keys.iter().flatten() {
+            files.push((format!("stage[{index}].keys.{name}"), config.resolve(path)));
         }
     }
     if let Some(file) = config.admin.as_ref().and_then(|admin| admin.token_file.as_ref()) {

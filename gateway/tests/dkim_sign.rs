@@ -4,7 +4,7 @@
 //! canonicalisation, delivered to a maildir and relayed to a next hop: short, 8-bit, long-line
 //! and 20 MiB base64 bodies, folded headers and trailing blank lines, and a Subject an earlier
 //! stage changed (the signature covers what is relayed). Then what an operator gets wrong: a
-//! missing or malformed key, and `filter-test --file`.
+//! missing or malformed key, and `filter-test --key`.
 
 mod support;
 
@@ -60,7 +60,7 @@ fn chain(setup: &Setup) -> String {
     for (label, key, canon) in CASES {
         let pem = if key == "rsa" { &setup.keys.rsa.pem } else { &setup.keys.ed25519.pem };
         chain.push_str(&format!(
-            "[[stage]]\nname = \"sign-{label}\"\nkind = \"wasm\"\npath = \"{}\"\n[stage.config]\ndomain = \"{}\"\nselector = \"s1\"\ncanonicalization = \"{canon}\"\n[stage.files]\nkey = \"{}\"\n\n",
+            "[[stage]]\nname = \"sign-{label}\"\nkind = \"wasm\"\npath = \"{}\"\n[stage.config]\ndomain = \"{}\"\nselector = \"s1\"\ncanonicalization = \"{canon}\"\n[stage.keys]\nkey = \"{}\"\n\n",
             filter_wasm("dkim_sign"),
             domain(label),
             pem.display()
@@ -205,7 +205,7 @@ fn check_config(dir: &Path, stage: &str) -> (Option<i32>, String) {
 
 fn sign_stage(key: &str) -> String {
     format!(
-        "[[stage]]\nname = \"dkim\"\nkind = \"wasm\"\npath = \"{}\"\n[stage.config]\ndomain = \"example.org\"\nselector = \"s1\"\n[stage.files]\nkey = \"{key}\"\n",
+        "[[stage]]\nname = \"dkim\"\nkind = \"wasm\"\npath = \"{}\"\n[stage.config]\ndomain = \"example.org\"\nselector = \"s1\"\n[stage.keys]\nkey = \"{key}\"\n",
         filter_wasm("dkim_sign")
     )
 }
@@ -219,7 +219,7 @@ fn a_missing_or_malformed_key_is_an_error_naming_the_stage_and_the_key() {
     assert_eq!(code, Some(1), "{output}");
     assert!(
         output
-            .contains(&format!("{config}:15: stage \"dkim\": [stage.files] key: {} does not exist", missing.display())),
+            .contains(&format!("{config}:15: stage \"dkim\": [stage.keys] key: {} does not exist", missing.display())),
         "{output}"
     );
 
@@ -227,7 +227,7 @@ fn a_missing_or_malformed_key_is_an_error_naming_the_stage_and_the_key() {
     std::fs::write(&missing, "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n").unwrap();
     let (code, output) = check_config(dir.path(), &sign_stage("keys/s1.pem"));
     assert_eq!(code, Some(1), "{output}");
-    assert!(output.contains(&format!("{config}:15: stage \"dkim\": [stage.files] key: ")), "{output}");
+    assert!(output.contains(&format!("{config}:15: stage \"dkim\": [stage.keys] key: ")), "{output}");
 
     let keys = Keys::openssl(dir.path());
     let (code, output) = check_config(dir.path(), &sign_stage(keys.ed25519.pem.to_str().unwrap()));
@@ -249,7 +249,7 @@ fn filter_test_signs_offline_with_a_key_given_by_file() {
         "domain=rr-rsa.example.test",
         "--config",
         "selector=s1",
-        "--file",
+        "--key",
         &format!("key={}", setup.keys.rsa.pem.display()),
         "--output",
         out.to_str().unwrap(),
@@ -262,7 +262,7 @@ fn filter_test_signs_offline_with_a_key_given_by_file() {
     let without = [&args[..8], &args[10..]].concat();
     let (status, output) = run_tool(sluice_bin(), &without, None);
     assert_eq!(status.code(), Some(2), "{output}");
-    assert!(output.contains("--file key: is required"), "{output}");
+    assert!(output.contains("--key key: is required"), "{output}");
 }
 
 #[test]
@@ -271,7 +271,7 @@ fn a_reload_reads_a_replaced_key_file_and_reports_the_stage_changed() {
     let key = setup.dir.path().join("current.pem");
     std::fs::copy(&setup.keys.rsa.pem, &key).unwrap();
     let stage = format!(
-        "[[stage]]\nname = \"sign\"\nkind = \"wasm\"\npath = \"{}\"\n[stage.config]\ndomain = \"rr-rsa.{ORIGIN}\"\nselector = \"s1\"\n[stage.files]\nkey = \"{}\"\n",
+        "[[stage]]\nname = \"sign\"\nkind = \"wasm\"\npath = \"{}\"\n[stage.config]\ndomain = \"rr-rsa.{ORIGIN}\"\nselector = \"s1\"\n[stage.keys]\nkey = \"{}\"\n",
         filter_wasm("dkim_sign"),
         key.display()
     );

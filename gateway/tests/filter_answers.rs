@@ -412,8 +412,8 @@ fn a_filter_gets_at_most_eight_signatures_a_message() {
     let key = dir.path().join("key.pem");
     let pem = sluice_dkim::SigningKey::generate_ed25519().unwrap().to_pkcs8_pem().unwrap();
     std::fs::write(&key, &pem).unwrap();
-    let files = format!("[stage.files]\nkey = \"{}\"", key.display());
-    let stage = faults("signer", "mode = \"sign\"\nat = \"headers\"\ncount = 20\nvalue = \"hash input\"", &files);
+    let keys = format!("[stage.keys]\nkey = \"{}\"", key.display());
+    let stage = faults("signer", "mode = \"sign\"\nat = \"headers\"\ncount = 20\nvalue = \"hash input\"", &keys);
     let gateway = Gateway::builder().section(&stage).start();
     let mut client = gateway.connect();
     client.hello();

@@ -1,6 +1,6 @@
 //! `dkim-sign`'s configuration: the signing domains with their selectors and keys, and the
 //! choices all its signatures share (canonicalisation, signed fields, expiration, whose domain
-//! picks the key), parsed and checked at once, each error naming the key or file at fault.
+//! picks the key), parsed and checked at once, each error naming the setting or key at fault.
 
 use sluice_dkim::{is_domain_name, Algorithm, Canonicalization, Key, KeyError, Signer};
 use sluice_filter_sdk::keys::{self, HostKey};
@@ -17,10 +17,10 @@ pub enum SignBy {
 pub struct Domain {
     /// Lower case, without a trailing dot: as `d=` and as messages' domains are compared.
     pub name: String,
-    /// What the key in its `[stage.files]` entry is.
+    /// What its key is.
     pub key: keys::KeyInfo,
-    /// The `[stage.files]` entry holding the key.
-    pub file: String,
+    /// The `[stage.keys]` entry of its key.
+    pub key_name: String,
     pub signer: Signer,
 }
 
@@ -50,15 +50,15 @@ pub struct Settings {
 const MAX_EXPIRATION: u64 = 3650 * 86_400;
 
 impl Settings {
-    /// Reads and checks every key; each signing key is the host's, from its `[stage.files]` entry.
+    /// Reads and checks every key; each signing key is the host's, from its `[stage.keys]` entry.
     pub fn parse(config: &Config) -> Result<Settings, ConfigError> {
         let canonicalization = config.get("canonicalization").map(canonicalization).transpose()?;
         let headers = config.get("headers").map(signed_headers).transpose()?;
         let expiration = config.get("expiration").map(expiration).transpose()?;
         let sign_by = config.get("sign_by").map(sign_by).transpose()?.unwrap_or(SignBy::HeaderFrom);
         let mut domains = Vec::new();
-        for Entry { domain, selector, file } in entries(config)? {
-            let host_key = config.key(&file)?;
+        for Entry { domain, selector, key_name } in entries(config)? {
+            let host_key = config.key(&key_name)?;
             let key = host_key.info();
             let mut signer = Signer::new(FilterKey(host_key), &domain, &selector);
             if let Some(canonicalization) = canonicalization {
@@ -70,7 +70,7 @@ impl Settings {
             if let Some(seconds) = expiration {
                 signer = signer.with_expiration(seconds);
             }
-            domains.push(Domain { name: domain, key, file, signer });
+            domains.push(Domain { name: domain, key, key_name, signer });
         }
         Ok(Settings { domains, sign_by })
     }
@@ -85,20 +85,20 @@ fn error(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError { key: key.into(), message: message.into() }
 }
 
-/// A domain with its selector and the `[stage.files]` entry of its key.
+/// A domain with its selector and the `[stage.keys]` entry of its key.
 struct Entry {
     domain: String,
     selector: String,
-    file: String,
+    key_name: String,
 }
 
-/// `domain`, `selector` (key file `key`), or `domains`: never both forms.
+/// `domain`, `selector` (the key `key`), or `domains`: never both forms.
 fn entries(config: &Config) -> Result<Vec<Entry>, ConfigError> {
     let (domain, selector) = (config.get("domain"), config.get("selector"));
     match (config.get("domains"), domain, selector) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(error(
             "domains",
-            "cannot be combined with domain and selector: use domain, selector and [stage.files] key for one \
+            "cannot be combined with domain and selector: use domain, selector and [stage.keys] key for one \
              domain, or domains alone for several",
         )),
         (Some(list), None, None) => domain_list(list),
@@ -110,8 +110,8 @@ fn entries(config: &Config) -> Result<Vec<Entry>, ConfigError> {
         (None, None, Some(_)) => Err(error("domain", "is required with selector")),
         (None, None, None) => Err(error(
             "domain",
-            "is required: set domain and selector (the key in [stage.files] key), or domains = \
-             \"DOMAIN SELECTOR FILE-NAME, ...\" for several domains",
+            "is required: set domain and selector (the key in [stage.keys] key), or domains = \
+             \"DOMAIN SELECTOR KEY-NAME, ...\" for several domains",
         )),
     }
 }
@@ -121,26 +121,32 @@ fn domain_list(list: &str) -> Result<Vec<Entry>, ConfigError> {
     let mut entries: Vec<Entry> = Vec::new();
     for item in list.split(',').map(str::trim).filter(|item| !item.is_empty()) {
         let words: Vec<&str> = item.split_whitespace().collect();
-        let [domain, selector, file] = words[..] else {
+        let [domain, selector, key_name] = words[..] else {
             return Err(error(
                 "domains",
-                format!("{item:?} is not \"DOMAIN SELECTOR FILE-NAME\" (FILE-NAME a [stage.files] entry)"),
+                format!("{item:?} is not \"DOMAIN SELECTOR KEY-NAME\" (KEY-NAME a [stage.keys] entry)"),
             ));
         };
-        let entry = entry("domains", domain, "domains", selector, file)?;
+        let entry = entry("domains", domain, "domains", selector, key_name)?;
         if entries.iter().any(|seen| seen.domain == entry.domain) {
             return Err(error("domains", format!("{} is listed twice", entry.domain)));
         }
         entries.push(entry);
     }
     if entries.is_empty() {
-        return Err(error("domains", "lists no domain: write \"DOMAIN SELECTOR FILE-NAME, ...\""));
+        return Err(error("domains", "lists no domain: write \"DOMAIN SELECTOR KEY-NAME, ...\""));
     }
     Ok(entries)
 }
 
 /// One checked entry; `domain_key` and `selector_key` name the config keys for errors.
-fn entry(domain_key: &str, domain: &str, selector_key: &str, selector: &str, file: &str) -> Result<Entry, ConfigError> {
+fn entry(
+    domain_key: &str,
+    domain: &str,
+    selector_key: &str,
+    selector: &str,
+    key_name: &str,
+) -> Result<Entry, ConfigError> {
     if !is_domain_name(domain) {
         return Err(error(domain_key, format!("{domain:?} is not a domain name")));
     }
@@ -153,7 +159,7 @@ fn entry(domain_key: &str, domain: &str, selector_key: &str, selector: &str, fil
     Ok(Entry {
         domain: domain.trim_end_matches('.').to_ascii_lowercase(),
         selector: selector.trim_end_matches('.').to_string(),
-        file: file.to_string(),
+        key_name: key_name.to_string(),
     })
 }
 

@@ -15,12 +15,13 @@
 //! headers = "from:to:subject"           # instead of sluice-dkim's default list
 //! expiration = "7d"                     # x= is t= plus this (s, m, h or d)
 //! sign_by = "header-from"               # or "envelope-from"
-//! [stage.files]
-//! key = "keys/s1.pem"                   # RSA (PKCS#1 or PKCS#8) or Ed25519 (PKCS#8), PEM
+//! [stage.keys]
+//! key = "keys/s1.pem"                   # RSA (PKCS#1 or PKCS#8) or Ed25519 (PKCS#8), PEM:
+//!                                       # the host reads it; this filter never does
 //! ```
 //!
 //! Several domains: `domains = "example.org s1 org, example.net s2 net"` (comma-separated
-//! `DOMAIN SELECTOR FILE-NAME`, each FILE-NAME a `[stage.files]` entry) instead of `domain`,
+//! `DOMAIN SELECTOR KEY-NAME`, each KEY-NAME a `[stage.keys]` entry) instead of `domain`,
 //! `selector` and `key`. From is always signed, and signed once more than it is present, so no
 //! From can be added without breaking the signature.
 //!
@@ -79,9 +80,9 @@ impl Filter for DkimSign {
         for domain in settings.domains.iter().filter(weak) {
             let bits = domain.key.bits;
             log::warn(&format!(
-                "[stage.files] {}: the RSA key for {} has {bits} bits; it signs, but verifiers may refuse keys \
+                "[stage.keys] {}: the RSA key for {} has {bits} bits; it signs, but verifiers may refuse keys \
                  under {WEAK_RSA_BITS} bits (RFC 8301): use a {WEAK_RSA_BITS}-bit key",
-                domain.file, domain.name
+                domain.key_name, domain.name
             ));
         }
         match settings.sign_by {

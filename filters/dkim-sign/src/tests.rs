@@ -61,7 +61,7 @@ fn test_host() -> TestHost {
 }
 
 fn host(pem: &str) -> TestHost {
-    test_host().config("domain", "example.org").config("selector", "s1").file("key", pem)
+    test_host().config("domain", "example.org").config("selector", "s1").key("key", pem)
 }
 
 /// The header section (with its empty line) and the body of `content`.
@@ -179,8 +179,8 @@ fn mail_from_a_foreign_domain_is_let_through_unsigned_at_its_header_section() {
 fn several_domains_each_sign_with_their_own_key() {
     let host = test_host()
         .config("domains", "example.org s1 org, Example.NET s2 net")
-        .file("org", rsa_pem())
-        .file("net", ed25519_pem());
+        .key("org", rsa_pem())
+        .key("net", ed25519_pem());
     // (From, expected d= and s=, the key that signed)
     let table = [
         ("joe@example.org", Some(("example.org", "s1", rsa_pem()))),
@@ -229,7 +229,7 @@ fn keys_openssl_writes_are_read_and_weak_ones_reported() {
     let pkcs1_1024 = include_str!("../testdata/rsa-1024-pkcs1.pem");
     let outcome = host(pkcs1_1024).run::<DkimSign>(&TestMessage::new(MESSAGE)).unwrap();
     assert_eq!(verify_over(&outcome, MESSAGE.as_bytes(), &record(pkcs1_1024)), sluice_dkim::Verdict::Pass);
-    let warning = "[stage.files] key: the RSA key for example.org has 1024 bits; it signs, but verifiers may \
+    let warning = "[stage.keys] key: the RSA key for example.org has 1024 bits; it signs, but verifiers may \
                    refuse keys under 2048 bits (RFC 8301): use a 2048-bit key";
     assert_eq!(outcome.log, [(Level::Warn, warning.to_string())], "once, when the stage is loaded");
 
@@ -249,29 +249,29 @@ const EXPECTED_KEY: &str = "expected an unencrypted PEM private key: RSA (\"BEGI
 fn every_configuration_error_names_its_key() {
     let ed = ed25519_pem();
     let one = || host(ed);
-    let several = |domains: &str| test_host().config("domains", domains).file("org", ed).file("net", ed);
-    let key = |pem: &[u8]| test_host().config("domain", "example.org").config("selector", "s1").file("key", pem);
+    let several = |domains: &str| test_host().config("domains", domains).key("org", ed).key("net", ed);
+    let key = |pem: &[u8]| test_host().config("domain", "example.org").config("selector", "s1").key("key", pem);
     let table: Vec<(TestHost, String)> = vec![
-        (test_host(), "[stage.config] domain: is required: set domain and selector (the key in [stage.files] key), or domains = \"DOMAIN SELECTOR FILE-NAME, ...\" for several domains".into()),
+        (test_host(), "[stage.config] domain: is required: set domain and selector (the key in [stage.keys] key), or domains = \"DOMAIN SELECTOR KEY-NAME, ...\" for several domains".into()),
         (test_host().config("domain", "example.org"), "[stage.config] selector: is required with domain".into()),
         (test_host().config("selector", "s1"), "[stage.config] domain: is required with selector".into()),
-        (one().config("domains", "example.net s2 net"), "[stage.config] domains: cannot be combined with domain and selector: use domain, selector and [stage.files] key for one domain, or domains alone for several".into()),
-        (test_host().config("domain", "example.org").config("selector", "s1"), "[stage.files] key: is required: add it to [stage.files]".into()),
+        (one().config("domains", "example.net s2 net"), "[stage.config] domains: cannot be combined with domain and selector: use domain, selector and [stage.keys] key for one domain, or domains alone for several".into()),
+        (test_host().config("domain", "example.org").config("selector", "s1"), "[stage.keys] key: is required: add it to [stage.keys]".into()),
         (test_host().config("domain", "exa mple.org").config("selector", "s1"), "[stage.config] domain: \"exa mple.org\" is not a domain name".into()),
         (test_host().config("domain", "example.org").config("selector", "s/1"), "[stage.config] selector: \"s/1\" is not a selector (dot-separated labels of letters, digits, \"-\" and \"_\")".into()),
-        (several("example.org s1"), "[stage.config] domains: \"example.org s1\" is not \"DOMAIN SELECTOR FILE-NAME\" (FILE-NAME a [stage.files] entry)".into()),
+        (several("example.org s1"), "[stage.config] domains: \"example.org s1\" is not \"DOMAIN SELECTOR KEY-NAME\" (KEY-NAME a [stage.keys] entry)".into()),
         (several("example.org s1 org, EXAMPLE.org s2 net"), "[stage.config] domains: example.org is listed twice".into()),
-        (several("example.org s1 org, example.net s2 other"), "[stage.files] other: is required: add it to [stage.files]".into()),
-        (several(" , "), "[stage.config] domains: lists no domain: write \"DOMAIN SELECTOR FILE-NAME, ...\"".into()),
+        (several("example.org s1 org, example.net s2 other"), "[stage.keys] other: is required: add it to [stage.keys]".into()),
+        (several(" , "), "[stage.config] domains: lists no domain: write \"DOMAIN SELECTOR KEY-NAME, ...\"".into()),
         (several("example..org s1 org"), "[stage.config] domains: \"example..org\" is not a domain name".into()),
-        (key(b"hello"), format!("[stage.files] key: has no PEM \"-----BEGIN ...-----\" line; {EXPECTED_KEY}")),
-        (key(b"\xff\xfe"), format!("[stage.files] key: is not text; {EXPECTED_KEY}")),
-        (key(include_bytes!("../testdata/ec-p256-sec1.pem")), format!("[stage.files] key: holds a PEM \"EC PRIVATE KEY\"; {EXPECTED_KEY}")),
-        (key(include_bytes!("../testdata/ec-p256-pkcs8.pem")), format!("[stage.files] key: holds a \"PRIVATE KEY\" that is neither an RSA nor an Ed25519 key, or is damaged; {EXPECTED_KEY}")),
-        (key(include_bytes!("../testdata/ed25519-encrypted.pem")), format!("[stage.files] key: holds an encrypted key (\"ENCRYPTED PRIVATE KEY\"); {EXPECTED_KEY}")),
-        (key(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"), format!("[stage.files] key: holds a PEM \"CERTIFICATE\"; {EXPECTED_KEY}")),
-        (key(include_bytes!("../testdata/rsa-512.pem")), "[stage.files] key: the RSA key has 512 bits; use one of 1024 to 4096 bits (2048 is the usual size)".into()),
-        (key(include_bytes!("../testdata/rsa-8192-pkcs8.pem")), "[stage.files] key: the RSA key has 8192 bits; use one of 1024 to 4096 bits (2048 is the usual size)".into()),
+        (key(b"hello"), format!("[stage.keys] key: has no PEM \"-----BEGIN ...-----\" line; {EXPECTED_KEY}")),
+        (key(b"\xff\xfe"), format!("[stage.keys] key: is not text; {EXPECTED_KEY}")),
+        (key(include_bytes!("../testdata/ec-p256-sec1.pem")), format!("[stage.keys] key: holds a PEM \"EC PRIVATE KEY\"; {EXPECTED_KEY}")),
+        (key(include_bytes!("../testdata/ec-p256-pkcs8.pem")), format!("[stage.keys] key: holds a \"PRIVATE KEY\" that is neither an RSA nor an Ed25519 key, or is damaged; {EXPECTED_KEY}")),
+        (key(include_bytes!("../testdata/ed25519-encrypted.pem")), format!("[stage.keys] key: holds an encrypted key (\"ENCRYPTED PRIVATE KEY\"); {EXPECTED_KEY}")),
+        (key(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"), format!("[stage.keys] key: holds a PEM \"CERTIFICATE\"; {EXPECTED_KEY}")),
+        (key(include_bytes!("../testdata/rsa-512.pem")), "[stage.keys] key: the RSA key has 512 bits; use one of 1024 to 4096 bits (2048 is the usual size)".into()),
+        (key(include_bytes!("../testdata/rsa-8192-pkcs8.pem")), "[stage.keys] key: the RSA key has 8192 bits; use one of 1024 to 4096 bits (2048 is the usual size)".into()),
         (one().config("canonicalization", "relaxed/strict"), "[stage.config] canonicalization: must be \"relaxed/relaxed\", \"relaxed/simple\", \"simple/relaxed\" or \"simple/simple\" (\"relaxed\" or \"simple\" alone means a simple body), not \"relaxed/strict\"".into()),
         (one().config("headers", "from:x y"), "[stage.config] headers: \"x y\" is not a header field name".into()),
         (one().config("headers", " : "), "[stage.config] headers: lists no header field: write names separated by \":\" (\"from:to:subject\")".into()),

@@ -15,9 +15,9 @@
 //! repeated `repeat` times), `body` (replaces the body with `output`, handed over in pieces of
 //! `pieces` bytes; at `end` appends it instead), `grow` (passes every body chunk on `factor`
 //! times) and `drop-then-trap` (drops the first body chunk, then panics at the next call).
-//! `sign` asks the host (`keys`) for `count` signatures of `value` with the key in the
-//! `[stage.files]` entry `file` (default `key`) and reports in an `X-Faults-Signed` header how
-//! many it got and the first refusal, for the host's bounds on what a filter may ask of it.
+//! `sign` asks the host (`keys`) for `count` signatures of `value` with the `[stage.keys]` key
+//! `key` and reports in an `X-Faults-Signed` header how many it got and the first refusal, for
+//! the host's bounds on what a filter may ask of it.
 //!
 //! `wants` (a comma-separated list of events, default all) sets the filter's interests, and
 //! `when` (a header field name) limits the misbehaviour to messages that carry that field.
@@ -215,7 +215,7 @@ impl Filter for Faults {
             }
         }
         let key = match mode.as_str() {
-            "sign" => Some(config.key(&config.get_or("file", "key".to_string())?)?),
+            "sign" => Some(config.key("key")?),
             _ => None,
         };
         Ok(Faults {

@@ -544,6 +544,7 @@ mod tests {
         assert_eq!(config.locate("stage[0].path"), "/etc/sluice.toml:7: stage \"rules\": path");
         // A key the file lacks points at its table, or the stage.
         assert_eq!(config.locate("stage[0].files.key"), "/etc/sluice.toml:4: stage \"rules\": [stage.files] key");
+        assert_eq!(config.locate("stage[0].keys.key"), "/etc/sluice.toml:4: stage \"rules\": [stage.keys] key");
         assert_eq!(
             config.locate("stage[0].config.absent"),
             "/etc/sluice.toml:8: stage \"rules\": [stage.config] absent"

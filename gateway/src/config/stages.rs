@@ -100,6 +100,9 @@ pub struct StageConfig {
     /// `kind = "wasm"`: `[stage.files]`, name → file (relative to the config file), read by the
     /// host at load and handed to the filter as bytes (it has no filesystem).
     pub files: Option<std::collections::BTreeMap<String, std::path::PathBuf>>,
+    /// `kind = "wasm"`: `[stage.keys]`, name → private key file, read and parsed by the host at
+    /// load; the filter signs with a key by name (the contract's `keys`) and never reads it.
+    pub keys: Option<std::collections::BTreeMap<String, std::path::PathBuf>>,
     /// `kind = "wasm"`: what the filter may reach beyond its message (`["dns"]`); a filter
     /// importing a capability it was not granted fails to load.
     pub capabilities: Option<Vec<Capability>>,
@@ -232,7 +235,7 @@ pub(super) fn validate(flow: &FlowConfig, stages: &[StageConfig]) -> Result<(), 
             return fail(format!("stage[{i}].timeout"), "must be greater than zero");
         }
         // Each kind's own keys; a key of another kind is an error naming it.
-        let keys: [(&str, bool, &[StageKind]); 16] = [
+        let keys: [(&str, bool, &[StageKind]); 17] = [
             ("test", stage.test.is_some(), &[StageKind::Test]),
             ("path", stage.path.is_some(), &[StageKind::Wasm]),
             ("memory_limit", stage.memory_limit.is_some(), &[StageKind::Wasm]),
@@ -240,6 +243,7 @@ pub(super) fn validate(flow: &FlowConfig, stages: &[StageConfig]) -> Result<(), 
             ("message_timeout", stage.message_timeout.is_some(), &[StageKind::Wasm]),
             ("config", stage.config.is_some(), &[StageKind::Wasm]),
             ("files", stage.files.is_some(), &[StageKind::Wasm]),
+            ("keys", stage.keys.is_some(), &[StageKind::Wasm]),
             ("capabilities", stage.capabilities.is_some(), &[StageKind::Wasm]),
             ("address", stage.address.is_some(), &[StageKind::Clamd, StageKind::Milter]),
             ("action", stage.action.is_some(), &[StageKind::Clamd]),
@@ -277,6 +281,9 @@ pub(super) fn validate(flow: &FlowConfig, stages: &[StageConfig]) -> Result<(), 
                 }
                 if stage.files.iter().flatten().any(|(name, _)| name.is_empty()) {
                     return fail(format!("stage[{i}].files"), "a file's name must not be empty");
+                }
+                if stage.keys.iter().flatten().any(|(name, _)| name.is_empty()) {
+                    return fail(format!("stage[{i}].keys"), "a key's name must not be empty");
                 }
                 if stage.memory_limit.is_some_and(|m| m.0 < (1 << 20)) {
                     return fail(format!("stage[{i}].memory_limit"), "must be at least 1MiB");

@@ -3,7 +3,7 @@
 //! (`log` into the gateway's `filters` subsystem, the stage's config), `files` (the bytes of the
 //! stage's `[stage.files]`, read by the host at load), `dns` (TXT lookups, for a stage granted
 //! the capability, bounded by what is left of the message's time), `raw` (the header section
-//! as this stage was given it) and `keys` (signing with a key among the files, `keys.rs`).
+//! as this stage was given it) and `keys` (signing with a key of `[stage.keys]`, `keys.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -91,15 +91,20 @@ pub struct Provisions {
     /// `[stage.config]`, as `host.config` gives it.
     pub config: Vec<(String, String)>,
     pub files: StageFiles,
-    /// The private keys among `files`, as `keys` signs with them.
+    /// `[stage.keys]`, as `keys` signs with them.
     pub keys: StageKeys,
     /// The resolver, if the stage is granted `dns`.
     pub dns: Option<Arc<dyn TxtSource>>,
 }
 
 impl Provisions {
-    pub fn new(config: Vec<(String, String)>, files: StageFiles, dns: Option<Arc<dyn TxtSource>>) -> Provisions {
-        Provisions { config, files, keys: StageKeys::default(), dns }
+    pub fn new(
+        config: Vec<(String, String)>,
+        files: StageFiles,
+        keys: StageKeys,
+        dns: Option<Arc<dyn TxtSource>>,
+    ) -> Provisions {
+        Provisions { config, files, keys, dns }
     }
 }
 
@@ -197,8 +202,8 @@ impl bindings::sluice::filter::raw::Host for State {
 }
 
 impl bindings::sluice::filter::keys::Host for State {
-    async fn key(&mut self, file: String) -> Result<KeyInfo, String> {
-        let info = self.provisions.keys.info(&self.provisions.files, &file)?;
+    async fn key(&mut self, name: String) -> Result<KeyInfo, String> {
+        let info = self.provisions.keys.info(&name, &self.provisions.files)?;
         let algorithm = match info.algorithm {
             Algorithm::RsaSha256 => KeyAlgorithm::RsaSha256,
             Algorithm::Ed25519Sha256 => KeyAlgorithm::Ed25519Sha256,
@@ -206,13 +211,8 @@ impl bindings::sluice::filter::keys::Host for State {
         Ok(KeyInfo { algorithm, bits: info.bits })
     }
 
-    async fn sign(&mut self, file: String, data: Vec<u8>) -> Result<Vec<u8>, String> {
-        let provisions = &self.provisions;
-        let signed = provisions.keys.sign(&provisions.files, &file, &data, &mut self.signing);
-        if let Err(why) = &signed {
-            tracing::debug!(target: "sluice::filters", stage = &*self.stage, file = file.as_str(), error = why.as_str(), "keys.sign refused");
-        }
-        signed
+    async fn sign(&mut self, name: String, data: Vec<u8>) -> Result<Vec<u8>, String> {
+        self.provisions.keys.sign(&name, &data, &self.provisions.files, &mut self.signing)
     }
 }
 

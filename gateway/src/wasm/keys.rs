@@ -1,11 +1,11 @@
-//! The contract's `keys` interface: private keys among a stage's `[stage.files]`, read once per
-//! load (when a filter first names one) and signing in native code, so a DKIM signer neither
-//! pays for RSA compiled to wasm (~13 ms a signature here, against ~0.7 ms with ring) nor holds
-//! the key's secret in its memory. What a filter asks of it is bounded per message: a count of
-//! signatures and a size per call, checked before any work is done.
+//! The contract's `keys` interface: the private keys of a stage's `[stage.keys]`, read and
+//! parsed at load (so at every reload) and signing in native code, so a DKIM signer neither pays
+//! for RSA compiled to wasm (~13 ms a signature here, against ~0.7 ms with ring) nor ever holds
+//! the key: `[stage.keys]` is not `[stage.files]`, and nothing hands a filter its bytes. What a
+//! filter asks of it is bounded per message: every call counts against a number of calls, and
+//! the data of one against a size, both checked before any signing work.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 
 use ring::rand::SystemRandom;
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
@@ -13,10 +13,12 @@ use sluice_dkim::{Algorithm, SigningKey};
 
 use super::host::StageFiles;
 
-/// Signatures one message's instance may ask for (a DKIM signer makes one per signing domain).
+/// Calls to `sign` one message's instance may make (a DKIM signer makes one per signing domain;
+/// refused calls count too).
 pub const MAX_SIGNATURES: u32 = 8;
-/// The most a filter may hand in to be signed in one call (a DKIM header hash input is a few KiB).
-pub const MAX_SIGNED_BYTES: usize = 1 << 20;
+/// The most a filter may hand in to be signed in one call: above the largest header section a
+/// message may have (`chain::headers::HEADER_LIMIT`), which a DKIM header hash input cannot exceed.
+pub const MAX_SIGNED_BYTES: usize = crate::chain::headers::HEADER_LIMIT + (64 << 10);
 
 /// A key as the filter may see it: what it is, never what it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,64 +35,62 @@ struct LoadedKey {
 }
 
 enum Native {
-    /// RSA of 2048 bits and more: ring's constant-time implementation (it refuses smaller keys).
+    /// RSA keys ring takes (2048 bits and more, e ≥ 65537, balanced primes): its
+    /// constant-time, assembly-backed implementation.
     Ring(RsaKeyPair),
-    /// Ed25519, and RSA under 2048 bits: sluice-dkim's RustCrypto keys.
+    /// Ed25519, and the RSA keys ring refuses (under 2048 bits, uncommon sizes): sluice-dkim's
+    /// RustCrypto keys, which signed every key before.
     Local(SigningKey),
 }
 
-/// The keys of one loaded stage, parsed on first use and kept for the life of the load (a
-/// reload reads the files again and starts a new set).
+/// The keys of one loaded stage, by their `[stage.keys]` name.
 #[derive(Default)]
 pub struct StageKeys {
-    loaded: Mutex<BTreeMap<String, Arc<Result<LoadedKey, String>>>>,
+    keys: BTreeMap<String, LoadedKey>,
 }
 
 /// Per-message bookkeeping of the bounds.
 #[derive(Debug, Default)]
 pub struct Signing {
-    signatures: u32,
+    calls: u32,
 }
 
 impl StageKeys {
-    /// What the key in `file` is, or why it is none.
-    pub fn info(&self, files: &StageFiles, file: &str) -> Result<KeyInfo, String> {
-        match &*self.load(files, file) {
-            Ok(key) => Ok(key.info),
-            Err(why) => Err(why.clone()),
+    /// Parses every key file's bytes; the first that is no usable key is `(name, why)`.
+    pub fn read(files: StageFiles) -> Result<StageKeys, (String, String)> {
+        let mut keys = BTreeMap::new();
+        for (name, bytes) in files {
+            let key = LoadedKey::read(&bytes).map_err(|why| (name.clone(), why))?;
+            keys.insert(name, key);
         }
+        Ok(StageKeys { keys })
     }
 
-    /// Signs `data` with the key in `file`, within this message's bounds.
-    pub fn sign(&self, files: &StageFiles, file: &str, data: &[u8], signing: &mut Signing) -> Result<Vec<u8>, String> {
+    /// What the key `name` is; `files` (the stage's `[stage.files]`) only improves the error
+    /// for a key configured there by mistake.
+    pub fn info(&self, name: &str, files: &StageFiles) -> Result<KeyInfo, String> {
+        self.get(name, files).map(|key| key.info)
+    }
+
+    /// Signs `data` with the key `name`, within this message's bounds.
+    pub fn sign(&self, name: &str, data: &[u8], files: &StageFiles, signing: &mut Signing) -> Result<Vec<u8>, String> {
+        if signing.calls >= MAX_SIGNATURES {
+            return Err(format!("at most {MAX_SIGNATURES} signatures per message"));
+        }
+        signing.calls += 1;
         if data.len() > MAX_SIGNED_BYTES {
             return Err(format!("{} bytes to sign; at most {MAX_SIGNED_BYTES} per call", data.len()));
         }
-        if signing.signatures >= MAX_SIGNATURES {
-            return Err(format!("at most {MAX_SIGNATURES} signatures per message"));
-        }
-        signing.signatures += 1;
-        match &*self.load(files, file) {
-            Ok(key) => key.sign(data),
-            Err(why) => Err(why.clone()),
-        }
+        self.get(name, files)?.sign(data)
     }
 
-    fn load(&self, files: &StageFiles, file: &str) -> Arc<Result<LoadedKey, String>> {
-        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(key) = loaded.get(file) {
-            return key.clone();
-        }
-        // Parsed under the lock: once per file per load, a fraction of a millisecond.
-        let key = Arc::new(match files.get(file) {
-            None => Err("is required: add it to [stage.files]".to_string()),
-            Some(bytes) => LoadedKey::read(bytes),
-        });
-        // Only configured names are kept, so a filter cannot grow this map with made-up ones.
-        if files.contains_key(file) {
-            loaded.insert(file.to_string(), key.clone());
-        }
-        key
+    fn get(&self, name: &str, files: &StageFiles) -> Result<&LoadedKey, String> {
+        self.keys.get(name).ok_or_else(|| match files.contains_key(name) {
+            true => "is required in [stage.keys]; it is in [stage.files], which the filter can read: move it to \
+                     [stage.keys], which only the host reads"
+                .to_string(),
+            false => "is required: add it to [stage.keys]".to_string(),
+        })
     }
 }
 
@@ -98,17 +98,13 @@ impl LoadedKey {
     fn read(bytes: &[u8]) -> Result<LoadedKey, String> {
         let key = SigningKey::from_pem_file(bytes).map_err(|err| err.to_string())?;
         let info = KeyInfo { algorithm: key.algorithm(), bits: key.rsa_bits().map_or(256, |bits| bits as u32) };
-        let signer = match key.rsa_bits() {
+        let ring = match key.rsa_bits() {
             Some(bits) if bits >= 2048 => {
-                let der = key.to_pkcs8_der().map_err(|err| err.to_string())?;
-                match RsaKeyPair::from_pkcs8(&der) {
-                    Ok(pair) => Native::Ring(pair),
-                    Err(rejected) => return Err(format!("the RSA key cannot be used: {rejected}")),
-                }
+                key.to_pkcs8_der().ok().and_then(|der| RsaKeyPair::from_pkcs8(&der).ok()).map(Native::Ring)
             }
-            _ => Native::Local(key),
+            _ => None,
         };
-        Ok(LoadedKey { info, signer })
+        Ok(LoadedKey { info, signer: ring.unwrap_or(Native::Local(key)) })
     }
 
     fn sign(&self, data: &[u8]) -> Result<Vec<u8>, String> {
@@ -128,7 +124,7 @@ impl LoadedKey {
 mod tests {
     use super::*;
 
-    fn files(entries: &[(&str, Vec<u8>)]) -> StageFiles {
+    fn entries(entries: &[(&str, Vec<u8>)]) -> StageFiles {
         entries.iter().map(|(name, bytes)| (name.to_string(), bytes.clone())).collect()
     }
 
@@ -139,43 +135,47 @@ mod tests {
     #[test]
     fn signs_as_the_key_itself_would() {
         // RSA-PKCS1-v1_5 and Ed25519 are deterministic: ring's signature is the RustCrypto one.
-        for (key, bits) in [
-            (SigningKey::generate_rsa(2048).unwrap(), 2048),
-            (SigningKey::generate_rsa(1024).unwrap(), 1024),
-            (SigningKey::generate_ed25519().unwrap(), 256),
+        // 2560 bits: a size ring refuses (primes not a multiple of 512 bits), signed as before.
+        for (key, bits, ring) in [
+            (SigningKey::generate_rsa(2048).unwrap(), 2048, true),
+            (SigningKey::generate_rsa(2560).unwrap(), 2560, false),
+            (SigningKey::generate_rsa(1024).unwrap(), 1024, false),
+            (SigningKey::generate_ed25519().unwrap(), 256, false),
         ] {
-            let files = files(&[("key", pem(&key))]);
-            let keys = StageKeys::default();
-            assert_eq!(keys.info(&files, "key"), Ok(KeyInfo { algorithm: key.algorithm(), bits }));
-            let signed = keys.sign(&files, "key", b"header hash input", &mut Signing::default()).unwrap();
+            let keys = StageKeys::read(entries(&[("key", pem(&key))])).unwrap();
+            let none = StageFiles::new();
+            assert_eq!(keys.info("key", &none), Ok(KeyInfo { algorithm: key.algorithm(), bits }));
+            assert_eq!(matches!(keys.keys["key"].signer, Native::Ring(_)), ring, "{bits}");
+            let signed = keys.sign("key", b"header hash input", &none, &mut Signing::default()).unwrap();
             assert_eq!(signed, key.sign(b"header hash input").unwrap(), "{bits}");
         }
     }
 
     #[test]
-    fn a_file_that_is_no_key_is_explained() {
-        let files = files(&[("cert", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec())]);
-        let keys = StageKeys::default();
-        let why = keys.info(&files, "cert").unwrap_err();
+    fn a_file_that_is_no_key_is_refused_at_load_and_a_missing_one_explained() {
+        let cert = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec();
+        let Err((name, why)) = StageKeys::read(entries(&[("cert", cert)])) else { panic!("a certificate is no key") };
+        assert_eq!(name, "cert");
         assert!(why.starts_with("holds a PEM \"CERTIFICATE\"; expected an unencrypted PEM private key"), "{why}");
-        let why = keys.info(&files, "absent").unwrap_err();
-        assert_eq!(why, "is required: add it to [stage.files]");
-        assert!(keys.loaded.lock().unwrap().get("absent").is_none(), "unconfigured names are not kept");
+        let keys = StageKeys::default();
+        assert_eq!(keys.info("key", &StageFiles::new()).unwrap_err(), "is required: add it to [stage.keys]");
+        let in_files = entries(&[("key", b"pem".to_vec())]);
+        assert!(keys.info("key", &in_files).unwrap_err().contains("move it to [stage.keys]"));
     }
 
     #[test]
-    fn signatures_are_bounded_per_message_and_in_size() {
+    fn every_call_counts_and_each_is_bounded_in_size() {
         let key = SigningKey::generate_ed25519().unwrap();
-        let files = files(&[("key", pem(&key))]);
-        let keys = StageKeys::default();
-        let mut signing = Signing::default();
+        let keys = StageKeys::read(entries(&[("key", pem(&key))])).unwrap();
+        let (none, mut signing) = (StageFiles::new(), Signing::default());
         let big = vec![0; MAX_SIGNED_BYTES + 1];
-        assert!(keys.sign(&files, "key", &big, &mut signing).unwrap_err().contains("at most"));
-        for _ in 0..MAX_SIGNATURES {
-            keys.sign(&files, "key", b"x", &mut signing).unwrap();
+        assert!(keys.sign("key", &big, &none, &mut signing).unwrap_err().contains("per call"));
+        assert!(keys.sign("nokey", b"x", &none, &mut signing).is_err());
+        for _ in 2..MAX_SIGNATURES {
+            keys.sign("key", b"x", &none, &mut signing).unwrap();
         }
-        let why = keys.sign(&files, "key", b"x", &mut signing).unwrap_err();
-        assert_eq!(why, format!("at most {MAX_SIGNATURES} signatures per message"));
-        assert!(keys.sign(&files, "key", b"x", &mut Signing::default()).is_ok(), "the next message starts afresh");
+        let why = keys.sign("key", b"x", &none, &mut signing).unwrap_err();
+        assert_eq!(why, format!("at most {MAX_SIGNATURES} signatures per message"), "refused calls count too");
+        assert!(keys.sign("key", b"x", &none, &mut Signing::default()).is_ok(), "the next message starts afresh");
     }
 }

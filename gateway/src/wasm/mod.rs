@@ -31,6 +31,7 @@ use crate::chain::stage::{Interests, MessageContext, Stage, StageError, StageEve
 pub use cache::{default_dir as default_cache_dir, CacheOutcome, ComponentCache};
 use host::{bindings, State};
 pub use host::{Provisions, StageFiles};
+pub use keys::StageKeys;
 pub use stage::WasmStage;
 
 /// Limits of one wasm stage, from its config.
@@ -99,15 +100,21 @@ pub enum LoadError {
 /// The capabilities a filter can import, each only with its grant: (capability, interface, what).
 const CAPABILITIES: [(&str, &str, &str); 1] = [("dns", "sluice:filter/dns", "DNS lookups")];
 
-/// A refusal's key naming a `[stage.files]` entry rather than a `[stage.config]` key
-/// (`files.NAME`, as the contract's `files` interface documents).
+/// A refusal's key naming a `[stage.files]` or `[stage.keys]` entry rather than a
+/// `[stage.config]` key (`files.NAME`, `keys.NAME`, as the contract documents).
 pub const FILES_KEY_PREFIX: &str = "files.";
+pub const KEYS_KEY_PREFIX: &str = "keys.";
 
 fn refusal(key: &str, message: &str) -> String {
-    match (key.is_empty(), key.strip_prefix(FILES_KEY_PREFIX)) {
-        (true, _) => format!("[stage.config]: {message}"),
-        (false, Some(name)) => format!("[stage.files] {name}: {message}"),
-        (false, None) => format!("[stage.config] {key}: {message}"),
+    if let Some(name) = key.strip_prefix(FILES_KEY_PREFIX) {
+        return format!("[stage.files] {name}: {message}");
+    }
+    if let Some(name) = key.strip_prefix(KEYS_KEY_PREFIX) {
+        return format!("[stage.keys] {name}: {message}");
+    }
+    match key.is_empty() {
+        true => format!("[stage.config]: {message}"),
+        false => format!("[stage.config] {key}: {message}"),
     }
 }
 
@@ -349,8 +356,8 @@ mod tests {
         assert_eq!(old, Err("sluice:filter@0.1.0".to_string()));
         assert!(imports_interface(&["sluice:filter/dns@0.2.2"], "sluice:filter/dns"));
         assert!(!imports_interface(&["sluice:filter/dnssec@0.2.2", "sluice:filter/host@0.2.2"], "sluice:filter/dns"));
-        let newer = check_contract(["sluice:filter/host@0.2.2"].into_iter(), &["sluice:filter/handler@0.2.2"]);
-        assert_eq!(newer, Err("sluice:filter@0.2.2".to_string()));
+        let newer = check_contract(["sluice:filter/host@0.2.3"].into_iter(), &["sluice:filter/handler@0.2.3"]);
+        assert_eq!(newer, Err("sluice:filter@0.2.3".to_string()));
     }
 
     #[test]
