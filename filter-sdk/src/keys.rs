@@ -45,7 +45,8 @@ impl HostKey {
     }
 
     /// Signs `data` (the host hashes it with SHA-256) by the key's algorithm. The host allows 8
-    /// calls per message, and `data` up to the largest header section a message may have.
+    /// calls per message, with 4 MiB of `data` in all (the largest header section a message may
+    /// have).
     #[cfg(target_arch = "wasm32")]
     pub fn sign(&self, data: &[u8]) -> Result<Vec<u8>, String> {
         crate::bindings::sluice::filter::keys::sign(&self.name, data)

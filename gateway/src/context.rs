@@ -32,8 +32,8 @@ use crate::sessions::SessionBook;
 use crate::settings::{content_rules, Settings, Shared};
 use crate::spool::SpoolBudget;
 use crate::wasm::{
-    default_cache_dir, read_stage_file, CacheOutcome, ComponentCache, LoadError, Provisions, StageFiles, StageKeys,
-    WasmFilter, WasmLimits, FILES_KEY_PREFIX, KEYS_KEY_PREFIX,
+    default_cache_dir, read_stage_file, CacheOutcome, ComponentCache, LoadError, Provisions, RefusedAt, StageFiles,
+    StageKeys, WasmFilter, WasmLimits,
 };
 
 /// The config the current generation was built from, for the next reload to compare with.
@@ -199,9 +199,11 @@ async fn file_digests(config: &Config) -> FileDigests {
         let mut hasher = DefaultHasher::new();
         let Ok(bytes) = tokio::fs::read(config.resolve(path)).await else { continue };
         bytes.hash(&mut hasher);
+        // Read within the stage-file bound: a key naming /dev/zero is refused by the load, not
+        // read without end here.
         for (name, path) in stage.files.iter().flatten().chain(stage.keys.iter().flatten()) {
             name.hash(&mut hasher);
-            tokio::fs::read(config.resolve(path)).await.unwrap_or_default().hash(&mut hasher);
+            read_stage_file(&config.resolve(path)).unwrap_or_default().hash(&mut hasher);
         }
         digests.insert(stage.name.clone(), hasher.finish());
     }
@@ -358,16 +360,8 @@ async fn load_wasm(
         Err(err @ LoadError::NotGranted { .. }) => {
             anyhow::bail!("{}: {err}", config.locate(&format!("stage[{index}].capabilities")))
         }
-        Err(LoadError::Refused { key, message })
-            if key.starts_with(FILES_KEY_PREFIX) || key.starts_with(KEYS_KEY_PREFIX) =>
-        {
-            anyhow::bail!("{}: {message}", config.locate(&format!("stage[{index}].{key}")))
-        }
-        Err(LoadError::Refused { key, message }) if key.is_empty() => {
-            anyhow::bail!("{}: {message}", config.locate(&format!("stage[{index}].config")))
-        }
         Err(LoadError::Refused { key, message }) => {
-            anyhow::bail!("{}: {message}", config.locate(&format!("stage[{index}].config.{key}")))
+            anyhow::bail!("{}: {message}", config.locate(&RefusedAt::of(&key).dotted(index)))
         }
         Err(err) => anyhow::bail!("{}: {err}", config.locate(&format!("stage[{index}].path"))),
     };

@@ -20,8 +20,8 @@ use crate::chain::stage::{BodyOutput, EnvelopeEvent, MessageContext, Reaction, S
 use crate::config::ServerConfig;
 use crate::dns::{TxtSource, ZoneFile};
 use crate::wasm::{
-    default_cache_dir, read_stage_file, CacheOutcome, ComponentCache, LoadError, Provisions, StageFiles, StageKeys,
-    WasmFilter, WasmLimits, FILES_KEY_PREFIX, KEYS_KEY_PREFIX,
+    default_cache_dir, read_stage_file, CacheOutcome, ComponentCache, LoadError, Provisions, RefusedAt, StageFiles,
+    StageKeys, WasmFilter, WasmLimits,
 };
 
 /// Body pieces handed to the filter, as the gateway's reads would.
@@ -88,14 +88,12 @@ impl FilterTest {
             Err(LoadError::NotGranted { what, .. }) => {
                 anyhow::bail!("the filter makes {what}: answer them offline with --zone FILE (a zone file, as `sluice dkim keygen` prints records)")
             }
-            Err(LoadError::Refused { key, message }) if key.is_empty() => anyhow::bail!("--config: {message}"),
-            Err(LoadError::Refused { key, message }) => {
-                match (key.strip_prefix(FILES_KEY_PREFIX), key.strip_prefix(KEYS_KEY_PREFIX)) {
-                    (Some(name), _) => anyhow::bail!("--file {name}: {message}"),
-                    (_, Some(name)) => anyhow::bail!("--key {name}: {message}"),
-                    _ => anyhow::bail!("--config {key}: {message}"),
-                }
-            }
+            Err(LoadError::Refused { key, message }) => match RefusedAt::of(&key) {
+                RefusedAt::Config => anyhow::bail!("--config: {message}"),
+                RefusedAt::ConfigKey(key) => anyhow::bail!("--config {key}: {message}"),
+                RefusedAt::File(name) => anyhow::bail!("--file {name}: {message}"),
+                RefusedAt::Key(name) => anyhow::bail!("--key {name}: {message}"),
+            },
             Err(err) => return Err(err.into()),
         };
         for key in filter.unused_config_keys() {

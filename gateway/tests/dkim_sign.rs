@@ -235,6 +235,45 @@ fn a_missing_or_malformed_key_is_an_error_naming_the_stage_and_the_key() {
 }
 
 #[test]
+fn a_key_must_be_in_stage_keys_where_the_filter_cannot_read_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sluice.toml").display().to_string();
+    let keys = Keys::openssl(dir.path());
+    let pem = keys.rsa.pem.display().to_string();
+    let wasm = filter_wasm("dkim_sign");
+    let stage = |tables: &str| {
+        format!("[[stage]]\nname = \"dkim\"\nkind = \"wasm\"\npath = \"{wasm}\"\n[stage.config]\ndomain = \"example.org\"\nselector = \"s1\"\n{tables}")
+    };
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").unwrap();
+    let cases = [
+        // The filter's refusal, keyed keys.key, points at the stage (the table is absent).
+        ("".to_string(), "stage \"dkim\": [stage.keys] key: is required: add it to [stage.keys]".to_string()),
+        (
+            format!("[stage.files]\nkey = \"{pem}\"\n"),
+            "[stage.keys] key: is required in [stage.keys]; it is in [stage.files], which the filter can read: move it"
+                .to_string(),
+        ),
+        // The host reads every key at load: one that is no key is refused at its line.
+        (
+            format!("[stage.keys]\nkey = \"{}\"\n", cert.display()),
+            format!("{config}:15: stage \"dkim\": [stage.keys] key: holds a PEM \"CERTIFICATE\"; expected"),
+        ),
+        (
+            format!("[stage.files]\nsame = \"{pem}\"\n[stage.keys]\nkey = \"{pem}\"\n"),
+            format!(
+                "{config}:17:1: stage \"dkim\": [stage.keys] key: is also in [stage.files], where the filter can read it"
+            ),
+        ),
+    ];
+    for (tables, expected) in cases {
+        let (code, output) = check_config(dir.path(), &stage(&tables));
+        assert_eq!(code, Some(1), "{tables}: {output}");
+        assert!(output.contains(&expected), "{tables}: expected {expected:?} in\n{output}");
+    }
+}
+
+#[test]
 fn filter_test_signs_offline_with_a_key_given_by_file() {
     let setup = setup();
     let eml = setup.dir.path().join("in.eml");

@@ -16,8 +16,8 @@
 //! `pieces` bytes; at `end` appends it instead), `grow` (passes every body chunk on `factor`
 //! times) and `drop-then-trap` (drops the first body chunk, then panics at the next call).
 //! `sign` asks the host (`keys`) for `count` signatures of `value` with the `[stage.keys]` key
-//! `key` and reports in an `X-Faults-Signed` header how many it got and the first refusal, for
-//! the host's bounds on what a filter may ask of it.
+//! `key` at the header section and `count` more at the end, and reports in an `X-Faults-Signed`
+//! header how many each got and the first refusal, for the host's per-message bounds.
 //!
 //! `wants` (a comma-separated list of events, default all) sets the filter's interests, and
 //! `when` (a header field name) limits the misbehaviour to messages that carry that field.
@@ -82,6 +82,8 @@ pub struct Faults {
     factor: usize,
     /// Mode `sign`: the host's key.
     key: Option<HostKey>,
+    /// Mode `sign`: how the signatures at the header section went.
+    signed_at_headers: String,
     /// False until the header section showed the `when` field (always true without `when`).
     armed: bool,
     /// Body chunks answered so far.
@@ -145,7 +147,6 @@ impl Faults {
         match self.mode.as_str() {
             "header" => Reaction { header_changes: self.header_changes(), ..reaction },
             "body" if here == "end" => reaction.replace_body(self.output()),
-            "sign" => reaction.add_header("X-Faults-Signed", self.sign()),
             _ => reaction,
         }
     }
@@ -236,6 +237,7 @@ impl Filter for Faults {
             armed: when.is_none(),
             when,
             chunks: 0,
+            signed_at_headers: String::new(),
         })
     }
 
@@ -258,6 +260,9 @@ impl Filter for Faults {
     fn on_headers(&mut self, headers: &Headers) -> Reaction {
         if let Some(name) = &self.when {
             self.armed = headers.get(name).is_some();
+        }
+        if self.mode == "sign" {
+            self.signed_at_headers = self.sign();
         }
         let reaction = self.changes("headers", Reaction::from(self.act("headers")));
         if self.mode == "remember" {
@@ -288,7 +293,12 @@ impl Filter for Faults {
         if self.armed && self.mode == "drop-then-trap" && self.chunks > 0 {
             panic!("faults filter: trap at end after dropping the first chunk");
         }
-        self.changes("end", Reaction::from(self.act("end")))
+        let reaction = self.changes("end", Reaction::from(self.act("end")));
+        if self.mode == "sign" {
+            let signed = format!("headers: {}; end: {}", self.signed_at_headers, self.sign());
+            return reaction.add_header("X-Faults-Signed", signed);
+        }
+        reaction
     }
 }
 

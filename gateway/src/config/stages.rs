@@ -285,6 +285,13 @@ pub(super) fn validate(flow: &FlowConfig, stages: &[StageConfig]) -> Result<(), 
                 if stage.keys.iter().flatten().any(|(name, _)| name.is_empty()) {
                     return fail(format!("stage[{i}].keys"), "a key's name must not be empty");
                 }
+                let in_files = |path: &std::path::PathBuf| stage.files.iter().flatten().any(|(_, file)| file == path);
+                if let Some((name, _)) = stage.keys.iter().flatten().find(|(_, path)| in_files(path)) {
+                    return fail(
+                        format!("stage[{i}].keys.{name}"),
+                        "is also in [stage.files], where the filter can read it: name a key only in [stage.keys]",
+                    );
+                }
                 if stage.memory_limit.is_some_and(|m| m.0 < (1 << 20)) {
                     return fail(format!("stage[{i}].memory_limit"), "must be at least 1MiB");
                 }

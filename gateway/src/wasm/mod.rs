@@ -100,21 +100,48 @@ pub enum LoadError {
 /// The capabilities a filter can import, each only with its grant: (capability, interface, what).
 const CAPABILITIES: [(&str, &str, &str); 1] = [("dns", "sluice:filter/dns", "DNS lookups")];
 
-/// A refusal's key naming a `[stage.files]` or `[stage.keys]` entry rather than a
-/// `[stage.config]` key (`files.NAME`, `keys.NAME`, as the contract documents).
-pub const FILES_KEY_PREFIX: &str = "files.";
-pub const KEYS_KEY_PREFIX: &str = "keys.";
+/// Where a filter's refusal of its configuration points: its key is a `[stage.config]` key, or
+/// `files.NAME` / `keys.NAME` for a `[stage.files]` / `[stage.keys]` entry (as the contract
+/// documents), or empty for the configuration as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedAt<'a> {
+    Config,
+    ConfigKey(&'a str),
+    File(&'a str),
+    Key(&'a str),
+}
+
+impl RefusedAt<'_> {
+    pub fn of(key: &str) -> RefusedAt<'_> {
+        if let Some(name) = key.strip_prefix("files.") {
+            return RefusedAt::File(name);
+        }
+        if let Some(name) = key.strip_prefix("keys.") {
+            return RefusedAt::Key(name);
+        }
+        match key.is_empty() {
+            true => RefusedAt::Config,
+            false => RefusedAt::ConfigKey(key),
+        }
+    }
+
+    /// The dotted config key under `stage[INDEX]` (for `Config::locate`).
+    pub fn dotted(self, index: usize) -> String {
+        match self {
+            RefusedAt::Config => format!("stage[{index}].config"),
+            RefusedAt::ConfigKey(key) => format!("stage[{index}].config.{key}"),
+            RefusedAt::File(name) => format!("stage[{index}].files.{name}"),
+            RefusedAt::Key(name) => format!("stage[{index}].keys.{name}"),
+        }
+    }
+}
 
 fn refusal(key: &str, message: &str) -> String {
-    if let Some(name) = key.strip_prefix(FILES_KEY_PREFIX) {
-        return format!("[stage.files] {name}: {message}");
-    }
-    if let Some(name) = key.strip_prefix(KEYS_KEY_PREFIX) {
-        return format!("[stage.keys] {name}: {message}");
-    }
-    match key.is_empty() {
-        true => format!("[stage.config]: {message}"),
-        false => format!("[stage.config] {key}: {message}"),
+    match RefusedAt::of(key) {
+        RefusedAt::Config => format!("[stage.config]: {message}"),
+        RefusedAt::ConfigKey(key) => format!("[stage.config] {key}: {message}"),
+        RefusedAt::File(name) => format!("[stage.files] {name}: {message}"),
+        RefusedAt::Key(name) => format!("[stage.keys] {name}: {message}"),
     }
 }
 
