@@ -103,9 +103,10 @@ enum DkimCommand {
 }
 
 fn parse_pair(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
-        .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_string(), value.to_string())),
+        _ => Err(format!("expected KEY=VALUE with a non-empty KEY, got {text:?}")),
+    }
 }
 
 impl Cli {

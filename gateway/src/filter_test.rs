@@ -61,7 +61,9 @@ impl FilterTest {
             let mut read = StageFiles::new();
             for (name, path) in entries {
                 let bytes = read_stage_file(path).map_err(|why| anyhow::anyhow!("--{option} {name}: {why}"))?;
-                read.insert(name.clone(), bytes);
+                if read.insert(name.clone(), bytes).is_some() {
+                    anyhow::bail!("--{option} {name}: given twice; name each entry once");
+                }
             }
             Ok(read)
         };

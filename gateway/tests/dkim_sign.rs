@@ -302,6 +302,15 @@ fn filter_test_signs_offline_with_a_key_given_by_file() {
     let (status, output) = run_tool(sluice_bin(), &without, None);
     assert_eq!(status.code(), Some(2), "{output}");
     assert!(output.contains("--key key: is required"), "{output}");
+
+    let twice = [&args[..10], &args[8..]].concat();
+    let (status, output) = run_tool(sluice_bin(), &twice, None);
+    assert_eq!(status.code(), Some(2), "{output}");
+    assert!(output.contains("--key key: given twice"), "{output}");
+    let unnamed = format!("={}", setup.keys.rsa.pem.display());
+    let (status, output) = run_tool(sluice_bin(), &[&args[..9], &[unnamed.as_str()], &args[10..]].concat(), None);
+    assert_eq!(status.code(), Some(2), "{output}");
+    assert!(output.contains("non-empty KEY"), "{output}");
 }
 
 #[test]
