@@ -32,8 +32,8 @@ use crate::sessions::SessionBook;
 use crate::settings::{content_rules, Settings, Shared};
 use crate::spool::SpoolBudget;
 use crate::wasm::{
-    default_cache_dir, read_stage_file, CacheOutcome, ComponentCache, LoadError, Provisions, RefusedAt, StageFiles,
-    StageKeys, WasmFilter, WasmLimits,
+    default_cache_dir, read_stage_file, read_stage_files, CacheOutcome, ComponentCache, LoadError, Provisions,
+    RefusedAt, StageKeys, WasmFilter, WasmLimits,
 };
 
 /// The config the current generation was built from, for the next reload to compare with.
@@ -340,19 +340,15 @@ async fn load_wasm(
         per_message: stage.message_timeout.map_or(defaults.per_message, |m| m.0),
     };
     let path = config.resolve(stage.path.as_deref().unwrap_or(std::path::Path::new("")));
-    let read = |table: &str, entries: Option<&std::collections::BTreeMap<String, std::path::PathBuf>>| {
-        let mut read = StageFiles::new();
-        for (name, file) in entries.into_iter().flatten() {
-            let bytes = read_stage_file(&config.resolve(file)).map_err(|why| {
-                anyhow::anyhow!("{}: {why}", config.locate(&format!("stage[{index}].{table}.{name}")))
-            })?;
-            read.insert(name.clone(), bytes);
+    let at = |table: &'static str| {
+        move |(name, why): (String, String)| {
+            anyhow::anyhow!("{}: {why}", config.locate(&format!("stage[{index}].{table}.{name}")))
         }
-        anyhow::Ok(read)
     };
-    let files = read("files", stage.files.as_ref())?;
-    let keys = StageKeys::read(read("keys", stage.keys.as_ref())?)
-        .map_err(|(name, why)| anyhow::anyhow!("{}: {why}", config.locate(&format!("stage[{index}].keys.{name}"))))?;
+    let resolved = |(name, file): (&String, &std::path::PathBuf)| (name.clone(), config.resolve(file));
+    let files = read_stage_files(stage.files.iter().flatten().map(resolved)).map_err(at("files"))?;
+    let keys =
+        read_stage_files(stage.keys.iter().flatten().map(resolved)).and_then(StageKeys::read).map_err(at("keys"))?;
     let dns = resolver.filter(|_| stage.granted(Capability::Dns));
     let provisions = Provisions::new(stage.filter_config(), files, keys, dns);
     let mut filter = match WasmFilter::load(&stage.name, &path, provisions, limits, cache).await {

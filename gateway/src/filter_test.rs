@@ -20,8 +20,8 @@ use crate::chain::stage::{BodyOutput, EnvelopeEvent, MessageContext, Reaction, S
 use crate::config::ServerConfig;
 use crate::dns::{TxtSource, ZoneFile};
 use crate::wasm::{
-    default_cache_dir, read_stage_file, CacheOutcome, ComponentCache, LoadError, Provisions, RefusedAt, StageFiles,
-    StageKeys, WasmFilter, WasmLimits,
+    default_cache_dir, read_stage_files, CacheOutcome, ComponentCache, LoadError, Provisions, RefusedAt, StageKeys,
+    WasmFilter, WasmLimits,
 };
 
 /// Body pieces handed to the filter, as the gateway's reads would.
@@ -57,19 +57,10 @@ impl FilterTest {
     pub async fn run(&self) -> anyhow::Result<Fate> {
         let content = std::fs::read(&self.eml).with_context(|| format!("cannot read {}", self.eml.display()))?;
         let content = crlf(&content);
-        let read = |option: &str, entries: &[(String, PathBuf)]| -> anyhow::Result<StageFiles> {
-            let mut read = StageFiles::new();
-            for (name, path) in entries {
-                let bytes = read_stage_file(path).map_err(|why| anyhow::anyhow!("--{option} {name}: {why}"))?;
-                if read.insert(name.clone(), bytes).is_some() {
-                    anyhow::bail!("--{option} {name}: given twice; name each entry once");
-                }
-            }
-            Ok(read)
-        };
-        let files = read("file", &self.files)?;
-        let keys =
-            StageKeys::read(read("key", &self.keys)?).map_err(|(name, why)| anyhow::anyhow!("--key {name}: {why}"))?;
+        let at =
+            |option: &'static str| move |(name, why): (String, String)| anyhow::anyhow!("--{option} {name}: {why}");
+        let files = read_stage_files(self.files.iter().cloned()).map_err(at("file"))?;
+        let keys = read_stage_files(self.keys.iter().cloned()).and_then(StageKeys::read).map_err(at("key"))?;
         let dns = match &self.zone {
             Some(path) => Some(Arc::new(ZoneFile::read(path)?) as Arc<dyn TxtSource>),
             None => None,

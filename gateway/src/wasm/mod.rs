@@ -20,7 +20,7 @@ mod keys;
 mod stage;
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -143,6 +143,23 @@ fn refusal(key: &str, message: &str) -> String {
         RefusedAt::File(name) => format!("[stage.files] {name}: {message}"),
         RefusedAt::Key(name) => format!("[stage.keys] {name}: {message}"),
     }
+}
+
+/// Reads a stage's named files (`[stage.files]` or `[stage.keys]`), each with
+/// `read_stage_file`; the first that cannot be read, or a name given twice, is `(name, why)`.
+pub fn read_stage_files(entries: impl IntoIterator<Item = (String, PathBuf)>) -> Result<StageFiles, (String, String)> {
+    let mut read = StageFiles::new();
+    for (name, path) in entries {
+        let bytes = match read_stage_file(&path) {
+            Ok(bytes) => bytes,
+            Err(why) => return Err((name, why)),
+        };
+        if read.contains_key(&name) {
+            return Err((name, "given twice; name each entry once".into()));
+        }
+        read.insert(name, bytes);
+    }
+    Ok(read)
 }
 
 /// What the first bytes of a file say it is.
